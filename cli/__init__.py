@@ -1,0 +1,34 @@
+"""The `normfold` command: a thin click layer over the library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from normfold import __version__
+from normfold.cli.fold_command import fold_command
+from normfold.errors import NormfoldError
+
+
+class _Group(click.Group):
+    """Turns NormfoldError into one line on stderr and its exit code; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NormfoldError as error:
+            click.echo(f"normfold: error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="normfold")
+def main() -> None:
+    """Make ONNX models deployment-ready: fold BatchNormalization, strip Dropout.
+
+    Exit codes: 0 success, 1 not equivalent, 2 usage error, 3 unusable input.
+    """
+
+
+main.add_command(fold_command)

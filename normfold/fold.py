@@ -1,0 +1,82 @@
+"""`normfold.fold`: strip inference Dropout, then fold BatchNormalization, and report every node."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from normfold.graph_walk import count_nodes
+from normfold.io import load_model
+from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.strip_dropout import StripDropoutPass
+from normfold.records import NodeRecord
+
+REPORT_VERSION = 1
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """The rewritten model and what happened to each BatchNormalization and Dropout node."""
+
+    model: ir.Model
+    records: list[NodeRecord]
+    nodes_before: int
+    nodes_after: int
+
+    def count(self, op_type: str, action: str | None = None) -> int:
+        """How many nodes of `op_type` were seen (or had `action` applied)."""
+        return sum(r.op_type == op_type and (action is None or r.action == action) for r in self.records)
+
+    @property
+    def skipped(self) -> list[NodeRecord]:
+        """The nodes left in place, each with its reason."""
+        return [r for r in self.records if r.action == "skipped"]
+
+    def summary(self) -> str:
+        """One line: BN folded n/m, Dropout stripped k/l, nodes before -> after."""
+        return (
+            f"BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
+            f"{self.count('BatchNormalization')}, Dropout stripped {self.count('Dropout', 'stripped')}/"
+            f"{self.count('Dropout')}, nodes {self.nodes_before} -> {self.nodes_after}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (the `--json` document)."""
+        return {
+            "normfold_report": "fold",
+            "version": REPORT_VERSION,
+            "summary": {
+                "batchnorm_total": self.count("BatchNormalization"),
+                "batchnorm_folded": self.count("BatchNormalization", "folded"),
+                "dropout_total": self.count("Dropout"),
+                "dropout_stripped": self.count("Dropout", "stripped"),
+                "nodes_before": self.nodes_before,
+                "nodes_after": self.nodes_after,
+            },
+            "nodes": [r.to_dict() for r in self.records],
+        }
+
+
+def as_ir_model(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> ir.Model:
+    """Accept a path, an onnx.ModelProto or an onnx_ir.Model; paths are loaded and checked."""
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    return load_model(model)
+
+
+def fold(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> FoldResult:
+    """Strip every inference Dropout and fold every foldable BatchNormalization.
+
+    The input is never modified: the passes work on a copy that shares the (read-only) weights.
+    """
+    original = as_ir_model(model)
+    stripped = StripDropoutPass()(original)
+    folded = FoldBatchNormPass()(stripped.model)
+    records = list(folded.records) + list(stripped.records)
+    return FoldResult(folded.model, records, count_nodes(original), count_nodes(folded.model))

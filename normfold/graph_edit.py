@@ -1,0 +1,113 @@
+"""Small, safe graph edits shared by the passes: constants in, values swapped, orphans out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from normfold.graph_walk import Scope, iter_scopes
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (initializer or Constant node), None if it can change at run time.
+
+    An initializer that is also a graph input is not constant: callers may feed a different tensor.
+    """
+    if value is None or value.is_graph_input():
+        return None
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Identity" and producer.domain in ("", "ai.onnx"):
+        return constant_array(producer.inputs[0])
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:
+        return None
+    return None if tensor is None else tensor.numpy()
+
+
+def why_not_constant(value: ir.Value | None, role: str) -> str:
+    """A reason, for reports, why `value` is not usable as a constant."""
+    if value is None:
+        return f"{role} is missing"
+    if value.is_graph_input():
+        return f"{role} '{value.name}' is a graph input, so callers can override it at run time"
+    return f"{role} '{value.name}' is computed at run time, not a constant"
+
+
+class NameSource:
+    """Hands out value names that no graph or function of the model uses yet."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._taken: set[str] = set()
+        for scope in iter_scopes(model):
+            self._taken.update(v.name for v in _scope_values(scope) if v.name)
+
+    def fresh(self, base: str) -> str:
+        """`base` itself if unused, else `base_1`, `base_2`, ..."""
+        name, counter = base, 0
+        while name in self._taken:
+            counter += 1
+            name = f"{base}_{counter}"
+        self._taken.add(name)
+        return name
+
+
+def _scope_values(scope: Scope) -> Iterable[ir.Value]:
+    yield from scope.body.inputs
+    if isinstance(scope.body, ir.Graph):
+        yield from scope.body.initializers.values()
+    for node in scope.body:
+        yield from node.outputs
+
+
+def add_constant(
+    scope: Scope, before: ir.Node, array: np.ndarray, name: str
+) -> ir.Value:
+    """A new constant holding `array`: an initializer in the main graph, a Constant node elsewhere.
+
+    Subgraphs and functions get Constant nodes because functions cannot hold initializers and
+    runtimes handle subgraph initializers unevenly.
+    """
+    tensor = ir.tensor(array, name=name)
+    if scope.is_main:
+        value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+        assert isinstance(scope.body, ir.Graph)
+        scope.body.register_initializer(value)
+        return value
+    node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=f"{name}_constant")
+    node.outputs[0].name = name
+    node.outputs[0].type = ir.TensorType(tensor.dtype)
+    node.outputs[0].shape = tensor.shape
+    scope.body.insert_before(before, node)
+    return node.outputs[0]
+
+
+def take_over(old: ir.Value, new: ir.Value) -> None:
+    """Make `new` replace `old` for every consumer; a graph output keeps its name and position."""
+    if old.is_graph_output():
+        name = old.name
+        old.name = None
+        new.name = name
+    if new.type is None:
+        new.type = old.type
+    if new.shape is None:
+        new.shape = old.shape
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+
+
+def drop_if_unused(scope: Scope, values: Iterable[ir.Value | None]) -> None:
+    """Remove initializers and Constant nodes that a rewrite left without any consumer."""
+    for value in values:
+        if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
+            continue
+        owner = value.graph
+        if value.is_initializer() and owner is not None and value.name in owner.initializers:
+            del owner.initializers[value.name]
+            continue
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Constant" and producer.graph is not None:
+            producer.graph.remove(producer, safe=True)
+        elif producer is not None and isinstance(scope.body, ir.Function) and producer.op_type == "Constant":
+            scope.body.remove(producer, safe=True)

@@ -1,0 +1,65 @@
+"""Every graph of a model, with the opset it runs at: main graph, control-flow bodies, local functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import onnx_ir as ir
+
+DEFAULT_OPSET = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """A graph or function to rewrite, named for reports, with its default-domain opset."""
+
+    name: str
+    body: ir.Graph | ir.Function
+    opset: int
+
+    @property
+    def is_main(self) -> bool:
+        """The top-level graph is the only one whose constants live in initializers."""
+        return self.name == "main"
+
+
+def iter_scopes(model: ir.Model) -> Iterator[Scope]:
+    """Yield the main graph, each subgraph (recursively) and each model-local function."""
+    opset = model.opset_imports.get("", DEFAULT_OPSET)
+    yield from _with_subgraphs(Scope("main", model.graph, opset))
+    for function in model.functions.values():
+        function_opset = function.opset_imports.get("", opset)
+        name = f"function {function.domain}::{function.name}"
+        yield from _with_subgraphs(Scope(name, function, function_opset))
+
+
+def _with_subgraphs(scope: Scope) -> Iterator[Scope]:
+    yield scope
+    for node in list(scope.body):
+        for attr in node.attributes.values():
+            if attr.is_ref():
+                continue
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs = [attr.as_graph()]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs = list(attr.as_graphs())
+            else:
+                continue
+            for index, graph in enumerate(graphs):
+                suffix = f"[{index}]" if attr.type == ir.AttributeType.GRAPHS else ""
+                name = f"{scope.name}/{node_label(node)}.{attr.name}{suffix}"
+                yield from _with_subgraphs(Scope(name, graph, scope.opset))
+
+
+def node_label(node: ir.Node) -> str:
+    """A node's name, or a stable stand-in for unnamed nodes."""
+    if node.name:
+        return node.name
+    first_output = node.outputs[0].name if node.outputs else ""
+    return f"{node.op_type}->{first_output}"
+
+
+def count_nodes(model: ir.Model) -> int:
+    """Number of nodes in all graphs and functions of the model."""
+    return sum(len(scope.body) for scope in iter_scopes(model))

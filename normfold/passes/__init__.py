@@ -1,0 +1,8 @@
+"""One rewrite per module; each returns the new model and a record per node it looked at."""
+
+from __future__ import annotations
+
+from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.strip_dropout import StripDropoutPass
+
+__all__ = ["FoldBatchNormPass", "StripDropoutPass"]

@@ -1,0 +1,95 @@
+"""Remove every inference-time Dropout: at inference Dropout is the identity and its mask is all true.
+
+Dropout runs in inference mode when it has no `training_mode` input or a constant false one
+(opset 12+), always at opsets 7-10, and when `is_test=1` at opset 6. Its output is replaced by its
+input; a mask that is consumed or is a graph output is replaced by an all-true (all-one before
+opset 10) tensor of the input's shape. Graph inputs and outputs keep their names and order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from normfold.graph_edit import constant_array, drop_if_unused, take_over
+from normfold.graph_walk import Scope, iter_scopes, node_label
+from normfold.records import NodeRecord, RewriteResult
+
+
+class StripDropoutPass(ir.passes.FunctionalPass):
+    """Returns a copy of the model without inference Dropout nodes, plus one record per Dropout."""
+
+    def call(self, model: ir.Model) -> RewriteResult:
+        model = model.clone()
+        records = []
+        for scope in iter_scopes(model):
+            for node in list(scope.body):
+                if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
+                    records.append(_strip_one(scope, node))
+        return RewriteResult(model, any(r.action == "stripped" for r in records), records)
+
+
+def _strip_one(scope: Scope, node: ir.Node) -> NodeRecord:
+    label = node_label(node)
+    reason = _training_reason(scope.opset, node)
+    if reason:
+        return NodeRecord(scope.name, label, "Dropout", "skipped", reason)
+    data, output = node.inputs[0], node.outputs[0]
+    mask = node.outputs[1] if len(node.outputs) > 1 else None
+    needs_mask = mask is not None and (bool(mask.uses()) or mask.is_graph_output())
+    if needs_mask and scope.opset < 9:
+        return NodeRecord(
+            scope.name, label, "Dropout", "skipped", f"its mask is used and opset {scope.opset} has no ConstantOfShape"
+        )
+    if data is None:
+        return NodeRecord(scope.name, label, "Dropout", "skipped", "it has no data input")
+    detail = "removed"
+    replacement = data
+    producer = data.producer()
+    if output.is_graph_output() and (
+        data.is_graph_input() or data.is_graph_output() or producer is None or producer.graph is not node.graph
+    ):
+        identity = ir.Node("", "Identity", [data], name=f"{label}_identity")
+        scope.body.insert_before(node, identity)
+        replacement = identity.outputs[0]
+        detail = "replaced by Identity: its output is a graph output and its input cannot take that name"
+    take_over(output, replacement)
+    if needs_mask:
+        _replace_mask(scope, node, data, mask, scope.opset)
+        detail += "; mask replaced by an all-true tensor of the input's shape"
+    extra_inputs = list(node.inputs[1:])
+    scope.body.remove(node, safe=True)
+    drop_if_unused(scope, extra_inputs)
+    return NodeRecord(scope.name, label, "Dropout", "stripped", detail)
+
+
+def _training_reason(opset: int, node: ir.Node) -> str:
+    """Why this Dropout samples masks (training mode), or '' when it is the identity."""
+    if opset < 7:
+        return "" if node.attributes.get_int("is_test", 0) else f"is_test=0 (opset {opset} training mode)"
+    if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
+        return ""
+    training = node.inputs[2]
+    flag = constant_array(training)
+    if flag is None:
+        return f"its training_mode input '{training.name}' is set at run time"
+    if bool(np.asarray(flag).reshape(-1)[0]):
+        return "training_mode is constant true: it samples a new mask on every run; convert it to inference mode first"
+    return ""
+
+
+def _replace_mask(scope: Scope, node: ir.Node, data: ir.Value, mask: ir.Value, opset: int) -> None:
+    """Shape(data) -> ConstantOfShape(true) stands in for the mask of an inference Dropout."""
+    label = node_label(node)
+    if opset >= 10:
+        fill = np.array([True])
+    else:
+        dtype = data.dtype.numpy() if data.dtype is not None else np.float32
+        fill = np.array([1], dtype=dtype)
+    shape = ir.Node("", "Shape", [data], name=f"{label}_mask_shape")
+    ones = ir.Node(
+        "", "ConstantOfShape", [shape.outputs[0]], attributes=[ir.AttrTensor("value", ir.tensor(fill))],
+        name=f"{label}_mask",
+    )
+    scope.body.insert_before(node, [shape, ones])
+    take_over(mask, ones.outputs[0])

@@ -1,0 +1,37 @@
+"""What a pass did to each node it looked at: folded, stripped, or skipped and why."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+Action = Literal["folded", "stripped", "skipped"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """One BatchNormalization or Dropout node and what happened to it."""
+
+    graph: str
+    node: str
+    op_type: str
+    action: Action
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for JSON reports."""
+        return dataclasses.asdict(self)
+
+    def to_line(self) -> str:
+        """One human-readable report line."""
+        where = "" if self.graph == "main" else f" [{self.graph}]"
+        return f"{self.action.upper():8} {self.op_type} '{self.node}'{where}: {self.detail}"
+
+
+@dataclasses.dataclass
+class RewriteResult(ir.passes.PassResult):
+    """onnx_ir's PassResult plus the per-node record of what changed and what was skipped."""
+
+    records: list[NodeRecord] = dataclasses.field(default_factory=list)

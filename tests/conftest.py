@@ -1,0 +1,10 @@
+"""Shared fixtures: the repository root on sys.path so tests can import `models.build_examples`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
