@@ -22,7 +22,8 @@ def default_output(model_path: Path) -> Path:
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Where to write (default: MODEL.folded.onnx beside MODEL).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
-def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool) -> None:
+@click.option("--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold.")
+def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODEL.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
@@ -34,7 +35,7 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
     if not in_place and target.resolve() == model.resolve():
         raise NormfoldError(f"{target}: refusing to overwrite the input; use --in-place", exit_code=EXIT_USAGE)
     loaded = load_model(model)
-    result = fold(loaded)
+    result = fold(loaded, simplify=simplify)
     save_model(result.model, target, external_data=has_external_data(loaded))
     if as_json:
         report = result.to_dict() | {"input": str(model), "output": str(target)}

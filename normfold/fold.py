@@ -12,6 +12,7 @@ import onnx_ir as ir
 from normfold.graph_walk import count_nodes
 from normfold.io import load_model
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 from normfold.records import NodeRecord
 
@@ -70,13 +71,17 @@ def as_ir_model(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> i
     return load_model(model)
 
 
-def fold(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> FoldResult:
+def fold(model: ir.Model | onnx.ModelProto | str | os.PathLike[str], *, simplify: bool = False) -> FoldResult:
     """Strip every inference Dropout and fold every foldable BatchNormalization.
 
-    The input is never modified: the passes work on a copy that shares the (read-only) weights.
+    With `simplify`, onnxscript's constant folding runs before the BN fold (so computed BN
+    parameters become constants) and dead-code elimination after it. The input is never modified: the passes work on
+    copies that share the (read-only) weights.
     """
     original = as_ir_model(model)
     stripped = StripDropoutPass()(original)
-    folded = FoldBatchNormPass()(stripped.model)
+    current = SimplifyPass()(stripped.model).model if simplify else stripped.model
+    folded = FoldBatchNormPass()(current)
+    result_model = SimplifyPass()(folded.model).model if simplify else folded.model
     records = list(folded.records) + list(stripped.records)
-    return FoldResult(folded.model, records, count_nodes(original), count_nodes(folded.model))
+    return FoldResult(result_model, records, count_nodes(original), count_nodes(result_model))

@@ -31,8 +31,8 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path)
     try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise NormfoldError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     model = serde.deserialize_model(proto)
     ir_external_data.set_base_dir(model.graph, str(path.parent))
@@ -68,26 +68,40 @@ def has_external_data(model: ir.Model) -> bool:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool = False) -> None:
-    """Write the model atomically: a temporary file in the target folder, checked, then renamed.
+    """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
-    With `external_data`, tensors go to `<name>.data` beside the model. The output is verified with
+    With `external_data`, tensors go to `<name>.data` beside the model (another name if that file
+    holds the input's own tensors, which must not be overwritten). The output is verified with
     `onnx.checker.check_model(full_check=True)` before it replaces anything.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise NormfoldError(f"{path}: output folder '{folder}' does not exist")
-    handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        data_name = f"{path.name}.data" if external_data else None
-        ir.save(model, temp_name, external_data=data_name)
-        onnx.checker.check_model(temp_name, full_check=True)
-        os.chmod(temp_name, 0o666 & ~_umask())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    data_name = _data_file_name(model, path) if external_data else None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
+        staged = Path(staging) / path.name
+        ir.save(model, staged, external_data=data_name)
+        onnx.checker.check_model(str(staged), full_check=True)
+        os.chmod(staged, 0o666 & ~_umask())
+        if data_name is not None:
+            os.chmod(Path(staging) / data_name, 0o666 & ~_umask())
+            os.replace(Path(staging) / data_name, folder / data_name)
+        os.replace(staged, path)
+
+
+def _data_file_name(model: ir.Model, path: Path) -> str:
+    """`<name>.data`, unless the model's own tensors are read from that file."""
+    in_use = {
+        (Path(v.const_value.base_dir) / v.const_value.location).resolve()
+        for v in model.graph.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    name, counter = f"{path.name}.data", 0
+    while (path.parent / name).resolve() in in_use:
+        counter += 1
+        name = f"{path.name}.{counter}.data"
+    return name
 
 
 def _umask() -> int:
@@ -97,5 +111,6 @@ def _umask() -> int:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    """The error's text on one line, capped so a report line stays readable."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
