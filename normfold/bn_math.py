@@ -46,80 +46,116 @@ def in_channels(weight_shape: tuple[int, ...], layout: str, group: int) -> int:
     return {"conv": weight_shape[1] * group, "convt": weight_shape[0], "kn": weight_shape[0], "nk": weight_shape[-1]}[layout]
 
 
-def scale_outputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """W' with every output channel c multiplied by scale[c] (float64)."""
-    w = _f64(weight)
+def output_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
+    """Broadcastable factor multiplying each weight element by scale[its output channel]."""
     if layout == "conv":
-        return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        return scale.reshape((-1,) + (1,) * (len(shape) - 1))
     if layout == "convt":
-        c_in, c_out_g = w.shape[0], w.shape[1]
-        grouped = w.reshape((group, c_in // group, c_out_g) + w.shape[2:])
-        factor = scale.reshape((group, 1, c_out_g) + (1,) * (w.ndim - 2))
-        return (grouped * factor).reshape(w.shape)
+        c_in, c_out_g = shape[0], shape[1]
+        group_of_in = np.arange(c_in) // (c_in // group)
+        index = group_of_in[:, None] * c_out_g + np.arange(c_out_g)[None, :]
+        return scale[index].reshape((c_in, c_out_g) + (1,) * (len(shape) - 2))
     if layout == "kn":
-        return w * scale.reshape(1, -1)
-    return w * scale.reshape(-1, 1)
+        return scale.reshape(1, -1)
+    return scale.reshape(-1, 1)
 
 
-def scale_inputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """W' with every input channel c multiplied by scale[c] (float64)."""
-    w = _f64(weight)
+def input_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
+    """Broadcastable factor multiplying each weight element by scale[its input channel]."""
     if layout == "conv":
-        return w * _conv_input_factor(scale, w.shape, group)
+        c_out, c_in_g = shape[0], shape[1]
+        group_of_out = np.arange(c_out) // (c_out // group)
+        index = group_of_out[:, None] * c_in_g + np.arange(c_in_g)[None, :]
+        return scale[index].reshape((c_out, c_in_g) + (1,) * (len(shape) - 2))
     if layout == "kn":
-        return w * scale.reshape(-1, 1)
+        return scale.reshape(-1, 1)
     if layout == "nk":
-        return w * scale.reshape(1, -1)
+        return scale.reshape(1, -1)
     raise ValueError(f"forward folding is not defined for layout {layout!r}")
+
+
+def scale_outputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
+    """W' with every output channel c multiplied by scale[c], in float64 (reference form, for tests)."""
+    return _f64(weight) * output_factor(weight.shape, scale, layout, group)
 
 
 def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """The layer's per-output-channel response to a constant per-input-channel shift (float64)."""
-    w = _f64(weight)
-    if layout == "conv":
-        spatial = tuple(range(1, w.ndim))
-        return (w * _conv_input_factor(shift, w.shape, group)).sum(axis=spatial)
-    if layout == "kn":
-        return shift @ w
-    if layout == "nk":
-        return w @ shift
-    raise ValueError(f"forward folding is not defined for layout {layout!r}")
+    """The layer's per-output-channel response to a constant per-input-channel shift (float64).
 
-
-def _conv_input_factor(per_input: np.ndarray, shape: tuple[int, ...], group: int) -> np.ndarray:
-    """Broadcastable [C_out, C_in/g, 1...] array holding per_input[input channel of (co, j)]."""
-    c_out, c_in_g = shape[0], shape[1]
-    group_of_out = np.arange(c_out) // (c_out // group)
-    index = group_of_out[:, None] * c_in_g + np.arange(c_in_g)[None, :]
-    return per_input[index].reshape((c_out, c_in_g) + (1,) * (len(shape) - 2))
-
-
-def round_once(exact: np.ndarray, dtype: np.dtype, source: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
-    """Round float64 values to `dtype`; return (array, "") or (None, reason) when that loses accuracy.
-
-    Refused: a finite value that overflows the dtype, and (when `source` is the unfolded weight)
-    a weight pushed from the normal range into subnormals, where it keeps less than the dtype's precision.
+    Computed over row blocks of the weight so that no float64 copy of a large weight is held.
     """
-    info = ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
-    with np.errstate(over="ignore"):
-        rounded = exact.astype(dtype)
-    overflow = np.isfinite(exact) & ~np.isfinite(rounded.astype(np.float64))
-    if overflow.any():
-        biggest = float(np.abs(exact[overflow]).max())
+    factor = input_factor(weight.shape, shift, layout, group)
+    if layout == "kn":
+        total = np.zeros(weight.shape[1])
+        for rows in _row_blocks(weight):
+            total += (_f64(weight[rows]) * factor[rows]).sum(axis=0)
+        return total
+    parts = [(_f64(weight[rows]) * _rows(factor, rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
+             for rows in _row_blocks(weight)]
+    return np.concatenate(parts)
+
+
+def scale_and_round(
+    weight: np.ndarray, factor: np.ndarray, dtype: np.dtype
+) -> tuple[np.ndarray | None, str]:
+    """weight * factor computed in float64 over row blocks and rounded once to `dtype`.
+
+    Returns (array, "") or (None, reason) when rounding would lose accuracy: a finite value that
+    overflows the dtype, or a weight pushed from the normal range into subnormals, where it keeps
+    less than the dtype's precision.
+    """
+    info = _finfo(dtype)
+    out = np.empty(weight.shape, dtype=dtype)
+    overflow = pushed = 0
+    biggest = 0.0
+    tiny = float(info.smallest_normal)
+    for rows in _row_blocks(weight):
+        exact = _f64(weight[rows])
+        exact *= _rows(factor, rows)
+        with np.errstate(over="ignore"):
+            out[rows] = exact
+        magnitude = np.abs(exact, out=exact)
+        largest = float(magnitude.max()) if magnitude.size else 0.0
+        if largest > float(info.max):
+            bad = np.isfinite(magnitude) & (magnitude > float(info.max))
+            overflow += int(bad.sum())
+            biggest = max(biggest, float(magnitude[bad].max()))
+        if magnitude.size and float(magnitude.min()) < tiny:
+            source = np.abs(_f64(weight[rows]))
+            pushed += int(((magnitude < tiny) & (magnitude > 0) & (source >= tiny)).sum())
+    name = np.dtype(dtype).name
+    if overflow:
+        return None, f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {float(info.max):.4g})"
+    if pushed:
         return None, (
-            f"folded values overflow {np.dtype(dtype).name} ({int(overflow.sum())} values, largest "
-            f"|{biggest:.4g}| > max {float(info.max):.4g})"
+            f"folding pushes {pushed} weights below {name}'s smallest normal {tiny:.3g}, "
+            "losing precision beyond the dtype's rounding"
         )
-    if source is not None:
-        tiny = float(info.smallest_normal)
-        src = np.abs(_f64(source))
-        pushed = (np.abs(exact) < tiny) & (exact != 0) & (src >= tiny)
-        if pushed.any():
-            return None, (
-                f"folding pushes {int(pushed.sum())} weights below {np.dtype(dtype).name}'s smallest normal "
-                f"{tiny:.3g}, losing precision beyond the dtype's rounding"
-            )
-    return rounded, ""
+    return out, ""
+
+
+def round_once(exact: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
+    """Round small float64 values (biases) to `dtype`; (None, reason) if a finite value overflows."""
+    return scale_and_round(np.atleast_1d(exact), np.ones(1), dtype)
+
+
+ROW_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(array: np.ndarray) -> list[slice]:
+    """Slices of axis 0 holding about ROW_BLOCK_ELEMENTS elements each."""
+    rows = array.shape[0] if array.ndim else 1
+    per_row = max(1, array.size // max(rows, 1))
+    step = max(1, ROW_BLOCK_ELEMENTS // per_row)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _rows(factor: np.ndarray, rows: slice) -> np.ndarray:
+    return factor if factor.ndim == 0 or factor.shape[0] == 1 else factor[rows]
+
+
+def _finfo(dtype: np.dtype):
+    return ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
 
 
 def _f64(array: np.ndarray) -> np.ndarray:

@@ -14,7 +14,9 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from normfold.bn_math import Affine, bn_affine, input_shift_response, round_once, scale_inputs, scale_outputs
+from normfold.bn_math import (
+    Affine, bn_affine, input_factor, input_shift_response, output_factor, round_once, scale_and_round,
+)
 from normfold.errors import NormfoldError
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over, why_not_constant
 from normfold.graph_walk import Scope, iter_scopes, node_label
@@ -186,7 +188,7 @@ def _plan_backward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | st
             return f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value per channel"
         add_vector = per_channel
     s, t = affine.scale, affine.shift
-    weight = scale_outputs(layer.weight, s, layer.layout, layer.group)
+    factor = output_factor(layer.weight.shape, s, layer.layout, layer.group)
     if layer.op == "Gemm":
         beta = layer.attr_float("beta", 1.0)
         c = np.zeros(channels) if layer.bias is None else beta * layer.bias.astype(np.float64)
@@ -197,7 +199,7 @@ def _plan_backward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | st
         own = np.zeros(channels) if layer.bias is None else layer.bias.astype(np.float64).reshape(-1)
         bias = s * (own + add_vector) + t
     keep_add = layer.op == "MatMul" and add_node is not None
-    return _rounded(layer, weight, bias, "backward", add_node, layer.op == "MatMul" and not keep_add, keep_add)
+    return _rounded(layer, factor, bias, "backward", add_node, layer.op == "MatMul" and not keep_add, keep_add)
 
 
 def _plan_forward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | str:
@@ -225,7 +227,7 @@ def _plan_forward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | str
     if layer.in_channels != channels:
         raise _channels_error(bn, channels, layer, layer.in_channels)
     s, t = affine.scale, affine.shift
-    weight = scale_inputs(layer.weight, s, layer.layout, layer.group)
+    factor = input_factor(layer.weight.shape, s, layer.layout, layer.group)
     response = input_shift_response(layer.weight, t, layer.layout, layer.group)
     if layer.op == "Gemm":
         alpha, beta = layer.attr_float("alpha", 1.0), layer.attr_float("beta", 1.0)
@@ -235,15 +237,15 @@ def _plan_forward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | str
         bias = response + (0.0 if layer.bias is None else layer.bias.astype(np.float64))
     else:
         bias = response
-    return _rounded(layer, weight, bias, "forward", None, layer.op == "MatMul", False)
+    return _rounded(layer, factor, bias, "forward", None, layer.op == "MatMul", False)
 
 
 def _rounded(
-    layer: LinearLayer, weight: np.ndarray, bias: np.ndarray, direction: str,
+    layer: LinearLayer, factor: np.ndarray, bias: np.ndarray, direction: str,
     add_node: ir.Node | None, to_gemm: bool, keep_add: bool,
 ) -> _Edit | str:
     dtype = layer.weight.dtype
-    new_weight, reason = round_once(weight, dtype, source=layer.weight)
+    new_weight, reason = scale_and_round(layer.weight, factor, dtype)
     if new_weight is None:
         return f"{layer.label}: {reason}"
     new_bias, reason = round_once(bias, dtype)

@@ -1,0 +1,58 @@
+"""A model over 2 GB (external data) folds: memory-mapped in, external data out, checked, equivalent."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+
+from normfold.cli import main
+
+K, N = 16384, 33000  # 16384 x 33000 float32 weights: 2.16 GB
+NEEDED_DISK = 7 * 2**30
+
+
+def _initializer(name: str, array: np.ndarray) -> ir.Value:
+    tensor = ir.tensor(array, name=name)
+    return ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+
+
+def _build(path: Path) -> np.ndarray:
+    """MatMul with a 2.16 GB weight, then BN; saved with external data. Returns the BN scale s."""
+    g = np.random.default_rng(0)
+    params = [g.uniform(0.5, 1.5, N), g.normal(0, 0.2, N), g.normal(0, 0.5, N), g.uniform(0.5, 2.0, N)]
+    values = [_initializer(n, p.astype(np.float32)) for n, p in zip(("s", "b", "m", "v"), params)]
+    weight = _initializer("w", g.standard_normal((K, N), dtype=np.float32))
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", K]))
+    matmul = ir.Node("", "MatMul", [x, weight], name="mm")
+    bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *values], name="bn")
+    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = "z", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", N])
+    graph = ir.Graph([x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[weight, *values], opset_imports={"": 17}, name="big")
+    ir.save(ir.Model(graph, ir_version=8), path, external_data=f"{path.name}.data")
+    return params
+
+
+@pytest.mark.skipif(shutil.disk_usage("/tmp").free < NEEDED_DISK, reason="needs 7 GiB of free disk for a 2.16 GB model and its fold")
+def test_model_over_2gb_folds_with_external_data(tmp_path: Path) -> None:
+    source = tmp_path / "big.onnx"
+    gamma, beta, mean, var = _build(source)
+    result = CliRunner().invoke(main, ["fold", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "FOLDED   BatchNormalization 'bn': into MatMul 'mm' (backward) (MatMul rewritten as Gemm)" in result.output
+    target = tmp_path / "big.folded.onnx"
+    assert (tmp_path / "big.folded.onnx.data").stat().st_size > 2**31
+    folded = ir.load(target)
+    (gemm,) = list(folded.graph)
+    assert gemm.op_type == "Gemm"
+    s = gamma.astype(np.float32).astype(np.float64) / np.sqrt(var.astype(np.float32).astype(np.float64) + 1e-5)
+    t = beta.astype(np.float32).astype(np.float64) - s * mean.astype(np.float32).astype(np.float64)
+    original = ir.load(source).graph.initializers["w"].const_value.numpy()
+    new_weight = gemm.inputs[1].const_value.numpy()
+    for rows in (slice(0, 3), slice(K - 3, K)):
+        expected = (original[rows].astype(np.float64) * s).astype(np.float32)
+        np.testing.assert_array_equal(new_weight[rows], expected)
+    np.testing.assert_array_equal(gemm.inputs[2].const_value.numpy(), t.astype(np.float32))

@@ -1,0 +1,508 @@
+"""Property test: `normfold.fold` on random small Conv/ConvTranspose/Gemm/MatMul + BN + Dropout chains.
+
+Each example is a chain of 1-4 blocks on one graph input. A block is
+
+    [Flatten]  [BN (forward candidate)]  layer  [Add const bias]  BN  [BN]  [Relu]  [Dropout]
+
+where the layer is a Conv (1-D/2-D/3-D; kernel 1-3, strides 1-2, dilations 1-2, pads 0-1 or an
+auto_pad, groups 1 / depthwise / 2, bias or not), a ConvTranspose (2-D; groups 1 or 2, strides 1-2,
+pads, output_padding, bias or not), a Gemm (transB, alpha, beta, C absent / [N] / [1,N] / scalar) or
+a MatMul with a constant 2-D weight. A Flatten is put in front of the first Gemm/MatMul that follows
+a convolution. The graph may start with a Dropout on the graph input and end with a BN after a Relu
+(which has nothing to fold into). Dropouts take every opset-13+ form (no extra input, ratio,
+ratio + training_mode=false, omitted ratio + training_mode=false), and their mask may be consumed
+(Cast + Mul), be a graph output, or both. Some intermediate values are made graph outputs, and the
+graph outputs come in a random order. Constants are initializers, Constant nodes, or Identity of an
+initializer. The opset is 13, 15 or 17.
+
+The strategy records, for every BN, whether it is foldable by construction (True), not foldable by
+construction (False), or depends on details it does not model (None). The test asserts:
+
+(a) the folded model passes `onnx.checker.check_model(..., full_check=True)`;
+(b) no Dropout is left; every BN marked True is folded and every BN marked False is skipped; when
+    every BN is marked True none is left; every BN left has a 'skipped' record with a reason;
+(c) graph input and output names, order and element types are unchanged;
+(d) the folded model is numerically as exact as the original (`numerics.assert_fold_exact`);
+and also that the input ModelProto is not modified and that folding the result again changes nothing.
+
+CI runs 200 derandomized examples (well under a minute). For a longer search run, e.g.:
+
+    NORMFOLD_HYPOTHESIS_EXAMPLES=10000 python -m pytest tests/test_property.py -q
+
+No health check is suppressed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import normfold
+from graphs import bn_params
+from numerics import assert_fold_exact, random_feeds
+
+EXAMPLES = int(os.environ.get("NORMFOLD_HYPOTHESIS_EXAMPLES", "200"))
+
+DENSE_OPS = ("Gemm", "MatMul")
+# What produces the value a block starts from, once Dropouts are stripped. A BN placed right after
+# one of these cannot fold backward, so whether it folds depends only on the layer that consumes it.
+NOT_FOLDABLE_BACKWARD = ("input", "relu", "mul", "flatten")
+
+
+@dataclasses.dataclass
+class Case:
+    """A generated model and what the strategy knows about it."""
+
+    model: onnx.ModelProto
+    seed: int
+    bn_expect: dict[str, bool | None]
+    dropouts: list[str]
+    lines: list[str]
+    truth_model: onnx.ModelProto | None = None
+
+    def describe(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _chance(draw, percent: int) -> bool:
+    """True with about `percent`% probability; shrinks towards False."""
+    return draw(st.integers(0, 99)) >= 100 - percent
+
+
+def _per_channel(shape: tuple[int, ...], rank: int, channels: int) -> bool:
+    """Whether a bias of `shape` added to a rank-`rank` output is one value per channel (axis 1)."""
+    if len(shape) > rank:
+        return False
+    full = (1,) * (rank - len(shape)) + tuple(shape)
+    return all(d == 1 for i, d in enumerate(full) if i != 1) and full[1] in (1, channels)
+
+
+class _Builder:
+    def __init__(self, seed: int, opset: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, np.ndarray] = {}
+        # The same model in a form onnx's ReferenceEvaluator computes correctly (the float64 truth).
+        self.truth_nodes: list[onnx.NodeProto] = []
+        self.truth_inits: dict[str, np.ndarray] = {}
+        self.taken: set[str] = set()
+        self.lines: list[str] = []
+        self.bn_expect: dict[str, bool | None] = {}
+        self.dropouts: list[str] = []
+        self.outputs: list[tuple[str, int]] = []
+
+    def name(self, base: str) -> str:
+        name, counter = base, 0
+        while name in self.taken:
+            counter += 1
+            name = f"{base}_{counter}"
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray, style: str) -> str:
+        name = self.name(base)
+        if style == "init":
+            self.inits[name] = array
+        elif style == "constant":
+            self.emit(
+                helper.make_node("Constant", [], [name], name=self.name(f"{name}_node"),
+                                 value=numpy_helper.from_array(np.asarray(array), name))
+            )
+        else:
+            raw = self.name(f"{name}_raw")
+            self.inits[raw] = array
+            self.emit(helper.make_node("Identity", [raw], [name], name=self.name(f"{name}_identity")))
+        return name
+
+    def emit(self, node: onnx.NodeProto, truth: bool = True) -> None:
+        self.nodes.append(node)
+        if truth:
+            self.truth_nodes.append(node)
+
+    def node(self, op: str, inputs: list[str], base: str, outputs: int = 1, reserved: bool = False,
+             model_only: bool = False, **attrs) -> list[str]:
+        node_name = base if reserved else self.name(base)
+        outs = [node_name + "_out"] + [self.name(f"{node_name}_out{i}") for i in range(1, outputs)]
+        self.taken.add(outs[0])
+        self.emit(helper.make_node(op, inputs, outs, name=node_name, **attrs), truth=not model_only)
+        return outs
+
+    def weight(self, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+        return (self.rng.standard_normal(shape) / math.sqrt(max(fan_in, 1))).astype(np.float32)
+
+    def output(self, name: str, elem_type: int = TensorProto.FLOAT) -> None:
+        if name not in {n for n, _ in self.outputs}:
+            self.outputs.append((name, elem_type))
+
+
+def _bn(draw, b: _Builder, x: str, channels: int, base: str, style: str, expect: bool | None) -> str:
+    prefix = b.name(base)
+    params = bn_params(prefix, channels, b.rng)
+    inputs = [x] + [b.const(key, value, style) for key, value in params.items()]
+    attrs = {"epsilon": draw(st.sampled_from([1e-5, 1e-3, 0.25]))}
+    if _chance(draw, 30):
+        attrs["momentum"] = 0.8
+    if b.opset >= 14 and _chance(draw, 30):
+        attrs["training_mode"] = 0
+    (y,) = b.node("BatchNormalization", inputs, prefix, reserved=True, **attrs)
+    b.bn_expect[prefix] = expect
+    b.lines.append(f"  BatchNormalization {prefix} C={channels} {attrs} expect_folded={expect}")
+    return y
+
+
+def _dropout(draw, b: _Builder, x: str, style: str) -> tuple[str, str | None]:
+    """Inference Dropout on x; returns (value to continue from, tap-able mask name or None)."""
+    form = draw(st.sampled_from(["plain", "ratio", "ratio+training", "training"]))
+    ratio = np.array(draw(st.sampled_from([0.0, 0.1, 0.5, 0.9])), dtype=np.float32)
+    false = np.array(False)
+    inputs = {
+        "plain": [x],
+        "ratio": [x, b.const("ratio", ratio, style)],
+        "ratio+training": [x, b.const("ratio", ratio, style), b.const("training", false, style)],
+        "training": [x, "", b.const("training", false, style)],
+    }[form]
+    mask_use = draw(st.sampled_from(["none", "consumed", "output", "both"]))
+    attrs = {"seed": 7} if _chance(draw, 20) else {}
+    outs = b.node("Dropout", inputs, "dropout", outputs=1 if mask_use == "none" else 2, **attrs)
+    b.dropouts.append(b.nodes[-1].name)
+    b.lines.append(f"  Dropout form={form} mask={mask_use} {attrs}")
+    y = outs[0]
+    if mask_use in ("output", "both"):
+        b.output(outs[1], TensorProto.BOOL)
+    if mask_use in ("consumed", "both"):
+        (as_float,) = b.node("Cast", [outs[1]], "mask_cast", to=TensorProto.FLOAT)
+        (y,) = b.node("Mul", [y, as_float], "mask_mul")
+    return y, mask_use
+
+
+def _conv_dims(draw, length: int) -> tuple[int, int, int, int, int]:
+    """(kernel, stride, dilation, pad_begin, pad_end) for one axis that leaves an output of size >= 1."""
+    k, s, d = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pb, pe = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    if length + pb + pe < d * (k - 1) + 1:
+        d = 1
+        k = min(k, length + pb + pe)
+    return k, s, d, pb, pe
+
+
+def _conv(draw, b: _Builder, x: str, channels: int, spatial: list[int], style: str):
+    """Conv; returns (output, out_channels, out_spatial, pads_input: bool | None)."""
+    group_kinds = ["1"] + (["depthwise"] if channels > 1 else []) + (["2"] if channels % 2 == 0 else [])
+    group_kind = draw(st.sampled_from(group_kinds))
+    if group_kind == "1":
+        group, c_out = 1, draw(st.integers(1, 6))
+    elif group_kind == "depthwise":
+        group, c_out = channels, channels * draw(st.integers(1, 2))
+    else:
+        group, c_out = 2, 2 * draw(st.integers(1, 3))
+    dims = [_conv_dims(draw, length) for length in spatial]
+    kernel = [d[0] for d in dims]
+    auto_pad = draw(st.sampled_from(["VALID", "SAME_UPPER", "SAME_LOWER"])) if _chance(draw, 15) else "NOTSET"
+    attrs = {"kernel_shape": kernel, "group": group}
+    if _chance(draw, 80):
+        attrs["strides"] = [d[1] for d in dims]
+    strides = attrs.get("strides", [1] * len(dims))
+    if auto_pad == "NOTSET":
+        if _chance(draw, 80):
+            attrs["dilations"] = [d[2] for d in dims]
+        if _chance(draw, 80):
+            attrs["pads"] = [d[3] for d in dims] + [d[4] for d in dims]
+    else:
+        attrs["auto_pad"] = auto_pad
+        if auto_pad == "VALID":
+            # keep the kernel inside the input
+            attrs["kernel_shape"] = kernel = [min(k, length) for k, length in zip(kernel, spatial)]
+    dilations = attrs.get("dilations", [1] * len(dims))
+    pads = attrs.get("pads", [0] * (2 * len(dims)))
+    out_spatial = []
+    for i, length in enumerate(spatial):
+        if auto_pad.startswith("SAME"):
+            out_spatial.append(-(-length // strides[i]))
+        else:
+            span = length + pads[i] + pads[i + len(dims)] - dilations[i] * (kernel[i] - 1) - 1
+            out_spatial.append(span // strides[i] + 1)
+    c_in_g = channels // group
+    w = b.const("conv_w", b.weight((c_out, c_in_g, *kernel), c_in_g * math.prod(kernel)), style)
+    inputs = [x, w]
+    if draw(st.booleans()):
+        inputs.append(b.const("conv_b", (0.3 * b.rng.standard_normal(c_out)).astype(np.float32), style))
+    (y,) = b.node("Conv", inputs, "conv", **attrs)
+    pads_input = None if auto_pad.startswith("SAME") else any(pads) and auto_pad == "NOTSET"
+    b.lines.append(f"  Conv C {channels}->{c_out} spatial {spatial}->{out_spatial} bias={len(inputs) == 3} {attrs}")
+    return y, c_out, out_spatial, pads_input
+
+
+def _conv_transpose(draw, b: _Builder, x: str, channels: int, spatial: list[int], style: str):
+    group = 2 if channels % 2 == 0 and draw(st.booleans()) else 1
+    c_out = 2 * draw(st.integers(1, 3)) if group == 2 else draw(st.integers(1, 6))
+    kernel, strides, dilations, pads, out_pad, out_spatial = [], [], [], [[], []], [], []
+    for length in spatial:
+        k = draw(st.integers(1, 3))
+        s = draw(st.integers(1, 2)) if max(spatial) <= 8 else 1
+        d = draw(st.integers(1, 2))
+        # output_padding < stride (onnx's reference ConvTranspose rejects padding from dilation alone)
+        op = draw(st.integers(0, s - 1))
+        pb, pe = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+        out = s * (length - 1) + op + d * (k - 1) + 1 - pb - pe
+        if out < 1:
+            pb = pe = 0
+            out = s * (length - 1) + op + d * (k - 1) + 1
+        kernel.append(k), strides.append(s), dilations.append(d), out_pad.append(op)
+        pads[0].append(pb), pads[1].append(pe), out_spatial.append(out)
+    attrs = {"kernel_shape": kernel, "group": group, "strides": strides, "dilations": dilations,
+             "pads": pads[0] + pads[1]}
+    if any(out_pad):
+        attrs["output_padding"] = out_pad
+    weight = b.weight((channels, c_out // group, *kernel), channels * math.prod(kernel))
+    w = b.const("convt_w", weight, style)
+    inputs = [x, w]
+    bias = None
+    if draw(st.booleans()):
+        bias = (0.3 * b.rng.standard_normal(c_out)).astype(np.float32)
+        inputs.append(b.const("convt_b", bias, style))
+    (y,) = b.node("ConvTranspose", inputs, "convt", model_only=group > 1, **attrs)
+    if group > 1:
+        _grouped_conv_transpose_truth(b, x, y, weight, bias, group, attrs)
+    b.lines.append(f"  ConvTranspose C {channels}->{c_out} spatial {spatial}->{out_spatial} bias={len(inputs) == 3} {attrs}")
+    return y, c_out, out_spatial
+
+
+def _grouped_conv_transpose_truth(b: _Builder, x: str, y: str, weight, bias, group: int, attrs: dict) -> None:
+    """For the float64 truth: Split -> one ConvTranspose per group -> Concat.
+
+    onnx's ReferenceEvaluator mis-reshapes grouped ConvTranspose weights (ValueError: cannot reshape),
+    so the truth model computes the same function with group=1 pieces.
+    """
+    c_in_g, c_out_g = weight.shape[0] // group, weight.shape[1]
+    sizes = b.name(f"{y}_split_sizes")
+    b.truth_inits[sizes] = np.array([c_in_g] * group, dtype=np.int64)
+    parts = [b.name(f"{y}_in{i}") for i in range(group)]
+    b.truth_nodes.append(helper.make_node("Split", [x, sizes], parts, name=b.name(f"{y}_split"), axis=1))
+    pieces = []
+    for i, part in enumerate(parts):
+        w_i = b.name(f"{y}_w{i}")
+        b.truth_inits[w_i] = weight[i * c_in_g:(i + 1) * c_in_g]
+        inputs = [part, w_i]
+        if bias is not None:
+            b_i = b.name(f"{y}_b{i}")
+            b.truth_inits[b_i] = bias[i * c_out_g:(i + 1) * c_out_g]
+            inputs.append(b_i)
+        pieces.append(b.name(f"{y}_piece{i}"))
+        b.truth_nodes.append(
+            helper.make_node("ConvTranspose", inputs, [pieces[-1]], name=b.name(f"{y}_g{i}"), **{**attrs, "group": 1})
+        )
+    b.truth_nodes.append(helper.make_node("Concat", pieces, [y], name=b.name(f"{y}_concat"), axis=1))
+
+
+def _gemm(draw, b: _Builder, x: str, k: int, style: str):
+    n = draw(st.integers(1, 6))
+    trans_b = draw(st.booleans())
+    attrs = {}
+    if trans_b or _chance(draw, 30):
+        attrs["transB"] = int(trans_b)
+    if _chance(draw, 50):
+        attrs["alpha"] = draw(st.sampled_from([0.5, 2.0, -0.75]))
+    if _chance(draw, 50):
+        attrs["beta"] = draw(st.sampled_from([0.0, 0.5, -1.25, 3.0]))
+    c_kind = draw(st.sampled_from(["none", "[N]", "[1,N]", "[]", "[1]"]))
+    w = b.const("gemm_w", b.weight((n, k) if trans_b else (k, n), k), style)
+    inputs = [x, w]
+    c_shape = {"none": None, "[N]": (n,), "[1,N]": (1, n), "[]": (), "[1]": (1,)}[c_kind]
+    if c_shape is not None:
+        inputs.append(b.const("gemm_c", (0.3 * b.rng.standard_normal(c_shape)).astype(np.float32), style))
+    (y,) = b.node("Gemm", inputs, "gemm", **attrs)
+    b.lines.append(f"  Gemm K={k} N={n} C={c_kind} {attrs}")
+    return y, n
+
+
+def _matmul(draw, b: _Builder, x: str, k: int, style: str):
+    n = draw(st.integers(1, 6))
+    w = b.const("matmul_w", b.weight((k, n), k), style)
+    (y,) = b.node("MatMul", [x, w], "matmul")
+    b.lines.append(f"  MatMul K={k} N={n}")
+    return y, n
+
+
+def _add_bias(draw, b: _Builder, y: str, channels: int, spatial: list[int], style: str) -> tuple[str, bool]:
+    rank = 2 + len(spatial)
+    rest = [1] * len(spatial)
+    shapes = {
+        "[C,1..]": (channels, *rest),
+        "[1,C,1..]": (1, channels, *rest),
+        "[]": (),
+        "[1]": (1,),
+    }
+    if spatial:
+        shapes["[1..,L] (not per channel)"] = (*([1] * (rank - 1)), spatial[-1])
+    kind = draw(st.sampled_from(sorted(shapes)))
+    shape = shapes[kind]
+    bias = b.const("add_b", (0.3 * b.rng.standard_normal(shape)).astype(np.float32), style)
+    inputs = [bias, y] if draw(st.booleans()) else [y, bias]
+    (out,) = b.node("Add", inputs, "add")
+    per_channel = _per_channel(shape, rank, channels)
+    b.lines.append(f"  Add bias {kind}={list(shape)} bias_first={inputs[0] == bias} per_channel={per_channel}")
+    return out, per_channel
+
+
+@st.composite
+def fold_cases(draw) -> Case:
+    opset = draw(st.sampled_from([13, 15, 17]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    b = _Builder(seed, opset)
+    spatial_rank = draw(st.integers(0, 3))
+    channels = draw(st.integers(1, 6))
+    spatial = [draw(st.integers(3, 8 if spatial_rank < 3 else 5)) for _ in range(spatial_rank)]
+    batch = draw(st.sampled_from(["N", 1, 2]))
+    input_shape = [batch, channels, *spatial]
+    b.taken.add("X")
+    b.lines.append(f"opset {opset}, seed {seed}, X {input_shape}")
+    current, made_by = "X", "input"
+    if _chance(draw, 10):
+        current, _ = _dropout(draw, b, current, "init")
+    n_blocks = draw(st.integers(1, 4))
+    for index in range(n_blocks):
+        last = index == n_blocks - 1
+        style = draw(st.sampled_from(["init", "init", "constant", "identity"]))
+        kinds = list(DENSE_OPS) if not spatial else ["Conv", "Conv", "Gemm", "MatMul"] + (
+            ["ConvTranspose"] if len(spatial) == 2 else []
+        )
+        kind = draw(st.sampled_from(kinds))
+        b.lines.append(f"block {index}: {kind} (constants: {style})")
+        if kind in DENSE_OPS and spatial:
+            (current,) = b.node("Flatten", [current], "flatten", axis=1)
+            channels, spatial, made_by = channels * math.prod(spatial), [], "flatten"
+            b.lines.append(f"  Flatten -> [N, {channels}]")
+        pre_bn = made_by in NOT_FOLDABLE_BACKWARD and _chance(draw, 30)
+        if pre_bn:
+            # Its expectation depends on the layer, decided below: patch it afterwards.
+            current = _bn(draw, b, current, channels, "bn_fwd", style, None)
+            pre_bn_name = list(b.bn_expect)[-1]
+        if kind == "Conv":
+            current, channels, spatial, pads_input = _conv(draw, b, current, channels, spatial, style)
+            forward_ok = None if pads_input is None else not pads_input
+        elif kind == "ConvTranspose":
+            current, channels, spatial = _conv_transpose(draw, b, current, channels, spatial, style)
+            forward_ok = False
+        elif kind == "Gemm":
+            current, channels = _gemm(draw, b, current, channels, style)
+            forward_ok = True
+        else:
+            current, channels = _matmul(draw, b, current, channels, style)
+            forward_ok = True
+        if pre_bn:
+            b.bn_expect[pre_bn_name] = forward_ok
+            b.lines.append(f"  (forward BN {pre_bn_name} expect_folded={forward_ok})")
+        backward_ok: bool | None = True
+        if _chance(draw, 30):
+            current, per_channel = _add_bias(draw, b, current, channels, spatial, style)
+            backward_ok = True if per_channel else None
+        current = _bn(draw, b, current, channels, "bn", style, backward_ok)
+        if _chance(draw, 20):
+            current = _bn(draw, b, current, channels, "bn", style, backward_ok)
+        made_by = "bn"
+        if _chance(draw, 50):
+            (current,) = b.node("Relu", [current], "relu")
+            made_by = "relu"
+            b.lines.append("  Relu")
+        if _chance(draw, 10):
+            b.output(current)
+            b.lines.append(f"  graph output tap: {current}")
+        if _chance(draw, 40):
+            current, mask_use = _dropout(draw, b, current, style)
+            if mask_use in ("consumed", "both"):
+                made_by = "mul"
+        if not last and _chance(draw, 10):
+            b.output(current)
+            b.lines.append(f"  graph output tap: {current}")
+    if made_by in ("relu", "mul") and _chance(draw, 20):
+        b.lines.append("trailing BN")
+        current = _bn(draw, b, current, channels, "bn_tail", "init", False)
+    b.output(current)
+    outputs = draw(st.permutations(b.outputs))
+    b.lines.append(f"outputs: {[name for name, _ in outputs]}")
+    model = _model(b.nodes, b.inits, input_shape, outputs, opset)
+    truth = None
+    if b.truth_nodes != b.nodes:
+        truth = _model(b.truth_nodes, {**b.inits, **b.truth_inits}, input_shape, outputs, opset)
+    return Case(model, seed % 1000, b.bn_expect, b.dropouts, b.lines, truth)
+
+
+def _model(nodes, inits, input_shape, outputs, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "property",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(name, elem, None) for name, elem in outputs],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    # This onnx's checker wants a shape on every graph output: take the inferred ones.
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    known = {v.name: v.type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    for value in model.graph.output:
+        value.type.CopyFrom(known[value.name])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _io(model: onnx.ModelProto) -> tuple[list, list]:
+    def info(values):
+        return [(v.name, v.type.tensor_type.elem_type) for v in values]
+
+    initializers = {t.name for t in model.graph.initializer}
+    return info(v for v in model.graph.input if v.name not in initializers), info(model.graph.output)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(case=fold_cases())
+def test_fold_random_chains(case: Case) -> None:
+    note(case.describe())
+    model = case.model
+    original_bytes = model.SerializeToString()
+
+    result = normfold.fold(model)
+    assert model.SerializeToString() == original_bytes, "fold modified its input ModelProto"
+    for record in result.records:
+        note(record.to_line())
+    folded = ir.to_proto(result.model)
+
+    # (a) a valid model
+    onnx.checker.check_model(folded, full_check=True)
+
+    # (b) Dropout gone; BNs folded as expected; every BN left is explained
+    ops = [node.op_type for node in folded.graph.node]
+    assert "Dropout" not in ops
+    assert result.count("Dropout") == result.count("Dropout", "stripped") == len(case.dropouts)
+    bn_records = {r.node: r for r in result.records if r.op_type == "BatchNormalization"}
+    assert sorted(bn_records) == sorted(case.bn_expect)
+    for name, expected in case.bn_expect.items():
+        if expected is not None:
+            assert (bn_records[name].action == "folded") == expected, bn_records[name].to_line()
+    left = [node.name for node in folded.graph.node if node.op_type == "BatchNormalization"]
+    if all(case.bn_expect.values()):
+        assert left == []
+    assert sorted(left) == sorted(n for n, r in bn_records.items() if r.action != "folded")
+    for name in left:
+        assert bn_records[name].action == "skipped" and bn_records[name].detail.strip(), bn_records[name]
+
+    # (c) the interface is unchanged
+    assert _io(folded) == _io(model)
+
+    # (d) exact numerics
+    assert_fold_exact(model, folded, random_feeds(model, seed=case.seed), truth_model=case.truth_model)
+
+    # folding again finds nothing left to do
+    again = normfold.fold(folded)
+    assert again.count("BatchNormalization", "folded") == 0
+    assert again.count("Dropout") == 0
