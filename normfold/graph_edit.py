@@ -97,7 +97,7 @@ def take_over(old: ir.Value, new: ir.Value) -> None:
     old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
-def drop_if_unused(scope: Scope, values: Iterable[ir.Value | None]) -> None:
+def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
     """Remove initializers and Constant nodes that a rewrite left without any consumer."""
     for value in values:
         if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
@@ -107,7 +107,7 @@ def drop_if_unused(scope: Scope, values: Iterable[ir.Value | None]) -> None:
             del owner.initializers[value.name]
             continue
         producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and producer.graph is not None:
+        if producer is not None and producer.op_type in ("Constant", "Identity") and producer.graph is not None:
+            upstream = producer.inputs[0] if producer.op_type == "Identity" else None
             producer.graph.remove(producer, safe=True)
-        elif producer is not None and isinstance(scope.body, ir.Function) and producer.op_type == "Constant":
-            scope.body.remove(producer, safe=True)
+            drop_if_unused([upstream])

@@ -1,10 +1,12 @@
-"""Shared fixtures: the repository root on sys.path so tests can import `models.build_examples`."""
+"""Test-wide setup: the tests/ folder on sys.path for the shared helpers (graphs, numerics).
+
+The repository root is deliberately not on sys.path: tests import the installed normfold
+(whose `normfold.cli` comes from the top-level cli/ folder), never the source tree directly.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from models.build_examples import EXAMPLES
+from examples import EXAMPLES
 from normfold import fold, load_model
 from numerics import assert_fold_exact, random_feeds
 

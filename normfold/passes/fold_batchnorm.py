@@ -327,7 +327,7 @@ def _apply(scope: Scope, bn: ir.Node, edit: _Edit, names: NameSource) -> None:
     if edit.add_node is not None and not edit.keep_add:
         old_inputs.extend(edit.add_node.inputs)
         scope.body.remove(edit.add_node, safe=True)
-    drop_if_unused(scope, old_inputs)
+    drop_if_unused(old_inputs)
 
 
 def _replace_add_bias(scope: Scope, add: ir.Node, bias: np.ndarray, names: NameSource) -> None:

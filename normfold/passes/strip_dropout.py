@@ -59,7 +59,7 @@ def _strip_one(scope: Scope, node: ir.Node) -> NodeRecord:
         detail += "; mask replaced by an all-true tensor of the input's shape"
     extra_inputs = list(node.inputs[1:])
     scope.body.remove(node, safe=True)
-    drop_if_unused(scope, extra_inputs)
+    drop_if_unused(extra_inputs)
     return NodeRecord(scope.name, label, "Dropout", "stripped", detail)
 
 

@@ -119,3 +119,18 @@ def test_pass_leaves_its_input_unchanged() -> None:
     result = StripDropoutPass()(model)
     assert [n.op_type for n in model.graph] == ["Relu", "Dropout", "Neg"]
     assert [n.op_type for n in result.model.graph] == ["Relu", "Neg"]
+
+
+def test_opset6_dropout_follows_is_test() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Dropout", ["r"], ["y"], name="drop", is_test=1)], "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    assert op_types(ir.to_proto(fold(model).model)) == ["Relu"]
+    model.graph.node[1].attribute[0].i = 0
+    result = fold(model)
+    assert op_types(ir.to_proto(result.model)) == ["Relu", "Dropout"]
+    assert result.records[0].detail == "is_test=0 (opset 6 training mode)"
