@@ -1,15 +1,19 @@
-"""`normfold fold`: parse options, call normfold.fold, print the report."""
+"""`normfold fold`: parse options, call normfold.fold (and validate), print the report."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.cli.validation_options import validation_kwargs, validation_options
+from normfold.errors import EXIT_MISMATCH, EXIT_USAGE, NormfoldError
 from normfold.fold import fold
 from normfold.io import has_external_data, load_model, save_model
+from normfold.validate import ValidationReport, validate
+from normfold.validate.runner import NotComparableError
 
 
 def default_output(model_path: Path) -> Path:
@@ -23,25 +27,59 @@ def default_output(model_path: Path) -> Path:
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
 @click.option("--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold.")
-def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool) -> None:
+@click.option("--validate/--no-validate", "check", default=True, show_default=True,
+              help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).")
+@validation_options
+def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool, check: bool,
+                 **options: Any) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODEL.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
     in float64 and rounded once. What cannot be folded is left unchanged, with the reason printed.
+    The result is validated on ONNX Runtime before it is written.
     """
     if in_place and output is not None:
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)
     target = model if in_place else (output or default_output(model))
     if not in_place and target.resolve() == model.resolve():
         raise NormfoldError(f"{target}: refusing to overwrite the input; use --in-place", exit_code=EXIT_USAGE)
+    kwargs = validation_kwargs(options)
     loaded = load_model(model)
     result = fold(loaded, simplify=simplify)
-    save_model(result.model, target, external_data=has_external_data(loaded))
+    reports: list[ValidationReport] = []
+    skipped: list[str] = []
+
+    def verify(staged: Path) -> None:
+        try:
+            report = validate(model, staged, **kwargs)
+        except NotComparableError as error:
+            skipped.append(f"SKIPPED: {error}")
+            return
+        reports.append(report)
+        if not report.passed:
+            _print(result, reports, skipped, model, target, as_json, written=False)
+            worst = report.failures[0]
+            raise NormfoldError(f"the folded model differs from {model}; nothing written ({worst.to_line()})",
+                                exit_code=EXIT_MISMATCH)
+
+    save_model(result.model, target, external_data=has_external_data(loaded), verify=verify if check else None)
+    _print(result, reports, skipped, model, target, as_json, written=True)
+
+
+def _print(result, reports: list[ValidationReport], skipped: list[str], model: Path, target: Path, as_json: bool,
+           written: bool) -> None:
     if as_json:
-        report = result.to_dict() | {"input": str(model), "output": str(target)}
-        click.echo(json.dumps(report, indent=2))
+        document = result.to_dict() | {"input": str(model), "output": str(target) if written else None}
+        document["validation"] = reports[0].to_dict() if reports else ({"skipped": skipped[0]} if skipped else None)
+        click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:
         click.echo(record.to_line())
     click.echo(result.summary())
-    click.echo(f"wrote {target}")
+    for report in reports:
+        for line in report.lines()[1:]:
+            click.echo(f"validate: {line}")
+    for line in skipped:
+        click.echo(f"validate: {line}")
+    if written:
+        click.echo(f"wrote {target}")

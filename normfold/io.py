@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -14,8 +15,8 @@ from onnx_ir import external_data as ir_external_data
 from normfold.errors import NormfoldError
 
 
-def load_model(path: str | os.PathLike[str]) -> ir.Model:
-    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError."""
+def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The checked ModelProto of an ONNX file, external data not loaded; any problem is a NormfoldError."""
     path = Path(path)
     if not path.exists():
         raise NormfoldError(f"{path}: no such file")
@@ -34,8 +35,13 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise NormfoldError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
-    model = serde.deserialize_model(proto)
-    ir_external_data.set_base_dir(model.graph, str(path.parent))
+    return proto
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError."""
+    model = serde.deserialize_model(read_model_proto(path))
+    ir_external_data.set_base_dir(model.graph, str(Path(path).parent))
     return model
 
 
@@ -67,12 +73,19 @@ def has_external_data(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
-def save_model(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool = False) -> None:
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool = False,
+    verify: Callable[[Path], None] | None = None,
+) -> None:
     """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
     With `external_data`, tensors go to `<name>.data` beside the model (another name if that file
     holds the input's own tensors, which must not be overwritten). The output is verified with
-    `onnx.checker.check_model(full_check=True)` before it replaces anything.
+    `onnx.checker.check_model(full_check=True)`, then by `verify(staged_path)` (which raises to
+    refuse it), before it replaces anything.
     """
     path = Path(path)
     folder = path.parent
@@ -83,6 +96,8 @@ def save_model(model: ir.Model, path: str | os.PathLike[str], *, external_data: 
         staged = Path(staging) / path.name
         ir.save(model, staged, external_data=data_name)
         onnx.checker.check_model(str(staged), full_check=True)
+        if verify is not None:
+            verify(staged)
         os.chmod(staged, 0o666 & ~_umask())
         if data_name is not None:
             os.chmod(Path(staging) / data_name, 0o666 & ~_umask())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 
@@ -10,10 +9,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
-FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+from normfold.validate.float64 import run_float64 as float64_reference
 
 
 def as_proto(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto:
@@ -33,50 +30,9 @@ def run_ort(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray]) -> 
         return session.run(None, feeds)
 
 
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model computing in float64: every float tensor, type and Cast target made double."""
-    model = copy.deepcopy(model)
-    _graph_to_float64(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            _node_to_float64(node)
-    return model
-
-
-def _graph_to_float64(graph: onnx.GraphProto) -> None:
-    for tensor in graph.initializer:
-        _tensor_to_float64(tensor)
-    for info in [*graph.input, *graph.output, *graph.value_info]:
-        if info.type.tensor_type.elem_type in FLOATS:
-            info.type.tensor_type.elem_type = TensorProto.DOUBLE
-    for node in graph.node:
-        _node_to_float64(node)
-
-
-def _node_to_float64(node: onnx.NodeProto) -> None:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.TENSOR:
-            _tensor_to_float64(attr.t)
-        elif attr.type == onnx.AttributeProto.GRAPH:
-            _graph_to_float64(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            for graph in attr.graphs:
-                _graph_to_float64(graph)
-        elif node.op_type == "Cast" and attr.name == "to" and attr.i in FLOATS:
-            attr.i = TensorProto.DOUBLE
-
-
-def _tensor_to_float64(tensor: onnx.TensorProto) -> None:
-    if tensor.data_type in FLOATS:
-        array = numpy_helper.to_array(tensor).astype(np.float64)
-        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
-
-
 def run_float64(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of the model evaluated in float64 by onnx's reference evaluator."""
-    proto = to_float64(as_proto(model))
-    wide = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(proto).run(None, wide)
+    return float64_reference(as_proto(model), feeds)
 
 
 def assert_fold_exact(

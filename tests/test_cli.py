@@ -41,6 +41,14 @@ RESNET_SUMMARY = "BatchNormalization folded 6/6, Dropout stripped 1/1, nodes 23 
 # --------------------------------------------------------------------------------------------------
 
 
+def fold_lines(stdout: str) -> list[str]:
+    """The fold report's lines, without the validation lines (tests/validate checks those)."""
+    lines = stdout.splitlines()
+    validation = [line for line in lines if line.startswith("validate: ")]
+    assert validation[-1] in ("validate: PASSED: equivalent",) or validation[-1].startswith("validate: SKIPPED: "), stdout
+    return [line for line in lines if not line.startswith("validate: ")]
+
+
 def invoke(*args: str | os.PathLike[str]) -> Result:
     """Run `normfold ARGS` in-process; stdout and stderr are kept apart."""
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="normfold")
@@ -176,7 +184,7 @@ def test_fold_with_output_reports_every_node_and_writes_equivalent_model(workdir
     result = invoke("fold", source, "-o", target)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
-    assert result.stdout.splitlines() == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {target}"]
+    assert fold_lines(result.stdout) == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {target}"]
     assert sha256(source) == before
     assert_equivalent_fold(source, target)
     assert not (workdir / "resnet_block.folded.onnx").exists()
@@ -203,7 +211,7 @@ def test_installed_script_with_relative_paths(workdir: Path) -> None:
     process = run_script("fold", "resnet_block.onnx", cwd=workdir)
     assert process.returncode == 0, process.stderr
     assert process.stderr == ""
-    assert process.stdout.splitlines() == [*RESNET_LINES, RESNET_SUMMARY, "wrote resnet_block.folded.onnx"]
+    assert fold_lines(process.stdout) == [*RESNET_LINES, RESNET_SUMMARY, "wrote resnet_block.folded.onnx"]
     assert sha256(source) == before
     assert_equivalent_fold(source, workdir / "resnet_block.folded.onnx")
 
@@ -216,7 +224,8 @@ def test_json_report(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     report = json.loads(result.stdout)
-    assert set(report) == {"normfold_report", "version", "summary", "nodes", "input", "output"}
+    assert set(report) == {"normfold_report", "version", "summary", "nodes", "input", "output", "validation"}
+    assert report["validation"]["normfold_report"] == "validate" and report["validation"]["passed"] is True
     assert report["normfold_report"] == "fold"
     assert report["version"] == 1
     assert report["summary"] == {
@@ -242,7 +251,7 @@ def test_training_form_is_reported_as_skipped(workdir: Path) -> None:
     before = sha256(source)
     result = invoke("fold", source)
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    lines = fold_lines(result.stdout)
     assert len(lines) == 4, lines
     bn_line, dropout_line, summary, wrote = lines
     assert bn_line.startswith("SKIPPED  BatchNormalization '")
@@ -270,7 +279,7 @@ def test_in_place_replaces_the_input(workdir: Path) -> None:
     shutil.copyfile(source, pristine)
     result = invoke("fold", source, "--in-place")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {source}"]
+    assert fold_lines(result.stdout) == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {source}"]
     assert sha256(source) != sha256(pristine)
     assert_equivalent_fold(pristine, source)
     assert not (workdir / "resnet_block.folded.onnx").exists()
@@ -427,7 +436,7 @@ def test_external_data_folds_and_stays_external(
     target = folder / "out.onnx"
     result = invoke("fold", external_model, "-o", target)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {target}"]
+    assert fold_lines(result.stdout) == [*RESNET_LINES, RESNET_SUMMARY, f"wrote {target}"]
     assert (folder / "out.onnx.data").is_file()
     assert data_locations(target) == {"out.onnx.data"}
     after = snapshot(folder)

@@ -1,0 +1,135 @@
+"""Comparing one output of two models: error figures, NaN/Inf agreement, and per-dtype tolerances.
+
+An output passes when shapes and dtypes agree, NaN and ±Inf sit at the same positions, and every
+finite element satisfies |candidate - reference| <= atol + rtol * |reference|. Unless given, atol is
+rtol times the output's largest magnitude: rounding errors scale with the output, not with each
+element, so an element near zero in a large output is not held to a tighter bound than its neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+
+from normfold.errors import EXIT_USAGE, NormfoldError
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Elementwise bound: |c - r| <= atol + rtol * |r|; atol None means rtol * max|r|."""
+
+    atol: float | None
+    rtol: float
+
+    def absolute(self, scale: float) -> float:
+        """The atol in force for an output whose largest magnitude is `scale`."""
+        return self.rtol * scale if self.atol is None else self.atol
+
+    def describe(self, scale: float) -> str:
+        """'atol 3e-05 (rtol x max|ref|) rtol 0.0001' for reports."""
+        how = " (rtol x max|ref|)" if self.atol is None else ""
+        return f"atol {self.absolute(scale):.3g}{how} rtol {self.rtol:g}"
+
+
+# Defaults by dtype: a fold is rounding-level, so these are several hundred ulps of the output's scale.
+DEFAULT_TOLERANCES = {
+    "float64": Tolerance(None, 1e-9),
+    "float32": Tolerance(None, 1e-4),
+    "float16": Tolerance(None, 1e-2),
+    "bfloat16": Tolerance(None, 5e-2),
+}
+EXACT = Tolerance(0.0, 0.0)
+
+
+def default_tolerance(dtype: np.dtype) -> Tolerance:
+    """The documented default for a dtype; integers and bools must match exactly."""
+    return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT)
+
+
+def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
+    """'NAME=ATOL,RTOL' -> (NAME, Tolerance); anything else is a usage error."""
+    name, sep, values = text.rpartition("=")
+    parts = values.split(",")
+    try:
+        if not sep or not name or len(parts) != 2:
+            raise ValueError
+        atol, rtol = float(parts[0]), float(parts[1])
+        if atol < 0 or rtol < 0:
+            raise ValueError
+    except ValueError:
+        raise NormfoldError(f"--tol '{text}': expected NAME=ATOL,RTOL with non-negative numbers", exit_code=EXIT_USAGE) from None
+    return name, Tolerance(atol, rtol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    """How far a candidate output is from the reference output."""
+
+    max_abs: float
+    max_rel: float
+    scale: float
+    mean_abs: float
+    median_abs: float
+    eps_units: float
+    violations: int
+    nan_mismatch: int
+    inf_mismatch: int
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """Floating dtypes, bfloat16 included."""
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) == ml_dtypes.bfloat16
+
+
+def _eps(dtype: np.dtype) -> float:
+    if np.dtype(dtype) == ml_dtypes.bfloat16:
+        return float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps)
+    return float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> tuple[Metrics | None, str]:
+    """(metrics, "") when comparable, else (None, what is structurally wrong: shape or dtype)."""
+    if reference.shape != candidate.shape:
+        return None, f"shape {list(candidate.shape)} != reference {list(reference.shape)}"
+    if reference.dtype != candidate.dtype:
+        return None, f"dtype {candidate.dtype} != reference {reference.dtype}"
+    if not is_float(reference.dtype):
+        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)) if reference.dtype != bool else (reference != candidate).astype(np.float64)
+        violations = int((diff > (tolerance.atol or 0.0)).sum())
+        scale = _max(np.abs(reference.astype(np.float64)))
+        return Metrics(_max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0), ""
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    nan_mismatch = int((np.isnan(r) != np.isnan(c)).sum())
+    inf_mismatch = int(((np.isinf(r) | np.isinf(c)) & (r != c)).sum())
+    finite = np.isfinite(r) & np.isfinite(c)
+    diff = np.abs(c[finite] - r[finite])
+    magnitude = np.abs(r[finite])
+    scale = _max(magnitude)
+    atol = tolerance.absolute(scale)
+    meaningful = magnitude > max(atol, _eps(reference.dtype) * scale)
+    max_rel = _max(diff[meaningful] / magnitude[meaningful]) if meaningful.any() else 0.0
+    violations = int((diff > atol + tolerance.rtol * magnitude).sum())
+    eps_units = _max(diff) / (_eps(reference.dtype) * scale) if scale > 0 else 0.0
+    metrics = Metrics(_max(diff), max_rel, scale, _mean(diff), _median(diff), eps_units, violations, nan_mismatch, inf_mismatch)
+    return metrics, ""
+
+
+def max_abs_error(values: np.ndarray, exact: np.ndarray) -> float:
+    """Largest finite |values - exact| (for the float64 columns)."""
+    v, e = values.astype(np.float64), exact.astype(np.float64)
+    finite = np.isfinite(v) & np.isfinite(e)
+    return _max(np.abs(v[finite] - e[finite]))
+
+
+def _max(array: np.ndarray) -> float:
+    return float(array.max()) if array.size else 0.0
+
+
+def _mean(array: np.ndarray) -> float:
+    return float(array.mean()) if array.size else 0.0
+
+
+def _median(array: np.ndarray) -> float:
+    return float(np.median(array)) if array.size else 0.0

@@ -1,0 +1,59 @@
+"""The float64 truth: the model with every float tensor, type and Cast made double, run by onnx's
+reference evaluator. It tells whether a difference between two float32 models is rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model computing in float64."""
+    model = copy.deepcopy(model)
+    _graph_to_float64(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            _node_to_float64(node)
+    return model
+
+
+def _graph_to_float64(graph: onnx.GraphProto) -> None:
+    for tensor in graph.initializer:
+        _tensor_to_float64(tensor)
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        if info.type.tensor_type.elem_type in FLOAT_TYPES:
+            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:
+        _node_to_float64(node)
+
+
+def _node_to_float64(node: onnx.NodeProto) -> None:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR:
+            _tensor_to_float64(attr.t)
+        elif attr.type == onnx.AttributeProto.GRAPH:
+            _graph_to_float64(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for graph in attr.graphs:
+                _graph_to_float64(graph)
+        elif node.op_type == "Cast" and attr.name == "to" and attr.i in FLOAT_TYPES:
+            attr.i = TensorProto.DOUBLE
+
+
+def _tensor_to_float64(tensor: onnx.TensorProto) -> None:
+    if tensor.data_type in FLOAT_TYPES:
+        array = numpy_helper.to_array(tensor).astype(np.float64)
+        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+
+
+def run_float64(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the model evaluated in float64 by onnx's reference evaluator (float inputs widened)."""
+    from onnx.reference import ReferenceEvaluator
+
+    wide = {k: v.astype(np.float64) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
+    return ReferenceEvaluator(to_float64(model)).run(None, wide)

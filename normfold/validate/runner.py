@@ -1,0 +1,195 @@
+"""`normfold.validate`: run reference and candidate on the same inputs and compare every output."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.io import read_model_proto
+from normfold.validate.compare import Tolerance, compare_arrays, default_tolerance, is_float, max_abs_error
+from normfold.validate.float64 import run_float64
+from normfold.validate.inputs import (
+    DEFAULT_MEMORY_BUDGET, InputSpec, input_specs, load_npz_inputs, load_test_data_sets, random_inputs,
+)
+from normfold.validate.providers import ProviderChoice, open_session, resolve_providers
+from normfold.validate.report import OutputComparison, ValidationReport
+from normfold.validate.stochastic import stochastic_nodes
+
+Feeds = list[dict[str, np.ndarray]]
+
+
+class NotComparableError(NormfoldError):
+    """The models cannot be compared exactly (they are stochastic at run time)."""
+
+Outputs = list[list[np.ndarray]]
+
+
+def validate(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str] | None = None,
+    *,
+    providers: Sequence[str] = ("auto",),
+    opt_level: str = "disable",
+    dims: Mapping[str, int] | None = None,
+    inputs: str | os.PathLike[str] | Feeds | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    atol: float | None = None,
+    rtol: float | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    expected: str | os.PathLike[str] | None = None,
+    float64: bool = True,
+    cross_provider: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> ValidationReport:
+    """Compare `candidate` with `reference` (or `reference` with the outputs stored in `expected`).
+
+    Both run on each provider at `opt_level` (ORT_DISABLE_ALL by default, so ONNX Runtime's own
+    fusions are not what is tested). Models are given to ONNX Runtime as files, never as bytes.
+    """
+    if candidate is None and expected is None:
+        raise NormfoldError("give a CANDIDATE model, or --expected DIR with stored outputs", exit_code=EXIT_USAGE)
+    reference, ref_proto = Path(reference), read_model_proto(reference)
+    random_nodes = stochastic_nodes(ref_proto)
+    if random_nodes:
+        raise NotComparableError(
+            f"{reference} cannot be validated: it samples random values at run time ({', '.join(random_nodes[:3])}"
+            f"{', ...' if len(random_nodes) > 3 else ''}), so its outputs differ from run to run"
+        )
+    specs = input_specs(ref_proto)
+    cand_proto = None
+    if candidate is not None:
+        candidate, cand_proto = Path(candidate), read_model_proto(candidate)
+        _check_same_inputs(specs, input_specs(cand_proto), candidate)
+    feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
+    names = [o.name for o in ref_proto.graph.output]
+    choices = resolve_providers(tuple(providers), reference)
+    exact = _float64_outputs(reference, feeds) if float64 else None
+    notes = [c.note for c in choices if c.note]
+    if float64 and exact is None:
+        notes.append("float64 reference unavailable: onnx's reference evaluator cannot run this model")
+    tol = _tolerance_for(atol, rtol, tolerances or {})
+    comparisons: list[OutputComparison] = []
+    cpu_reference: Outputs | None = None
+    for choice in choices:
+        ref_out = _run(reference, choice, opt_level, feeds)
+        if choice.key == "cpu":
+            cpu_reference = ref_out
+        if stored is not None:
+            comparisons += _compare(names, stored, ref_out, f"{choice.key} vs expected", tol, None, None)
+        if candidate is not None:
+            cand_out = _run(candidate, choice, opt_level, feeds)
+            comparisons += _compare(names, ref_out, cand_out, choice.key, tol, exact, _output_names(cand_proto))
+    if cross_provider and candidate is not None:
+        comparisons += _cross(reference, candidate, choices, cpu_reference, names, opt_level, feeds, tol, exact, cand_proto)
+    return ValidationReport(
+        str(reference), str(candidate if candidate is not None else expected), [c.key for c in choices], notes,
+        len(feeds), source, comparisons,
+    )
+
+
+def _check_same_inputs(specs: list[InputSpec], other: list[InputSpec], candidate: Path) -> None:
+    ours = {s.name: s.dtype for s in specs}
+    theirs = {s.name: s.dtype for s in other}
+    if ours != theirs:
+        raise NormfoldError(f"{candidate}: graph inputs {sorted(theirs)} differ from the reference's {sorted(ours)}")
+
+
+def _feeds(specs, inputs, expected, dims, samples, seed, budget) -> tuple[Feeds, Outputs | None, str]:
+    """Inputs for every sample, stored outputs if any, and a description of where inputs came from."""
+    if expected is not None:
+        feeds, stored = load_test_data_sets(Path(expected), specs)
+        if stored is None:
+            raise NormfoldError(f"{expected}: no output_*.pb files to compare against")
+        return feeds, stored, str(expected)
+    if isinstance(inputs, list):
+        return inputs, None, "the caller"
+    if inputs is not None:
+        path = Path(inputs)
+        if path.is_dir():
+            feeds, _ = load_test_data_sets(path, specs)
+            return feeds, None, str(path)
+        return load_npz_inputs(path, specs, dims), None, str(path)
+    return random_inputs(specs, dims=dims, samples=samples, seed=seed, memory_budget=budget), None, f"random inputs (seed {seed})"
+
+
+def _tolerance_for(atol: float | None, rtol: float | None, overrides: Mapping[str, Tolerance]):
+    def pick(name: str, dtype: np.dtype) -> Tolerance:
+        if name in overrides:
+            return overrides[name]
+        base = default_tolerance(dtype)
+        return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
+
+
+    return pick
+
+
+def _run(path: Path, choice: ProviderChoice, opt_level: str, feeds: Feeds) -> Outputs:
+    session = open_session(path, choice.key, opt_level)
+    try:
+        return [session.run(None, feed) for feed in feeds]
+    except Exception as error:
+        raise NormfoldError(f"{path}: ONNX Runtime failed on {choice.key}: {' '.join(str(error).split())[:300]}") from None
+
+
+def _output_names(proto: onnx.ModelProto | None) -> list[str] | None:
+    return None if proto is None else [o.name for o in proto.graph.output]
+
+
+def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, exact: Outputs | None,
+             candidate_names: list[str] | None) -> list[OutputComparison]:
+    """One comparison per output over all samples (figures over the concatenated samples)."""
+    results = []
+    for index, name in enumerate(names):
+        if candidate_names is not None and name not in candidate_names:
+            results.append(OutputComparison(name, section, False, tol(name, np.dtype(np.float32)), None, "missing in the candidate"))
+            continue
+        position = index if candidate_names is None else candidate_names.index(name)
+        refs = [sample[index] for sample in reference]
+        cands = [sample[position] for sample in candidate]
+        tolerance = tol(name, refs[0].dtype)
+        problem = next((p for r, c in zip(refs, cands) if (p := compare_arrays(r, c, tolerance)[1])), "")
+        if problem:
+            results.append(OutputComparison(name, section, False, tolerance, None, problem))
+            continue
+        metrics, _ = compare_arrays(_flat(refs), _flat(cands), tolerance)
+        assert metrics is not None
+        passed = metrics.violations == 0 and metrics.nan_mismatch == 0 and metrics.inf_mismatch == 0
+        ref_f64 = cand_f64 = None
+        if exact is not None and is_float(refs[0].dtype):
+            truth = _flat([sample[index] for sample in exact])
+            ref_f64, cand_f64 = max_abs_error(_flat(refs), truth), max_abs_error(_flat(cands), truth)
+        results.append(OutputComparison(name, section, passed, tolerance, metrics, "", ref_f64, cand_f64))
+    return results
+
+
+def _cross(reference, candidate, choices, cpu_reference, names, opt_level, feeds, tol, exact, cand_proto):
+    """Candidate on each GPU provider against the reference on CPU: provider drift, reported apart."""
+    if cpu_reference is None:
+        cpu_reference = _run(reference, ProviderChoice("cpu"), opt_level, feeds)
+    results = []
+    for choice in choices:
+        if choice.key == "cpu":
+            continue
+        cand_out = _run(candidate, choice, opt_level, feeds)
+        results += _compare(names, cpu_reference, cand_out, f"{choice.key} candidate vs cpu reference", tol, exact,
+                            _output_names(cand_proto))
+    return results
+
+
+def _float64_outputs(reference: Path, feeds: Feeds) -> Outputs | None:
+    """The reference model's float64 outputs per sample, or None if the evaluator cannot run it."""
+    try:
+        proto = onnx.load(str(reference))
+        return [run_float64(proto, feed) for feed in feeds]
+    except Exception:  # unsupported op or dtype in the reference evaluator: the column is left out
+        return None
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.ravel() for a in arrays]) if len(arrays) > 1 else arrays[0]

@@ -1,0 +1,226 @@
+"""normfold.validate and `normfold validate`: verdicts, figures, tolerances, inputs, exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from examples import MODELS
+from normfold import NormfoldError, fold, save_model
+from normfold.cli import main
+from normfold.validate import Tolerance, validate
+from normfold.validate.providers import cuda_usable
+
+CUDA_REASON = cuda_usable()
+
+
+@pytest.fixture()
+def resnet(tmp_path: Path) -> tuple[Path, Path]:
+    """resnet_block.onnx and its fold, in tmp_path."""
+    source = tmp_path / "resnet.onnx"
+    shutil.copy(MODELS / "resnet_block.onnx", source)
+    target = tmp_path / "resnet.folded.onnx"
+    save_model(fold(source).model, target)
+    return source, target
+
+
+def _perturbed(source: Path, target: Path, name_prefix: str, delta: float) -> Path:
+    model = onnx.load(source)
+    for tensor in model.graph.initializer:
+        if tensor.name.startswith(name_prefix):
+            array = numpy_helper.to_array(tensor).copy()
+            array.flat[0] += delta
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+            break
+    onnx.save(model, target)
+    return target
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="normfold")
+
+
+def test_fold_of_resnet_passes_with_float64_columns(resnet: tuple[Path, Path]) -> None:
+    report = validate(*resnet, providers=["cpu"], samples=2)
+    assert report.passed and report.return_code == 0
+    (comparison,) = report.comparisons
+    assert comparison.output == "logits" and comparison.section == "cpu"
+    assert comparison.metrics is not None and comparison.metrics.max_abs < 1e-4
+    assert comparison.reference_vs_float64 is not None and comparison.candidate_vs_float64 is not None
+    assert comparison.candidate_vs_float64 <= 2 * comparison.reference_vs_float64 + 1e-6
+    assert comparison.to_line().startswith("PASSED | output 'logits' | cpu | max abs ")
+    assert report.lines()[-1] == "PASSED: equivalent"
+    assert report.samples == 2 and report.providers == ["cpu"]
+
+
+def test_wrong_candidate_fails_and_names_the_output(resnet: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = resnet
+    broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
+    report = validate(source, broken, providers=["cpu"])
+    assert not report.passed and report.return_code == 1
+    (failure,) = report.failures
+    assert failure.metrics is not None and 0.49 < failure.metrics.max_abs < 0.51
+    assert failure.to_line().startswith("FAILED | output 'logits' | cpu | max abs 0.5")
+    assert report.lines()[-1] == "FAILED: 1 of 1 output comparison(s) differ"
+
+
+def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = resnet
+    ok = invoke("validate", source, target, "--provider", "cpu", "--json")
+    assert ok.exit_code == 0, ok.output
+    document = json.loads(ok.stdout)
+    assert document["normfold_report"] == "validate" and document["version"] == 1 and document["passed"] is True
+    assert document["outputs"][0]["output"] == "logits" and document["outputs"][0]["status"] == "passed"
+    broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
+    bad = invoke("validate", source, broken, "--provider", "cpu")
+    assert bad.exit_code == 1
+    assert "FAILED | output 'logits' | cpu" in bad.stdout
+    missing = invoke("validate", source, tmp_path / "nope.onnx", "--provider", "cpu")
+    assert missing.exit_code == 3 and missing.stderr.strip() == f"normfold: error: {tmp_path / 'nope.onnx'}: no such file"
+    usage = invoke("validate", source, target, "--tol", "logits=abc")
+    assert usage.exit_code == 2
+    assert usage.stderr.strip() == "normfold: error: --tol 'logits=abc': expected NAME=ATOL,RTOL with non-negative numbers"
+
+
+def test_tolerances_decide_the_verdict(resnet: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = resnet
+    broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 1e-3)
+    assert not validate(source, broken, providers=["cpu"]).passed
+    assert validate(source, broken, providers=["cpu"], atol=2e-3).passed
+    assert validate(source, broken, providers=["cpu"], tolerances={"logits": Tolerance(2e-3, 0.0)}).passed
+    strict = validate(source, target, providers=["cpu"], tolerances={"logits": Tolerance(0.0, 0.0)})
+    assert strict.comparisons[0].tolerance == Tolerance(0.0, 0.0)
+
+
+def test_structural_mismatches_fail(tmp_path: Path, resnet: tuple[Path, Path]) -> None:
+    source, _ = resnet
+    model = onnx.load(source)
+    model.graph.output[0].name = "renamed"
+    model.graph.node[-1].output[0] = "renamed"
+    onnx.save(model, tmp_path / "renamed.onnx")
+    report = validate(source, tmp_path / "renamed.onnx", providers=["cpu"])
+    assert report.comparisons[0].to_line() == "FAILED | output 'logits' | cpu | missing in the candidate"
+
+
+def test_different_graph_inputs_are_unusable(tmp_path: Path, resnet: tuple[Path, Path]) -> None:
+    source, _ = resnet
+    other = tmp_path / "mlp.onnx"
+    shutil.copy(MODELS / "mlp.onnx", other)
+    with pytest.raises(NormfoldError, match=r"graph inputs \['features'\] differ from the reference's \['input'\]"):
+        validate(source, other, providers=["cpu"])
+
+
+def test_expected_outputs_in_test_data_set_layout(tmp_path: Path, resnet: tuple[Path, Path]) -> None:
+    source, target = resnet
+    import onnxruntime as ort
+
+    folder = tmp_path / "test_data_set_0"
+    folder.mkdir()
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x, "input").SerializeToString())
+    y = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y, "logits").SerializeToString())
+    good = invoke("validate", target, "--expected", folder, "--provider", "cpu")
+    assert good.exit_code == 0, good.output
+    assert "PASSED | output 'logits' | cpu vs expected" in good.stdout
+    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y + 0.1, "logits").SerializeToString())
+    assert invoke("validate", target, "--expected", folder, "--provider", "cpu").exit_code == 1
+
+
+def test_npz_inputs_with_several_samples(tmp_path: Path, resnet: tuple[Path, Path]) -> None:
+    source, target = resnet
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.random.default_rng(2).standard_normal((3, 1, 3, 32, 32)).astype(np.float32))
+    report = validate(source, target, providers=["cpu"], inputs=data)
+    assert report.passed and report.samples == 3 and report.inputs == str(data)
+
+
+def test_symbolic_dims_and_optimization_levels(resnet: tuple[Path, Path]) -> None:
+    for level in ("disable", "basic", "all"):
+        assert validate(*resnet, providers=["cpu"], dims={"batch": 5}, opt_level=level).passed
+
+
+@pytest.mark.skipif(not CUDA_REASON, reason="CUDA runs here, so the missing-CUDA error path cannot be exercised")
+def test_cuda_requested_but_unusable_is_an_error_not_a_fallback(resnet: tuple[Path, Path]) -> None:
+    result = invoke("validate", *resnet, "--provider", "cuda")
+    assert result.exit_code == 3
+    line = result.stderr.strip()
+    assert line.startswith("normfold: error: CUDAExecutionProvider was requested but does not run here: ")
+    assert "\n" not in line and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not CUDA_REASON, reason="CUDA runs here: auto picks CUDA")
+def test_auto_falls_back_to_cpu_and_says_why(resnet: tuple[Path, Path]) -> None:
+    report = validate(*resnet)
+    assert report.providers == ["cpu"]
+    assert report.notes[0].startswith("auto: CPU, because CUDAExecutionProvider")
+
+
+def test_fold_refuses_to_write_a_model_that_fails_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fold_command = importlib.import_module("normfold.cli.fold_command")
+
+    source = tmp_path / "resnet.onnx"
+    shutil.copy(MODELS / "resnet_block.onnx", source)
+    real_fold = fold_command.fold
+
+    def broken_fold(model, **kwargs):
+        result = real_fold(model, **kwargs)
+        gemm = next(node for node in result.model.graph if node.op_type == "Gemm")
+        bias = gemm.inputs[2]
+        bias.const_value = ir.tensor(bias.const_value.numpy() + 1.0, name=bias.name)
+        return result
+
+    monkeypatch.setattr(fold_command, "fold", broken_fold)
+    result = invoke("fold", source, "--provider", "cpu")
+    assert result.exit_code == 1
+    assert "FAILED | output 'logits' | cpu" in result.stdout
+    assert result.stderr.startswith("normfold: error: the folded model differs from")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.onnx"]
+
+
+def test_fold_validates_by_default_and_reports_it(tmp_path: Path) -> None:
+    source = tmp_path / "mlp.onnx"
+    shutil.copy(MODELS / "mlp.onnx", source)
+    result = invoke("fold", source, "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "validate: PASSED | output 'scores' | cpu" in result.stdout
+    assert "validate: PASSED: equivalent" in result.stdout
+    skipped = invoke("fold", source, "--no-validate", "-o", tmp_path / "other.onnx")
+    assert skipped.exit_code == 0 and "validate:" not in skipped.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
+@pytest.mark.parametrize("name", ["resnet_block.onnx", "mlp.onnx", "torchvision_resnet_eval.onnx", "torchvision_mobilenetv3_eval.onnx"])
+def test_cuda_fp32_comparison_on_shipped_models(tmp_path: Path, name: str) -> None:
+    source = tmp_path / name
+    shutil.copy(MODELS / name, source)
+    target = tmp_path / "folded.onnx"
+    save_model(fold(source).model, target)
+    report = validate(source, target, providers=["cuda"], cross_provider=True)
+    assert report.providers == ["cuda"]
+    assert report.passed, "\n".join(report.lines())
+    assert any("cuda candidate vs cpu reference" == c.section for c in report.comparisons)
+
+
+def test_stochastic_model_is_not_comparable(tmp_path: Path) -> None:
+    source = tmp_path / "training.onnx"
+    shutil.copy(MODELS / "training_export.onnx", source)
+    result = invoke("validate", source, source, "--provider", "cpu")
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (
+        f"normfold: error: {source} cannot be validated: it samples random values at run time "
+        "(Dropout 'dropout14' in training mode), so its outputs differ from run to run"
+    )
+    folded = invoke("fold", source, "--provider", "cpu")
+    assert folded.exit_code == 0
+    assert f"validate: SKIPPED: {source} cannot be validated" in folded.stdout
