@@ -29,10 +29,13 @@ def validation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance for every output (default by dtype)."),
         click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance for every output (default by dtype)."),
         click.option("--tol", "tols", multiple=True, metavar="NAME=ATOL,RTOL", help="Tolerance for one output, repeatable."),
-        click.option("--float64/--no-float64", default=True, show_default=True,
-                     help="Also evaluate the reference in float64 (onnx reference evaluator) to show rounding level."),
+        click.option("--float64/--no-float64", default=None,
+                     help="Evaluate the reference in float64 (onnx reference evaluator) to show rounding level "
+                          "[default: for models up to 256 MiB]."),
         click.option("--cross-provider", is_flag=True,
                      help="Also compare the candidate on each GPU provider with the reference on CPU, reported apart."),
+        click.option("--fp16", is_flag=True,
+                     help="Also convert both models to float16 (I/O kept float32) and compare them, as deployed on GPUs."),
         click.option("--max-input-bytes", type=click.IntRange(min=1), default=DEFAULT_MEMORY_BUDGET, show_default=True,
                      help="Refuse random inputs larger than this in total."),
     ]
@@ -55,9 +58,7 @@ def validation_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         "tolerances": dict(parse_tolerance_override(t) for t in options["tols"]),
         "float64": options["float64"],
         "cross_provider": options["cross_provider"],
+        "fp16": options["fp16"],
         "memory_budget": options["max_input_bytes"],
     }
 
-
-VALIDATION_KEYS = ("providers", "opt_level", "dims", "inputs", "samples", "seed", "atol", "rtol", "tols",
-                   "float64", "cross_provider", "max_input_bytes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 
-__all__ = ["FoldBatchNormPass", "StripDropoutPass"]
+__all__ = ["FoldBatchNormPass", "SimplifyPass", "StripDropoutPass"]

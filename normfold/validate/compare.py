@@ -89,8 +89,13 @@ def _eps(dtype: np.dtype) -> float:
     return float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
 
 
-def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> tuple[Metrics | None, str]:
-    """(metrics, "") when comparable, else (None, what is structurally wrong: shape or dtype)."""
+def compare_arrays(
+    reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, precision: np.dtype | None = None
+) -> tuple[Metrics | None, str]:
+    """(metrics, "") when comparable, else (None, what is structurally wrong: shape or dtype).
+
+    `precision` is the dtype the models computed in (eps units), when it differs from the outputs'.
+    """
     if reference.shape != candidate.shape:
         return None, f"shape {list(candidate.shape)} != reference {list(reference.shape)}"
     if reference.dtype != candidate.dtype:
@@ -111,7 +116,8 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     meaningful = magnitude > max(atol, _eps(reference.dtype) * scale)
     max_rel = _max(diff[meaningful] / magnitude[meaningful]) if meaningful.any() else 0.0
     violations = int((diff > atol + tolerance.rtol * magnitude).sum())
-    eps_units = _max(diff) / (_eps(reference.dtype) * scale) if scale > 0 else 0.0
+    eps = _eps(precision if precision is not None else reference.dtype)
+    eps_units = _max(diff) / (eps * scale) if scale > 0 else 0.0
     metrics = Metrics(_max(diff), max_rel, scale, _mean(diff), _median(diff), eps_units, violations, nan_mismatch, inf_mismatch)
     return metrics, ""
 

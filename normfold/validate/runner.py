@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import read_model_proto
 from normfold.validate.compare import Tolerance, compare_arrays, default_tolerance, is_float, max_abs_error
 from normfold.validate.float64 import run_float64
+from normfold.validate.fp16 import float16_copy
 from normfold.validate.inputs import (
     DEFAULT_MEMORY_BUDGET, InputSpec, input_specs, load_npz_inputs, load_test_data_sets, random_inputs,
 )
@@ -21,6 +23,7 @@ from normfold.validate.report import OutputComparison, ValidationReport
 from normfold.validate.stochastic import stochastic_nodes
 
 Feeds = list[dict[str, np.ndarray]]
+FLOAT64_AUTO_LIMIT = 256 * 2**20
 
 
 class NotComparableError(NormfoldError):
@@ -43,14 +46,18 @@ def validate(
     rtol: float | None = None,
     tolerances: Mapping[str, Tolerance] | None = None,
     expected: str | os.PathLike[str] | None = None,
-    float64: bool = True,
+    float64: bool | None = None,
     cross_provider: bool = False,
+    fp16: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> ValidationReport:
     """Compare `candidate` with `reference` (or `reference` with the outputs stored in `expected`).
 
     Both run on each provider at `opt_level` (ORT_DISABLE_ALL by default, so ONNX Runtime's own
     fusions are not what is tested). Models are given to ONNX Runtime as files, never as bytes.
+    With `fp16`, both are also converted to float16 and compared on each provider, as deployed.
+    The float64 reference runs when `float64` is True, or (None) when the model is at most
+    FLOAT64_AUTO_LIMIT bytes: onnx's reference evaluator holds a float64 copy of every weight.
     """
     if candidate is None and expected is None:
         raise NormfoldError("give a CANDIDATE model, or --expected DIR with stored outputs", exit_code=EXIT_USAGE)
@@ -69,9 +76,14 @@ def validate(
     feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
     names = [o.name for o in ref_proto.graph.output]
     choices = resolve_providers(tuple(providers), reference)
-    exact = _float64_outputs(reference, feeds) if float64 else None
     notes = [c.note for c in choices if c.note]
-    if float64 and exact is None:
+    size = _model_bytes(reference, ref_proto)
+    if float64 is None and size > FLOAT64_AUTO_LIMIT:
+        notes.append(f"float64 reference skipped: the model holds {size / 2**20:.0f} MiB "
+                     f"(automatic up to {FLOAT64_AUTO_LIMIT // 2**20} MiB); --float64 forces it")
+        float64 = False
+    exact = _float64_outputs(reference, feeds) if float64 is not False else None
+    if float64 is not False and exact is None:
         notes.append("float64 reference unavailable: onnx's reference evaluator cannot run this model")
     tol = _tolerance_for(atol, rtol, tolerances or {})
     comparisons: list[OutputComparison] = []
@@ -85,6 +97,9 @@ def validate(
         if candidate is not None:
             cand_out = _run(candidate, choice, opt_level, feeds)
             comparisons += _compare(names, ref_out, cand_out, choice.key, tol, exact, _output_names(cand_proto))
+    if fp16 and candidate is not None:
+        comparisons += _float16(reference, candidate, choices, names, opt_level, feeds, tolerances or {}, atol, rtol,
+                                exact, cand_proto)
     if cross_provider and candidate is not None:
         comparisons += _cross(reference, candidate, choices, cpu_reference, names, opt_level, feeds, tol, exact, cand_proto)
     return ValidationReport(
@@ -118,11 +133,12 @@ def _feeds(specs, inputs, expected, dims, samples, seed, budget) -> tuple[Feeds,
     return random_inputs(specs, dims=dims, samples=samples, seed=seed, memory_budget=budget), None, f"random inputs (seed {seed})"
 
 
-def _tolerance_for(atol: float | None, rtol: float | None, overrides: Mapping[str, Tolerance]):
+def _tolerance_for(atol: float | None, rtol: float | None, overrides: Mapping[str, Tolerance], half: bool = False):
+    """Per-output tolerance: --tol, else --atol/--rtol over the dtype's default (float16's when `half`)."""
     def pick(name: str, dtype: np.dtype) -> Tolerance:
         if name in overrides:
             return overrides[name]
-        base = default_tolerance(dtype)
+        base = default_tolerance(np.dtype(np.float16) if half and is_float(dtype) else dtype)
         return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
 
 
@@ -142,7 +158,7 @@ def _output_names(proto: onnx.ModelProto | None) -> list[str] | None:
 
 
 def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, exact: Outputs | None,
-             candidate_names: list[str] | None) -> list[OutputComparison]:
+             candidate_names: list[str] | None, precision: np.dtype | None = None) -> list[OutputComparison]:
     """One comparison per output over all samples (figures over the concatenated samples)."""
     results = []
     for index, name in enumerate(names):
@@ -157,7 +173,7 @@ def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, e
         if problem:
             results.append(OutputComparison(name, section, False, tolerance, None, problem))
             continue
-        metrics, _ = compare_arrays(_flat(refs), _flat(cands), tolerance)
+        metrics, _ = compare_arrays(_flat(refs), _flat(cands), tolerance, precision)
         assert metrics is not None
         passed = metrics.violations == 0 and metrics.nan_mismatch == 0 and metrics.inf_mismatch == 0
         ref_f64 = cand_f64 = None
@@ -182,6 +198,23 @@ def _cross(reference, candidate, choices, cpu_reference, names, opt_level, feeds
     return results
 
 
+def _float16(reference, candidate, choices, names, opt_level, feeds, overrides, atol, rtol, exact, cand_proto):
+    """Both models converted to float16 (float32 inputs/outputs), compared at float16 tolerances."""
+    tol = _tolerance_for(atol, rtol, overrides, half=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="normfold-fp16-") as folder:
+        (Path(folder) / "reference").mkdir()
+        (Path(folder) / "candidate").mkdir()
+        ref16 = float16_copy(reference, Path(folder) / "reference")
+        cand16 = float16_copy(candidate, Path(folder) / "candidate")
+        for choice in choices:
+            ref_out = _run(ref16, choice, opt_level, feeds)
+            cand_out = _run(cand16, choice, opt_level, feeds)
+            results += _compare(names, ref_out, cand_out, f"{choice.key} fp16", tol, exact, _output_names(cand_proto),
+                                np.dtype(np.float16))
+    return results
+
+
 def _float64_outputs(reference: Path, feeds: Feeds) -> Outputs | None:
     """The reference model's float64 outputs per sample, or None if the evaluator cannot run it."""
     try:
@@ -189,6 +222,14 @@ def _float64_outputs(reference: Path, feeds: Feeds) -> Outputs | None:
         return [run_float64(proto, feed) for feed in feeds]
     except Exception:  # unsupported op or dtype in the reference evaluator: the column is left out
         return None
+
+
+def _model_bytes(path: Path, proto: onnx.ModelProto) -> int:
+    """The model file plus every external data file it reads."""
+    files = {path.parent / onnx.external_data_helper.ExternalDataInfo(t).location
+             for t in onnx.external_data_helper._get_all_tensors(proto)
+             if onnx.external_data_helper.uses_external_data(t)}
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _flat(arrays: list[np.ndarray]) -> np.ndarray:

@@ -224,3 +224,47 @@ def test_stochastic_model_is_not_comparable(tmp_path: Path) -> None:
     folded = invoke("fold", source, "--provider", "cpu")
     assert folded.exit_code == 0
     assert f"validate: SKIPPED: {source} cannot be validated" in folded.stdout
+
+
+def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Path, Path]) -> None:
+    report = validate(*resnet, providers=["cpu"], fp16=True)
+    sections = [c.section for c in report.comparisons]
+    assert sections == ["cpu", "cpu fp16"]
+    half = report.comparisons[1]
+    assert half.passed and half.tolerance.rtol == 1e-2
+    assert half.metrics is not None and 1e-5 < half.metrics.max_abs < 1e-2
+    assert half.metrics.eps_units < 10
+
+
+def test_float64_reference_is_automatic_by_size(resnet: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = importlib.import_module("normfold.validate.runner")
+    monkeypatch.setattr(runner, "FLOAT64_AUTO_LIMIT", 1000)
+    report = validate(*resnet, providers=["cpu"])
+    assert report.comparisons[0].candidate_vs_float64 is None
+    assert report.notes[-1].startswith("float64 reference skipped: the model holds 0 MiB (automatic up to 0 MiB)")
+    forced = validate(*resnet, providers=["cpu"], float64=True)
+    assert forced.comparisons[0].candidate_vs_float64 is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
+@pytest.mark.parametrize("name", ["resnet_block.onnx", "torchvision_mobilenetv3_eval.onnx"])
+def test_cuda_fp16_comparison_on_shipped_models(tmp_path: Path, name: str) -> None:
+    source = tmp_path / name
+    shutil.copy(MODELS / name, source)
+    target = tmp_path / "folded.onnx"
+    save_model(fold(source).model, target)
+    report = validate(source, target, providers=["cuda"], fp16=True)
+    assert [c.section for c in report.comparisons] == ["cuda", "cuda fp16"]
+    assert report.passed, "\n".join(report.lines())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
+def test_cuda_session_really_runs_on_cuda(tmp_path: Path) -> None:
+    from normfold.validate.providers import open_session
+
+    source = tmp_path / "mlp.onnx"
+    shutil.copy(MODELS / "mlp.onnx", source)
+    assert open_session(source, "cuda").get_providers()[0] == "CUDAExecutionProvider"
+    assert validate(source, source).providers == ["cuda"]

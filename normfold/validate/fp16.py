@@ -1,0 +1,23 @@
+"""The float16 deployment path: a model converted to float16 (inputs and outputs kept float32),
+as users deploy on GPUs, via onnxconverter-common's converter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from normfold.errors import NormfoldError
+
+
+def float16_copy(source: Path, folder: Path) -> Path:
+    """Write a float16 version of `source` into `folder` and return its path."""
+    from onnxconverter_common import float16
+
+    try:
+        converted = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    except Exception as error:  # the converter raises assorted types on models it cannot handle
+        raise NormfoldError(f"{source}: float16 conversion failed: {' '.join(str(error).split())[:300]}") from None
+    target = folder / f"{source.stem}.fp16.onnx"
+    onnx.save(converted, str(target))
+    return target
