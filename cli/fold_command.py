@@ -13,7 +13,7 @@ from normfold.errors import EXIT_MISMATCH, EXIT_USAGE, NormfoldError
 from normfold.fold import fold
 from normfold.io import has_external_data, load_model, save_model
 from normfold.validate import ValidationReport, validate
-from normfold.validate.runner import NotComparableError
+from normfold.validate.stochastic import NotComparableError
 
 
 def default_output(model_path: Path) -> Path:

@@ -18,10 +18,14 @@ from normfold.errors import EXIT_USAGE, NormfoldError
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """Elementwise bound: |c - r| <= atol + rtol * |r|; atol None means rtol * max|r|."""
+    """Elementwise bound: |c - r| <= atol + rtol * |r|; atol None means rtol * max|r|.
+
+    `explicit` marks a tolerance the user chose; only defaults add the float64 rounding check.
+    """
 
     atol: float | None
     rtol: float
+    explicit: bool = dataclasses.field(default=False, compare=False)
 
     def absolute(self, scale: float) -> float:
         """The atol in force for an output whose largest magnitude is `scale`."""
@@ -60,7 +64,7 @@ def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
             raise ValueError
     except ValueError:
         raise NormfoldError(f"--tol '{text}': expected NAME=ATOL,RTOL with non-negative numbers", exit_code=EXIT_USAGE) from None
-    return name, Tolerance(atol, rtol)
+    return name, Tolerance(atol, rtol, explicit=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +124,19 @@ def compare_arrays(
     eps_units = _max(diff) / (eps * scale) if scale > 0 else 0.0
     metrics = Metrics(_max(diff), max_rel, scale, _mean(diff), _median(diff), eps_units, violations, nan_mismatch, inf_mismatch)
     return metrics, ""
+
+
+ROUNDING_FACTOR = 4.0
+ROUNDING_FLOOR_EPS = 16.0
+
+
+def at_rounding_level(reference_error: float, candidate_error: float, scale: float, precision: np.dtype) -> bool:
+    """Whether the candidate is no further from float64 than rounding allows.
+
+    Its max error against float64 may exceed the reference's own by ROUNDING_FACTOR, plus
+    ROUNDING_FLOOR_EPS epsilons of the output's scale; a wrong rewrite is orders of magnitude beyond.
+    """
+    return candidate_error <= ROUNDING_FACTOR * reference_error + ROUNDING_FLOOR_EPS * _eps(precision) * scale
 
 
 def max_abs_error(values: np.ndarray, exact: np.ndarray) -> float:

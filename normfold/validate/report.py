@@ -40,6 +40,8 @@ class OutputComparison:
             parts.append(f"{m.violations} elements beyond tolerance")
         if self.candidate_vs_float64 is not None and self.reference_vs_float64 is not None:
             parts.append(f"vs float64: reference {self.reference_vs_float64:.3g}, candidate {self.candidate_vs_float64:.3g}")
+        if self.problem:
+            parts.append(self.problem)
         parts.append(self.tolerance.describe(m.scale))
         return " | ".join(parts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,9 @@ import onnx
 
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import read_model_proto
-from normfold.validate.compare import Tolerance, compare_arrays, default_tolerance, is_float, max_abs_error
+from normfold.validate.compare import (
+    Tolerance, at_rounding_level, compare_arrays, default_tolerance, is_float, max_abs_error,
+)
 from normfold.validate.float64 import run_float64
 from normfold.validate.fp16 import float16_copy
 from normfold.validate.inputs import (
@@ -20,14 +23,10 @@ from normfold.validate.inputs import (
 )
 from normfold.validate.providers import ProviderChoice, open_session, resolve_providers
 from normfold.validate.report import OutputComparison, ValidationReport
-from normfold.validate.stochastic import stochastic_nodes
+from normfold.validate.stochastic import NotComparableError, pin_seeds, random_nodes
 
 Feeds = list[dict[str, np.ndarray]]
 FLOAT64_AUTO_LIMIT = 256 * 2**20
-
-
-class NotComparableError(NormfoldError):
-    """The models cannot be compared exactly (they are stochastic at run time)."""
 
 Outputs = list[list[np.ndarray]]
 
@@ -62,21 +61,48 @@ def validate(
     if candidate is None and expected is None:
         raise NormfoldError("give a CANDIDATE model, or --expected DIR with stored outputs", exit_code=EXIT_USAGE)
     reference, ref_proto = Path(reference), read_model_proto(reference)
-    random_nodes = stochastic_nodes(ref_proto)
-    if random_nodes:
-        raise NotComparableError(
-            f"{reference} cannot be validated: it samples random values at run time ({', '.join(random_nodes[:3])}"
-            f"{', ...' if len(random_nodes) > 3 else ''}), so its outputs differ from run to run"
-        )
     specs = input_specs(ref_proto)
     cand_proto = None
     if candidate is not None:
         candidate, cand_proto = Path(candidate), read_model_proto(candidate)
         _check_same_inputs(specs, input_specs(cand_proto), candidate)
+    with tempfile.TemporaryDirectory(prefix="normfold-seeded-") as staging:
+        randoms = random_nodes(ref_proto)
+        notes = []
+        if randoms:
+            if candidate is None:
+                raise NotComparableError(
+                    f"{reference} samples random values at run time ({', '.join(list(randoms.values())[:3])}), "
+                    "so stored outputs cannot be reproduced"
+                )
+        labels = (str(reference), str(candidate if candidate is not None else expected))
+        if randoms:
+            reference, candidate = _seeded_pair(reference, candidate, set(randoms), Path(staging))
+            notes.append(f"random nodes seeded identically in both models: {', '.join(randoms.values())}")
+            float64 = False
+        report = _validate_files(
+            reference, candidate, ref_proto, cand_proto, specs, notes, providers=providers, opt_level=opt_level,
+            dims=dims, inputs=inputs, samples=samples, seed=seed, atol=atol, rtol=rtol, tolerances=tolerances,
+            expected=expected, float64=float64, cross_provider=cross_provider, fp16=fp16, memory_budget=memory_budget,
+        )
+    report.reference, report.candidate = labels
+    return report
+
+
+def _seeded_pair(reference: Path, candidate: Path, keys: set[str], folder: Path) -> tuple[Path, Path]:
+    (folder / "reference").mkdir()
+    (folder / "candidate").mkdir()
+    return pin_seeds(reference, keys, folder / "reference"), pin_seeds(candidate, keys, folder / "candidate")
+
+
+def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *, providers, opt_level, dims, inputs,
+                    samples, seed, atol, rtol, tolerances, expected, float64, cross_provider, fp16,
+                    memory_budget) -> ValidationReport:
+    """The comparisons proper, on model files ready to run."""
     feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
     names = [o.name for o in ref_proto.graph.output]
     choices = resolve_providers(tuple(providers), reference)
-    notes = [c.note for c in choices if c.note]
+    notes = [c.note for c in choices if c.note] + notes
     size = _model_bytes(reference, ref_proto)
     if float64 is None and size > FLOAT64_AUTO_LIMIT:
         notes.append(f"float64 reference skipped: the model holds {size / 2**20:.0f} MiB "
@@ -137,9 +163,10 @@ def _tolerance_for(atol: float | None, rtol: float | None, overrides: Mapping[st
     """Per-output tolerance: --tol, else --atol/--rtol over the dtype's default (float16's when `half`)."""
     def pick(name: str, dtype: np.dtype) -> Tolerance:
         if name in overrides:
-            return overrides[name]
+            return dataclasses.replace(overrides[name], explicit=True)
         base = default_tolerance(np.dtype(np.float16) if half and is_float(dtype) else dtype)
-        return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
+        chosen = atol is not None or rtol is not None
+        return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol, explicit=chosen)
 
 
     return pick
@@ -177,10 +204,14 @@ def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, e
         assert metrics is not None
         passed = metrics.violations == 0 and metrics.nan_mismatch == 0 and metrics.inf_mismatch == 0
         ref_f64 = cand_f64 = None
+        problem = ""
         if exact is not None and is_float(refs[0].dtype):
             truth = _flat([sample[index] for sample in exact])
             ref_f64, cand_f64 = max_abs_error(_flat(refs), truth), max_abs_error(_flat(cands), truth)
-        results.append(OutputComparison(name, section, passed, tolerance, metrics, "", ref_f64, cand_f64))
+            if not tolerance.explicit and not at_rounding_level(ref_f64, cand_f64, metrics.scale, precision or refs[0].dtype):
+                passed = False
+                problem = f"candidate is {cand_f64 / max(ref_f64, 1e-300):.3g}x further from float64 than the reference"
+        results.append(OutputComparison(name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64))
     return results
 
 

@@ -1,26 +1,64 @@
-"""Nodes whose outputs are random at run time: two runs of such a model cannot be compared exactly."""
+"""Nodes whose outputs are random at run time, and pinning their seeds so two models compare exactly.
+
+ONNX Runtime draws a seeded Dropout's or Random* node's values from that seed alone, so the same node
+(matched by name) seeded the same in reference and candidate gives the same masks in both sessions.
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import onnx
+
+from normfold.errors import NormfoldError
 
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def stochastic_nodes(model: onnx.ModelProto) -> list[str]:
-    """Descriptions of unseeded random nodes and training-mode Dropouts, in graph order."""
+class NotComparableError(NormfoldError):
+    """The models cannot be compared exactly: their random nodes cannot be matched."""
+
+
+def random_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """Unseeded random nodes and training-mode Dropouts: {node key: description}, in graph order."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    constants = _constant_names(model.graph)
-    found = []
+    constants = _bool_constants(model.graph)
+    found = {}
     for node in _all_nodes(model):
         seeded = any(a.name == "seed" for a in node.attribute)
+        key = _key(node)
         if node.op_type in RANDOM_OPS and not seeded:
-            found.append(f"{node.op_type} '{node.name or node.output[0]}'")
+            found[key] = f"{node.op_type} '{key}'"
         elif node.op_type == "Dropout" and not seeded and _dropout_trains(node, opset, constants):
-            found.append(f"Dropout '{node.name or node.output[0]}' in training mode")
+            found[key] = f"Dropout '{key}' in training mode"
     return found
+
+
+def pin_seeds(source: Path, keys: set[str], folder: Path) -> Path:
+    """A copy of `source` in `folder` whose nodes named in `keys` get a seed derived from their name."""
+    model = onnx.load(str(source))
+    missing = set(keys)
+    for node in _all_nodes(model):
+        key = _key(node)
+        if key in keys:
+            missing.discard(key)
+            seed = zlib.crc32(key.encode()) & 0x7FFFFFFF
+            value = float(seed) if node.op_type in RANDOM_OPS else seed
+            node.attribute.append(onnx.helper.make_attribute("seed", value))
+    if missing:
+        raise NotComparableError(
+            f"{source} has no node matching the reference's random node(s) {', '.join(sorted(missing)[:3])}, "
+            "so their random values cannot be made equal"
+        )
+    target = folder / source.name
+    onnx.save(model, str(target), save_as_external_data=True, location=f"{source.name}.data", size_threshold=1 << 20)
+    return target
+
+
+def _key(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
 
 
 def _dropout_trains(node: onnx.NodeProto, opset: int, constants: dict[str, bool]) -> bool:
@@ -31,8 +69,8 @@ def _dropout_trains(node: onnx.NodeProto, opset: int, constants: dict[str, bool]
     return constants.get(node.input[2], True)
 
 
-def _constant_names(graph: onnx.GraphProto) -> dict[str, bool]:
-    """Scalar boolean constants (initializers and Constant nodes) by name."""
+def _bool_constants(graph: onnx.GraphProto) -> dict[str, bool]:
+    """Boolean constants (initializers and Constant nodes) by name, as their first value."""
     values = {}
     for tensor in graph.initializer:
         if tensor.data_type == onnx.TensorProto.BOOL:
@@ -48,8 +86,7 @@ def _constant_names(graph: onnx.GraphProto) -> dict[str, bool]:
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     yield from _graph_nodes(model.graph)
     for function in model.functions:
-        for node in function.node:
-            yield node
+        yield from function.node
 
 
 def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

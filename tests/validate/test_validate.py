@@ -78,7 +78,16 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     ok = invoke("validate", source, target, "--provider", "cpu", "--json")
     assert ok.exit_code == 0, ok.output
     document = json.loads(ok.stdout)
+    assert set(document) == {"normfold_report", "version", "reference", "candidate", "providers", "notes", "samples",
+                             "inputs", "passed", "return_code", "outputs"}
     assert document["normfold_report"] == "validate" and document["version"] == 1 and document["passed"] is True
+    assert document["return_code"] == 0 and document["providers"] == ["cpu"] and document["samples"] == 1
+    (entry,) = document["outputs"]
+    assert set(entry) == {"output", "section", "passed", "status", "tolerance", "metrics", "problem",
+                          "reference_vs_float64", "candidate_vs_float64"}
+    assert set(entry["metrics"]) == {"max_abs", "max_rel", "scale", "mean_abs", "median_abs", "eps_units", "violations",
+                                     "nan_mismatch", "inf_mismatch"}
+    assert entry["tolerance"] == {"atol": None, "rtol": 1e-4, "explicit": False}
     assert document["outputs"][0]["output"] == "logits" and document["outputs"][0]["status"] == "passed"
     broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
     bad = invoke("validate", source, broken, "--provider", "cpu")
@@ -212,18 +221,29 @@ def test_cuda_fp32_comparison_on_shipped_models(tmp_path: Path, name: str) -> No
     assert any("cuda candidate vs cpu reference" == c.section for c in report.comparisons)
 
 
-def test_stochastic_model_is_not_comparable(tmp_path: Path) -> None:
+def test_random_nodes_are_seeded_identically_so_training_models_compare(tmp_path: Path) -> None:
     source = tmp_path / "training.onnx"
     shutil.copy(MODELS / "training_export.onnx", source)
-    result = invoke("validate", source, source, "--provider", "cpu")
-    assert result.exit_code == 3
-    assert result.stderr.strip() == (
-        f"normfold: error: {source} cannot be validated: it samples random values at run time "
-        "(Dropout 'dropout14' in training mode), so its outputs differ from run to run"
-    )
+    report = validate(source, source, providers=["cpu"], samples=2)
+    assert report.passed and report.reference == str(source)
+    assert report.notes[-1] == "random nodes seeded identically in both models: Dropout 'dropout14' in training mode"
+    assert report.comparisons[0].metrics is not None and report.comparisons[0].metrics.max_abs == 0.0
     folded = invoke("fold", source, "--provider", "cpu")
-    assert folded.exit_code == 0
-    assert f"validate: SKIPPED: {source} cannot be validated" in folded.stdout
+    assert folded.exit_code == 0, folded.output
+    assert "validate: PASSED: equivalent" in folded.stdout
+
+
+def test_random_node_missing_from_candidate_is_not_comparable(tmp_path: Path) -> None:
+    source = tmp_path / "training.onnx"
+    shutil.copy(MODELS / "training_export.onnx", source)
+    model = onnx.load(source)
+    next(n for n in model.graph.node if n.op_type == "Dropout").name = "renamed"
+    onnx.save(model, tmp_path / "renamed.onnx")
+    result = invoke("validate", source, tmp_path / "renamed.onnx", "--provider", "cpu")
+    assert result.exit_code == 3
+    assert result.stderr.strip().endswith("has no node matching the reference's random node(s) dropout14, "
+                                          "so their random values cannot be made equal")
+    assert invoke("validate", source, "--expected", tmp_path, "--provider", "cpu").exit_code == 3
 
 
 def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Path, Path]) -> None:
@@ -268,3 +288,29 @@ def test_cuda_session_really_runs_on_cuda(tmp_path: Path) -> None:
     shutil.copy(MODELS / "mlp.onnx", source)
     assert open_session(source, "cuda").get_providers()[0] == "CUDAExecutionProvider"
     assert validate(source, source).providers == ["cuda"]
+
+
+@pytest.mark.parametrize("prefix", ["fc_w", "conv_w"])
+def test_one_weight_changed_by_1e_3_fails_and_names_the_output(resnet: tuple[Path, Path], tmp_path: Path, prefix: str) -> None:
+    source, target = resnet
+    broken = _perturbed(target if prefix == "fc_w" else source, tmp_path / "broken.onnx", prefix, 1e-3)
+    result = invoke("validate", source, broken, "--provider", "cpu")
+    assert result.exit_code == 1, result.output
+    assert "FAILED | output 'logits' | cpu" in result.stdout
+    assert result.stdout.splitlines()[-1] == "FAILED: 1 of 1 output comparison(s) differ"
+
+
+SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx") if ".folded." not in p.name)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_model_validates_against_its_fold_on_cpu(tmp_path: Path, name: str) -> None:
+    source = tmp_path / name
+    shutil.copy(MODELS / name, source)
+    target = tmp_path / "folded.onnx"
+    save_model(fold(source).model, target)
+    report = validate(source, target, providers=["cpu"], samples=2)
+    assert report.passed, "\n".join(report.lines())
+    seeded = any(note.startswith("random nodes seeded identically") for note in report.notes)
+    for comparison in report.comparisons:
+        assert (comparison.candidate_vs_float64 is None) == seeded, comparison.to_line()
