@@ -8,6 +8,7 @@ import click
 
 from normfold import __version__
 from normfold.cli.fold_command import fold_command
+from normfold.cli.mode_command import mode_command
 from normfold.cli.validate_command import validate_command
 from normfold.errors import NormfoldError
 
@@ -34,3 +35,4 @@ def main() -> None:
 
 main.add_command(fold_command)
 main.add_command(validate_command)
+main.add_command(mode_command)

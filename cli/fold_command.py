@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,15 @@ def default_output(model_path: Path) -> Path:
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
 @click.option("--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold.")
+@click.option("--eval", "eval_mode", is_flag=True,
+              help="First switch training-mode BN and Dropout to inference mode (as `normfold mode --eval`).")
+@click.option("--batch-stats", is_flag=True,
+              help="With --eval: where running statistics are unusable, compute batch statistics instead.")
 @click.option("--validate/--no-validate", "check", default=True, show_default=True,
               help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).")
 @validation_options
-def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool, check: bool,
-                 **options: Any) -> None:
+def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool, eval_mode: bool,
+                 batch_stats: bool, check: bool, **options: Any) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODEL.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
@@ -45,16 +50,26 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
         raise NormfoldError(f"{target}: refusing to overwrite the input; use --in-place", exit_code=EXIT_USAGE)
     kwargs = validation_kwargs(options)
     loaded = load_model(model)
-    result = fold(loaded, simplify=simplify)
+    if batch_stats and not eval_mode:
+        raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
+    result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats)
     reports: list[ValidationReport] = []
     skipped: list[str] = []
 
     def verify(staged: Path) -> None:
-        try:
-            report = validate(model, staged, **kwargs)
-        except NotComparableError as error:
-            skipped.append(f"SKIPPED: {error}")
-            return
+        with tempfile.TemporaryDirectory(prefix="normfold-eval-") as folder:
+            reference = model
+            if result.inference_model is not None:
+                reference = Path(folder) / f"{model.stem}.eval.onnx"
+                save_model(result.inference_model, reference, external_data=has_external_data(loaded))
+            try:
+                report = validate(reference, staged, **kwargs)
+            except NotComparableError as error:
+                skipped.append(f"SKIPPED: {error}")
+                return
+        if result.inference_model is not None:
+            report.notes.insert(0, f"reference: {model} switched to inference mode (--eval)")
+            report.reference = f"{model} (inference mode)"
         reports.append(report)
         if not report.passed:
             _print(result, reports, skipped, model, target, as_json, written=False)

@@ -12,6 +12,7 @@ import onnx_ir as ir
 from normfold.graph_walk import count_nodes
 from normfold.io import load_model
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 from normfold.records import NodeRecord
@@ -21,16 +22,22 @@ REPORT_VERSION = 1
 
 @dataclasses.dataclass
 class FoldResult:
-    """The rewritten model and what happened to each BatchNormalization and Dropout node."""
+    """The rewritten model and what happened to each BatchNormalization and Dropout node.
+
+    `inference_model` is the input switched to inference mode (fold's reference) when `eval_mode` changed it.
+    """
 
     model: ir.Model
     records: list[NodeRecord]
     nodes_before: int
     nodes_after: int
+    inference_model: ir.Model | None = None
 
     def count(self, op_type: str, action: str | None = None) -> int:
         """How many nodes of `op_type` were seen (or had `action` applied)."""
-        return sum(r.op_type == op_type and (action is None or r.action == action) for r in self.records)
+        if action is None:
+            return len({(r.graph, r.node) for r in self.records if r.op_type == op_type})
+        return sum(r.op_type == op_type and r.action == action for r in self.records)
 
     @property
     def skipped(self) -> list[NodeRecord]:
@@ -39,8 +46,10 @@ class FoldResult:
 
     def summary(self) -> str:
         """One line: BN folded n/m, Dropout stripped k/l, nodes before -> after."""
+        converted = sum(r.action in ("converted", "rewritten") for r in self.records)
+        mode = f"{converted} node(s) switched to inference mode, " if converted else ""
         return (
-            f"BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
+            f"{mode}BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
             f"{self.count('BatchNormalization')}, Dropout stripped {self.count('Dropout', 'stripped')}/"
             f"{self.count('Dropout')}, nodes {self.nodes_before} -> {self.nodes_after}"
         )
@@ -55,6 +64,7 @@ class FoldResult:
                 "batchnorm_folded": self.count("BatchNormalization", "folded"),
                 "dropout_total": self.count("Dropout"),
                 "dropout_stripped": self.count("Dropout", "stripped"),
+                "switched_to_inference": sum(r.action in ("converted", "rewritten") for r in self.records),
                 "nodes_before": self.nodes_before,
                 "nodes_after": self.nodes_after,
             },
@@ -71,17 +81,26 @@ def as_ir_model(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> i
     return load_model(model)
 
 
-def fold(model: ir.Model | onnx.ModelProto | str | os.PathLike[str], *, simplify: bool = False) -> FoldResult:
+def fold(
+    model: ir.Model | onnx.ModelProto | str | os.PathLike[str],
+    *,
+    simplify: bool = False,
+    eval_mode: bool = False,
+    batch_stats: bool = False,
+) -> FoldResult:
     """Strip every inference Dropout and fold every foldable BatchNormalization.
 
     With `simplify`, onnxscript's constant folding runs before the BN fold (so computed BN
     parameters become constants) and dead-code elimination after it. The input is never modified: the passes work on
-    copies that share the (read-only) weights.
+    copies that share the (read-only) weights. With `eval_mode`, training-mode BN and Dropout are
+    first switched to inference mode (see SetInferenceModePass, and `batch_stats` there).
     """
     original = as_ir_model(model)
-    stripped = StripDropoutPass()(original)
+    converted = SetInferenceModePass(batch_stats)(original) if eval_mode else None
+    stripped = StripDropoutPass()(converted.model if converted else original)
     current = SimplifyPass()(stripped.model).model if simplify else stripped.model
     folded = FoldBatchNormPass()(current)
     result_model = SimplifyPass()(folded.model).model if simplify else folded.model
-    records = list(folded.records) + list(stripped.records)
-    return FoldResult(result_model, records, count_nodes(original), count_nodes(result_model))
+    records = (list(converted.records) if converted else []) + list(folded.records) + list(stripped.records)
+    inference = converted.model if converted and converted.modified else None
+    return FoldResult(result_model, records, count_nodes(original), count_nodes(result_model), inference)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-Action = Literal["folded", "stripped", "skipped"]
+Action = Literal["folded", "stripped", "converted", "rewritten", "skipped"]
 
 
 @dataclasses.dataclass(frozen=True)

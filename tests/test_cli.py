@@ -230,7 +230,7 @@ def test_json_report(workdir: Path) -> None:
     assert report["version"] == 1
     assert report["summary"] == {
         "batchnorm_total": 6, "batchnorm_folded": 6, "dropout_total": 1, "dropout_stripped": 1,
-        "nodes_before": 23, "nodes_after": 16,
+        "switched_to_inference": 0, "nodes_before": 23, "nodes_after": 16,
     }
     bn_pairs = [("batchnormalization7", "conv2"), ("batchnormalization15", "conv10"), ("batchnormalization23", "conv18"),
                 ("batchnormalization32", "conv27"), ("batchnormalization40", "conv35"), ("batchnormalization47", "conv42")]

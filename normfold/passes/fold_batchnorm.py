@@ -21,6 +21,7 @@ from normfold.errors import NormfoldError
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over, why_not_constant
 from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
+from normfold.modes import bn_training_form
 from normfold.ranks import RankOracle
 from normfold.records import NodeRecord, RewriteResult
 
@@ -123,18 +124,14 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
 
 
 def _training_reason(opset: int, bn: ir.Node) -> str:
-    """Why this BN runs in training mode (batch statistics), or '' if it runs in inference mode."""
-    consequence = (
-        "it normalizes with batch statistics, so folding its running statistics would change the outputs; "
-        "convert it to inference mode first"
+    """Why this BN must not be folded as it is (training mode), or ''."""
+    form = bn_training_form(opset, bn)
+    if not form:
+        return ""
+    return (
+        f"{form}: it normalizes with batch statistics, so folding its running statistics would change the "
+        "outputs; convert it to inference mode first (normfold mode --eval, or fold --eval)"
     )
-    if opset >= 14 and bn.attributes.get_int("training_mode", 0):
-        return f"training_mode=1: {consequence}"
-    if opset < 7 and not bn.attributes.get_int("is_test", 0):
-        return f"is_test=0 (opset {opset} training mode): {consequence}"
-    if any(out.name or out.uses() for out in bn.outputs[1:]):
-        return f"it has running-statistics outputs (training mode): {consequence}"
-    return ""
 
 
 def _channels_error(bn: ir.Node, channels: int, layer: LinearLayer, actual: int) -> NormfoldError:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from normfold.graph_edit import constant_array, drop_if_unused, take_over
+from normfold.graph_edit import drop_if_unused, take_over
 from normfold.graph_walk import Scope, iter_scopes, node_label
+from normfold.modes import dropout_training_form
 from normfold.records import NodeRecord, RewriteResult
 
 
@@ -64,18 +65,11 @@ def _strip_one(scope: Scope, node: ir.Node) -> NodeRecord:
 
 
 def _training_reason(opset: int, node: ir.Node) -> str:
-    """Why this Dropout samples masks (training mode), or '' when it is the identity."""
-    if opset < 7:
-        return "" if node.attributes.get_int("is_test", 0) else f"is_test=0 (opset {opset} training mode)"
-    if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
-        return ""
-    training = node.inputs[2]
-    flag = constant_array(training)
-    if flag is None:
-        return f"its training_mode input '{training.name}' is set at run time"
-    if bool(np.asarray(flag).reshape(-1)[0]):
-        return "training_mode is constant true: it samples a new mask on every run; convert it to inference mode first"
-    return ""
+    """Why this Dropout must stay (it samples masks), or ''."""
+    form = dropout_training_form(opset, node)
+    if not form or "set at run time" in form:
+        return form
+    return f"{form}; convert it to inference mode first (normfold mode --eval, or fold --eval)"
 
 
 def _replace_mask(scope: Scope, node: ir.Node, data: ir.Value, mask: ir.Value, opset: int) -> None:

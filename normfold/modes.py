@@ -1,0 +1,39 @@
+"""Whether a BatchNormalization or Dropout node runs in training mode, in each opset's own terms.
+
+BN: `training_mode=1` (opset 14+), `is_test=0` (opset 6), or running-statistics outputs (opsets 7-9).
+Dropout: a `training_mode` input that is constant true or set at run time (opset 12+), `is_test=0`
+(opset 6); opsets 7-10 Dropout is always the identity at inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from normfold.graph_edit import constant_array
+
+
+def bn_training_form(opset: int, bn: ir.Node) -> str:
+    """'' for an inference BN, else how it is marked as training (for reports)."""
+    if opset >= 14 and bn.attributes.get_int("training_mode", 0):
+        return "training_mode=1"
+    if opset < 7 and not bn.attributes.get_int("is_test", 0):
+        return f"is_test=0 (opset {opset} training mode)"
+    if any(out.name or out.uses() for out in bn.outputs[1:]):
+        return "it has running-statistics outputs (training mode)"
+    return ""
+
+
+def dropout_training_form(opset: int, node: ir.Node) -> str:
+    """'' for an inference Dropout, else how it samples masks (for reports)."""
+    if opset < 7:
+        return "" if node.attributes.get_int("is_test", 0) else f"is_test=0 (opset {opset} training mode)"
+    if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
+        return ""
+    training = node.inputs[2]
+    flag = constant_array(training)
+    if flag is None:
+        return f"its training_mode input '{training.name}' is set at run time"
+    if bool(np.asarray(flag).reshape(-1)[0]):
+        return "training_mode is constant true: it samples a new mask on every run"
+    return ""
