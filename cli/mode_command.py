@@ -1,4 +1,4 @@
-"""`normfold mode`: switch a model's BatchNormalization and Dropout nodes between modes."""
+"""`normfold mode`: switch a model's BatchNormalization and Dropout nodes between training and inference."""
 
 from __future__ import annotations
 
@@ -9,38 +9,64 @@ import click
 
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import has_external_data, load_model, save_model
-from normfold.passes import SetInferenceModePass
+from normfold.passes import SetInferenceModePass, SetTrainingModePass
+from normfold.passes.set_training_mode import DEFAULT_FLAG
 
 
 @click.command("mode")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--eval", "to_eval", is_flag=True, required=True,
-              help="Switch every training-mode BatchNormalization and Dropout to inference mode.")
+@click.option("--train", "to_train", is_flag=True,
+              help="Build the training-side graph: a boolean input switches every BN and Dropout together.")
+@click.option("--eval", "to_eval", is_flag=True,
+              help="Switch every training-mode BN and Dropout (and --train switches) to inference mode.")
 @click.option("--batch-stats", is_flag=True,
-              help="Where running statistics are unusable, compute batch statistics with inference operators.")
+              help="With --eval: where running statistics are unusable, compute batch statistics instead.")
+@click.option("--flag", default=DEFAULT_FLAG, show_default=True, help="With --train: name of the boolean input.")
+@click.option("--momentum", type=click.FloatRange(0, 1),
+              help="With --train: ONNX momentum, the weight of the OLD running value (running = m*running + (1-m)*batch).")
+@click.option("--alpha", type=click.FloatRange(0, 1),
+              help="With --train: PyTorch/seed momentum, the weight of the NEW batch statistic (= 1 - ONNX momentum).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write (default: MODEL.eval.onnx beside MODEL).")
+              help="Where to write (default: MODEL.train.onnx or MODEL.eval.onnx beside MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
-def mode_command(model: Path, to_eval: bool, batch_stats: bool, output: Path | None, as_json: bool) -> None:
-    """Switch MODEL's BatchNormalization and Dropout nodes to inference mode.
+def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, flag: str, momentum: float | None,
+                 alpha: float | None, output: Path | None, as_json: bool) -> None:
+    """Switch BatchNormalization and Dropout between training and inference mode.
 
-    In inference mode BN normalizes with its running statistics and Dropout is the identity.
-    A BN whose running statistics are unusable (never tracked: mean 0 / variance 1) is left as it is
-    with the reason, unless --batch-stats rewrites it to compute batch statistics without training_mode.
+    --eval: BN normalizes with its running statistics, Dropout is the identity. A BN whose running
+    statistics are unusable (never tracked: mean 0 / variance 1) is left as it is with the reason,
+    unless --batch-stats rewrites it to compute batch statistics without training_mode.
+    --train: one boolean input (default false) switches every BN to batch statistics, with its updated
+    running statistics as extra outputs, and every Dropout to sampling masks.
     """
-    target = output or model.with_name(f"{model.stem}.eval{model.suffix or '.onnx'}")
+    if to_train == to_eval:
+        raise NormfoldError("give exactly one of --train and --eval", exit_code=EXIT_USAGE)
+    if momentum is not None and alpha is not None:
+        raise NormfoldError("--momentum (ONNX: weight of the old value) and --alpha (weight of the new value) "
+                            "say the same thing two ways; give one", exit_code=EXIT_USAGE)
+    if to_eval and (momentum is not None or alpha is not None or flag != DEFAULT_FLAG):
+        raise NormfoldError("--momentum, --alpha and --flag apply with --train", exit_code=EXIT_USAGE)
+    if to_train and batch_stats:
+        raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
+    suffix = "train" if to_train else "eval"
+    target = output or model.with_name(f"{model.stem}.{suffix}{model.suffix or '.onnx'}")
     if target.resolve() == model.resolve():
         raise NormfoldError(f"{target}: refusing to overwrite the input", exit_code=EXIT_USAGE)
     loaded = load_model(model)
-    result = SetInferenceModePass(batch_stats)(loaded)
+    if to_train:
+        onnx_momentum = momentum if alpha is None else 1.0 - alpha
+        result = SetTrainingModePass(flag, onnx_momentum)(loaded)
+    else:
+        result = SetInferenceModePass(batch_stats)(loaded)
     save_model(result.model, target, external_data=has_external_data(loaded))
     if as_json:
-        document = {"normfold_report": "mode", "version": 1, "input": str(model), "output": str(target),
-                    "nodes": [r.to_dict() for r in result.records]}
+        document = {"normfold_report": "mode", "version": 1, "mode": suffix, "input": str(model),
+                    "output": str(target), "nodes": [r.to_dict() for r in result.records]}
         click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:
         click.echo(record.to_line())
     changed = sum(r.action != "skipped" for r in result.records)
-    click.echo(f"switched {changed} node(s) to inference mode, left {len(result.records) - changed}")
+    mode = "training-switchable" if to_train else "inference mode"
+    click.echo(f"switched {changed} node(s) to {mode}, left {len(result.records) - changed}")
     click.echo(f"wrote {target}")

@@ -19,6 +19,7 @@ import onnx_ir as ir
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
 from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.modes import bn_training_form, dropout_training_form
+from normfold.passes.set_training_mode import unwrap_mode_switch
 from normfold.ranks import RankOracle
 from normfold.records import NodeRecord, RewriteResult
 
@@ -33,7 +34,7 @@ class SetInferenceModePass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> RewriteResult:
         model = model.clone()
         ranks, names = RankOracle(model), NameSource(model)
-        flags = [v for v in model.graph.inputs if v.dtype == ir.DataType.BOOL]
+        flags = [v for v in model.graph.inputs if v.dtype == ir.DataType.BOOL and v.uses()]
         records = []
         for scope in iter_scopes(model):
             for node in list(scope.body):
@@ -43,6 +44,10 @@ class SetInferenceModePass(ir.passes.FunctionalPass):
                     records.append(self._batchnorm(scope, node, form, ranks, names))
                 elif node.op_type == "Dropout" and (form := dropout_training_form(scope.opset, node)):
                     records.append(_dropout(scope, node, form))
+                elif node.op_type == "If" and scope.is_main and unwrap_mode_switch(scope.body, node):
+                    label = node_label(node).removesuffix(".mode_switch")
+                    records.append(NodeRecord(scope.name, label, "BatchNormalization", "converted",
+                                              "mode switch (normfold mode --train) -> inference BatchNormalization"))
         _drop_unused_flags(model, flags)
         changed = any(r.action != "skipped" for r in records)
         return RewriteResult(model, changed, records)
@@ -60,7 +65,7 @@ class SetInferenceModePass(ir.passes.FunctionalPass):
             if reason:
                 return record("skipped", f"{form}, and {unusable}; --batch-stats cannot rewrite it: {reason}")
             return record("rewritten", f"{form} -> inference operators computing batch statistics ({unusable})")
-        reason = _drop_statistics_outputs(bn)
+        reason = _drop_statistics_outputs(bn, scope.is_main)
         if reason:
             return record("skipped", f"{form}: {reason}")
         if scope.opset >= 14:
@@ -84,9 +89,11 @@ def _unusable_statistics(bn: ir.Node) -> str:
     return ""
 
 
-def _drop_statistics_outputs(bn: ir.Node) -> str:
+def _drop_statistics_outputs(bn: ir.Node, in_main_graph: bool) -> str:
     """Remove BN's running-statistics outputs: uses of the updated mean/var take the running inputs."""
     extra = list(bn.outputs[1:])
+    if not in_main_graph and any(output.is_graph_output() for output in extra):
+        return "its running statistics are outputs of the enclosing subgraph, which would change its signature"
     for index, output in enumerate(extra, start=1):
         if output.uses() and index > 2:
             return f"its output '{output.name}' (batch statistics saved for training) is used"
@@ -117,7 +124,7 @@ def _dropout(scope: Scope, node: ir.Node, form: str) -> NodeRecord:
 
 
 def _drop_unused_flags(model: ir.Model, flags: list[ir.Value]) -> None:
-    """Boolean graph inputs that only switched modes go away once nothing reads them."""
+    """Boolean graph inputs that this pass left without readers (mode flags) go away."""
     for value in flags:
         if not value.uses() and value in model.graph.inputs and not value.is_graph_output():
             model.graph.inputs.remove(value)
