@@ -7,7 +7,9 @@ from typing import Any
 import click
 
 from normfold import __version__
+from normfold.cli.calibrate_command import calibrate_command
 from normfold.cli.fold_command import fold_command
+from normfold.cli.mc_command import mc_command
 from normfold.cli.mode_command import mode_command
 from normfold.cli.validate_command import validate_command
 from normfold.errors import NormfoldError
@@ -36,3 +38,5 @@ def main() -> None:
 main.add_command(fold_command)
 main.add_command(validate_command)
 main.add_command(mode_command)
+main.add_command(calibrate_command)
+main.add_command(mc_command)

@@ -1,0 +1,62 @@
+"""`normfold calibrate`: re-estimate BN running statistics from data, write the inference model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from normfold.calibrate import METHODS, calibrate
+from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.io import has_external_data, load_model, read_model_proto, save_model
+from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
+from normfold.validate.providers import resolve_providers
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Calibration batches: .npz (one array per graph input, leading axis = batches) or a test_data_set folder.")
+@click.option("--method", type=click.Choice(METHODS), default="cumulative", show_default=True,
+              help="cumulative: exact statistics of all the data; running: the running-average update per batch.")
+@click.option("--momentum", type=click.FloatRange(0, 1),
+              help="With --method running: ONNX momentum, the weight of the OLD value [default: 0.9].")
+@click.option("--alpha", type=click.FloatRange(0, 1),
+              help="With --method running: PyTorch/seed momentum, the weight of the NEW batch (= 1 - ONNX momentum).")
+@click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
+              help="Execution provider: auto is CUDA when it really runs, else CPU.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write (default: MODEL.calibrated.onnx beside MODEL).")
+def calibrate_command(model: Path, data: Path, method: str, momentum: float | None, alpha: float | None, provider: str,
+                      dims: tuple[str, ...], output: Path | None) -> None:
+    """Re-estimate every BN's running mean and variance from data (AdaBN).
+
+    Runs the training-side graph on ONNX Runtime (BN on batch statistics, Dropout off) over the
+    batches, combines them in float64, and writes the inference model with the new statistics.
+    """
+    if momentum is not None and alpha is not None:
+        raise NormfoldError("give --momentum (weight of the old value) or --alpha (weight of the new value), not both",
+                            exit_code=EXIT_USAGE)
+    if method == "cumulative" and (momentum is not None or alpha is not None):
+        raise NormfoldError("--momentum and --alpha apply with --method running", exit_code=EXIT_USAGE)
+    onnx_momentum = 0.9 if momentum is None and alpha is None else (momentum if alpha is None else 1.0 - alpha)
+    target = output or model.with_name(f"{model.stem}.calibrated{model.suffix or '.onnx'}")
+    if target.resolve() == model.resolve():
+        raise NormfoldError(f"{target}: refusing to overwrite the input", exit_code=EXIT_USAGE)
+    specs = input_specs(read_model_proto(model))
+    batches = load_test_data_sets(data, specs)[0] if data.is_dir() else load_npz_inputs(data, specs, parse_dims(dims))
+    choice = resolve_providers((provider,), model)[0]
+    if choice.note:
+        click.echo(choice.note, err=True)
+    loaded = load_model(model)
+    with click.progressbar(batches, label="calibrating", file=sys.stderr) as bar:
+        result = calibrate(loaded, batches, method=method, momentum=onnx_momentum, provider=choice.key,
+                           progress=lambda items: bar)
+    save_model(result.model, target, external_data=has_external_data(loaded))
+    for record in result.records:
+        click.echo(record.to_line())
+    click.echo(f"calibrated {len(result.records)} BatchNormalization node(s) on {result.batches} batch(es) "
+               f"({method}, provider {choice.key})")
+    click.echo(f"wrote {target}")
