@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import has_external_data, load_model, save_model
+from normfold.lints import training_lints
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG
 
@@ -53,19 +55,24 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     if target.resolve() == model.resolve():
         raise NormfoldError(f"{target}: refusing to overwrite the input", exit_code=EXIT_USAGE)
     loaded = load_model(model)
+    lints = []
     if to_train:
         onnx_momentum = momentum if alpha is None else 1.0 - alpha
         result = SetTrainingModePass(flag, onnx_momentum)(loaded)
+        lints = training_lints(loaded)
     else:
         result = SetInferenceModePass(batch_stats)(loaded)
     save_model(result.model, target, external_data=has_external_data(loaded))
     if as_json:
         document = {"normfold_report": "mode", "version": 1, "mode": suffix, "input": str(model),
-                    "output": str(target), "nodes": [r.to_dict() for r in result.records]}
+                    "output": str(target), "nodes": [r.to_dict() for r in result.records],
+                    "lints": [dataclasses.asdict(lint) for lint in lints]}
         click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:
         click.echo(record.to_line())
+    for lint in lints:
+        click.echo(lint.to_line())
     changed = sum(r.action != "skipped" for r in result.records)
     mode = "training-switchable" if to_train else "inference mode"
     click.echo(f"switched {changed} node(s) to {mode}, left {len(result.records) - changed}")

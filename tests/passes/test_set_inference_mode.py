@@ -136,3 +136,24 @@ def test_fold_of_eval_is_the_fold_of_the_inference_model() -> None:
     direct = ir.to_proto(fold(_model(training=False)).model)
     assert op_types(via_eval) == op_types(direct) == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]
     np.testing.assert_array_equal(run_ort(via_eval, {"x": X})[0], run_ort(direct, {"x": X})[0])
+
+
+def test_pytorch_training_export_without_tracked_statistics_keeps_its_outputs_with_batch_stats() -> None:
+    """torchvision ResNet exported in training mode, its running statistics reset as track_running_stats=False leaves them."""
+    model = onnx.load(MODELS / "torchvision_resnet_train.onnx")
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    reset = {n.input[3] for n in bns} | {n.input[4] for n in bns}
+    for tensor in model.graph.initializer:
+        if tensor.name in reset:
+            array = numpy_helper.to_array(tensor)
+            fill = np.zeros_like(array) if any(tensor.name == n.input[3] for n in bns) else np.ones_like(array)
+            tensor.CopyFrom(numpy_helper.from_array(fill, tensor.name))
+    refused = SetInferenceModePass()(ir.from_proto(model))
+    assert [r.action for r in refused.records] == ["skipped"] * 12
+    rewritten = ir.to_proto(SetInferenceModePass(batch_stats=True)(ir.from_proto(model)).model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert "BatchNormalization" not in op_types(rewritten)
+    x = np.random.default_rng(4).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    name = model.graph.input[0].name
+    want, got = run_ort(model, {name: x})[0], run_ort(rewritten, {name: x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -1,0 +1,72 @@
+"""Training-side lints from the seed's pitfalls (BatchNorm 1.9, Dropout 2.9), for `mode --train` and CI checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from normfold.graph_edit import constant_array
+from normfold.graph_walk import iter_scopes, node_label
+
+HIGH_DROP_RATIO = 0.7
+
+
+@dataclasses.dataclass(frozen=True)
+class Lint:
+    """One finding: the rule's name, the node, and what to do about it."""
+
+    rule: str
+    node: str
+    message: str
+
+    def to_line(self) -> str:
+        """One report line."""
+        return f"LINT     {self.rule} '{self.node}': {self.message}"
+
+
+def training_lints(model: ir.Model) -> list[Lint]:
+    """Dropout right before BN, drop ratio above 0.7, BN on a static batch below 2, non-positive epsilon."""
+    lints = []
+    for scope in iter_scopes(model):
+        for node in scope.body:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "BatchNormalization":
+                lints += _batchnorm_lints(node)
+            elif node.op_type == "Dropout":
+                lints += _dropout_lints(node)
+    return lints
+
+
+def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
+    label, found = node_label(bn), []
+    epsilon = bn.attributes.get_float("epsilon", 1e-5)
+    if epsilon <= 0:
+        found.append(Lint("non-positive-epsilon", label, f"epsilon={epsilon:g}: a zero batch variance divides by zero"))
+    x = bn.inputs[0]
+    batch = x.shape[0] if x is not None and x.shape is not None and len(x.shape) else None
+    if isinstance(batch, int) and batch < 2:
+        found.append(Lint("bn-batch-below-2", label,
+                          f"static batch size {batch}: batch statistics of one sample are degenerate in training "
+                          "mode (seed 1.9: keep the batch at 32 or more, or use Group/Layer Norm)"))
+    producer = x.producer() if x is not None else None
+    if producer is not None and producer.op_type == "Dropout":
+        found.append(Lint("dropout-before-bn", label,
+                          f"Dropout '{node_label(producer)}' feeds it directly: Dropout's variance shift corrupts the "
+                          "batch statistics (seed 1.4, 1.9: put Dropout after BN)"))
+    return found
+
+
+def _dropout_lints(node: ir.Node) -> list[Lint]:
+    ratio_value = node.inputs[1] if len(node.inputs) > 1 else None
+    ratio = constant_array(ratio_value) if ratio_value is not None else None
+    if ratio is None and ratio_value is None:
+        ratio = np.array(node.attributes.get_float("ratio", 0.5))
+    if ratio is not None and float(np.asarray(ratio).reshape(-1)[0]) > HIGH_DROP_RATIO:
+        value = float(np.asarray(ratio).reshape(-1)[0])
+        return [Lint("high-drop-ratio", node_label(node),
+                     f"ratio={value:g} drops more than {HIGH_DROP_RATIO:g} of activations (keep probability "
+                     f"p = 1 - ratio = {1 - value:g}), which tends to underfit (seed 2.9)")]
+    return []
