@@ -8,6 +8,7 @@ import click
 
 from normfold import __version__
 from normfold.cli.calibrate_command import calibrate_command
+from normfold.cli.check_command import check_command
 from normfold.cli.fold_command import fold_command
 from normfold.cli.mc_command import mc_command
 from normfold.cli.mode_command import mode_command
@@ -31,7 +32,7 @@ class _Group(click.Group):
 def main() -> None:
     """Make ONNX models deployment-ready: fold BatchNormalization, strip Dropout.
 
-    Exit codes: 0 success, 1 not equivalent, 2 usage error, 3 unusable input.
+    Exit codes: 0 success, 1 not equivalent (or not ready), 2 usage error, 3 unusable input.
     """
 
 
@@ -40,3 +41,4 @@ main.add_command(validate_command)
 main.add_command(mode_command)
 main.add_command(calibrate_command)
 main.add_command(mc_command)
+main.add_command(check_command)

@@ -46,7 +46,7 @@ def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
     if epsilon <= 0:
         found.append(Lint("non-positive-epsilon", label, f"epsilon={epsilon:g}: a zero batch variance divides by zero"))
     x = bn.inputs[0]
-    batch = x.shape[0] if x is not None and x.shape is not None and len(x.shape) else None
+    batch = _static_batch(x)
     if isinstance(batch, int) and batch < 2:
         found.append(Lint("bn-batch-below-2", label,
                           f"static batch size {batch}: batch statistics of one sample are degenerate in training "
@@ -70,3 +70,17 @@ def _dropout_lints(node: ir.Node) -> list[Lint]:
                      f"ratio={value:g} drops more than {HIGH_DROP_RATIO:g} of activations (keep probability "
                      f"p = 1 - ratio = {1 - value:g}), which tends to underfit (seed 2.9)")]
     return []
+
+
+def _static_batch(value: ir.Value | None, depth: int = 64) -> int | str | None:
+    """Axis 0 of the value's shape, or of the nearest ancestor (through first inputs) whose shape is known.
+
+    The layers between a graph input and a BN (Conv, Relu, Add, pooling) keep the batch axis.
+    """
+    while value is not None and depth > 0:
+        if value.shape is not None and len(value.shape):
+            return value.shape[0]
+        producer = value.producer()
+        value = producer.inputs[0] if producer is not None and producer.inputs else None
+        depth -= 1
+    return None

@@ -1,0 +1,94 @@
+"""`normfold check` reports: text lines, JSON, GitHub Actions annotations, and SARIF 2.1.0."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from normfold.check import RULES, ModelCheck
+
+FORMATS = ("text", "json", "github", "sarif")
+REPORT_VERSION = 1
+
+
+def render(checks: Sequence[ModelCheck], form: str) -> str:
+    """The report for every checked model in the chosen format."""
+    return {"text": _text, "json": _json, "github": _github, "sarif": _sarif}[form](checks)
+
+
+def _text(checks: Sequence[ModelCheck]) -> str:
+    lines = []
+    for check in checks:
+        if check.error:
+            lines.append(f"UNUSABLE {check.path}: {check.error}")
+        elif check.ready:
+            lines.append(f"READY    {check.path}")
+        else:
+            lines.append(f"NOT READY {check.path}: {len(check.findings)} finding(s)")
+            lines += [f"  {f.rule} '{f.node}': {f.message} (fix: {f.fix})" for f in check.findings]
+    ready = sum(c.ready for c in checks)
+    lines.append(f"{ready} of {len(checks)} model(s) deployment-ready")
+    return "\n".join(lines)
+
+
+def _json(checks: Sequence[ModelCheck]) -> str:
+    document = {
+        "normfold_report": "check",
+        "version": REPORT_VERSION,
+        "models": [{"path": c.path, "ready": c.ready, "error": c.error or None,
+                    "findings": [f.to_dict() for f in c.findings]} for c in checks],
+    }
+    return json.dumps(document, indent=2)
+
+
+def _github(checks: Sequence[ModelCheck]) -> str:
+    """Workflow commands that GitHub Actions shows as annotations on the model file."""
+    lines = []
+    for check in checks:
+        if check.error:
+            lines.append(f"::error file={_escape(check.path)},title=normfold unusable model::{_escape(check.error)}")
+        for f in check.findings:
+            lines.append(f"::error file={_escape(check.path)},title=normfold {f.rule}::"
+                         f"{_escape(f'{f.node}: {f.message}. Fix: {f.fix}')}")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(",", "%2C").replace("::", "%3A%3A")
+
+
+def _sarif(checks: Sequence[ModelCheck]) -> str:
+    rules = [{"id": rule, "shortDescription": {"text": text}} for rule, text in RULES.items()]
+    results: list[dict[str, Any]] = []
+    for check in checks:
+        location = [{"physicalLocation": {"artifactLocation": {"uri": Path(check.path).as_posix()}}}]
+        if check.error:
+            results.append({"ruleId": "unusable-model", "level": "error", "message": {"text": check.error},
+                            "locations": location})
+        for f in check.findings:
+            results.append({"ruleId": f.rule, "level": "error", "locations": location,
+                            "message": {"text": f"{f.node}: {f.message}. Fix: {f.fix}"}})
+    document = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "normfold", "rules": rules}}, "results": results}],
+    }
+    return json.dumps(document, indent=2)
+
+
+def disabled_in_pyproject(start: Path) -> list[str]:
+    """Rule names listed in `[tool.normfold] disable = [...]` of the nearest pyproject.toml above `start`."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    for folder in [start, *start.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            with candidate.open("rb") as handle:
+                config = tomllib.load(handle)
+            return list(config.get("tool", {}).get("normfold", {}).get("disable", []))
+    return []
