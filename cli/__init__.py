@@ -32,7 +32,7 @@ class _Group(click.Group):
 def main() -> None:
     """Make ONNX models deployment-ready: fold BatchNormalization, strip Dropout.
 
-    Exit codes: 0 success, 1 not equivalent (or not ready), 2 usage error, 3 unusable input.
+    Exit codes: 0 success, 1 mismatch or not ready, 2 usage, 3 unusable input.
     """
 
 

@@ -9,7 +9,7 @@ import click
 
 from normfold.calibrate import METHODS, calibrate
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import has_external_data, load_model, read_model_proto, save_model
+from normfold.io import check_output_path, has_external_data, load_model, read_model_proto, save_model
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
 from normfold.validate.providers import resolve_providers
 
@@ -43,14 +43,13 @@ def calibrate_command(model: Path, data: Path, method: str, momentum: float | No
         raise NormfoldError("--momentum and --alpha apply with --method running", exit_code=EXIT_USAGE)
     onnx_momentum = 0.9 if momentum is None and alpha is None else (momentum if alpha is None else 1.0 - alpha)
     target = output or model.with_name(f"{model.stem}.calibrated{model.suffix or '.onnx'}")
-    if target.resolve() == model.resolve():
-        raise NormfoldError(f"{target}: refusing to overwrite the input", exit_code=EXIT_USAGE)
     specs = input_specs(read_model_proto(model))
     batches = load_test_data_sets(data, specs)[0] if data.is_dir() else load_npz_inputs(data, specs, parse_dims(dims))
     choice = resolve_providers((provider,), model)[0]
     if choice.note:
         click.echo(choice.note, err=True)
     loaded = load_model(model)
+    check_output_path(target, model, loaded)
     with click.progressbar(batches, label="calibrating", file=sys.stderr) as bar:
         result = calibrate(loaded, batches, method=method, momentum=onnx_momentum, provider=choice.key,
                            progress=lambda items: bar)

@@ -12,7 +12,7 @@ import click
 from normfold.cli.validation_options import validation_kwargs, validation_options
 from normfold.errors import EXIT_MISMATCH, EXIT_USAGE, NormfoldError
 from normfold.fold import fold
-from normfold.io import has_external_data, load_model, save_model
+from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
 from normfold.validate import ValidationReport, validate
 from normfold.validate.stochastic import NotComparableError
 
@@ -46,10 +46,10 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
     if in_place and output is not None:
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)
     target = model if in_place else (output or default_output(model))
-    if not in_place and target.resolve() == model.resolve():
-        raise NormfoldError(f"{target}: refusing to overwrite the input; use --in-place", exit_code=EXIT_USAGE)
     kwargs = validation_kwargs(options)
     loaded = load_model(model)
+    check_output_path(target, model, loaded, in_place=in_place)
+    old_files = model_files(model, loaded) - {model.resolve()} if in_place else set()
     if batch_stats and not eval_mode:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats)
@@ -77,7 +77,8 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
             raise NormfoldError(f"the folded model differs from {model}; nothing written ({worst.to_line()})",
                                 exit_code=EXIT_MISMATCH)
 
-    save_model(result.model, target, external_data=has_external_data(loaded), verify=verify if check else None)
+    save_model(result.model, target, external_data=has_external_data(loaded), verify=verify if check else None,
+               replaced_files=old_files)
     _print(result, reports, skipped, model, target, as_json, written=True)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import has_external_data, load_model, save_model
+from normfold.io import check_output_path, has_external_data, load_model, save_model
 from normfold.lints import training_lints
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG
@@ -52,9 +52,8 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     suffix = "train" if to_train else "eval"
     target = output or model.with_name(f"{model.stem}.{suffix}{model.suffix or '.onnx'}")
-    if target.resolve() == model.resolve():
-        raise NormfoldError(f"{target}: refusing to overwrite the input", exit_code=EXIT_USAGE)
     loaded = load_model(model)
+    check_output_path(target, model, loaded)
     lints = []
     if to_train:
         onnx_momentum = momentum if alpha is None else 1.0 - alpha

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir import serde
 from onnx_ir import external_data as ir_external_data
 
-from normfold.errors import NormfoldError
+from normfold.errors import EXIT_USAGE, NormfoldError
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -61,16 +62,59 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         if not target.is_file():
             raise NormfoldError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing")
         offset = int(info.offset or 0)
-        length = int(info.length) if info.length else 0
+        length = int(info.length) if info.length else _stored_bytes(tensor)
         if offset + length > target.stat().st_size:
             raise NormfoldError(
                 f"{path}: external data file '{location}' is too short for tensor '{tensor.name}'"
             )
 
 
+def _stored_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes a tensor's raw data takes, from its dims and dtype (0 for packed sub-byte types)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0
+    return itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+
+
+def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
+    """Every tensor of the model stored outside the .onnx file: initializers of every graph, attribute tensors."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                yield attr.value
+    graphs = [model.graph] + [a.value for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                              for a in n.attributes.values() if not a.is_ref() and a.type == ir.AttributeType.GRAPH]
+    for graph in graphs:
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value.const_value
+
+
 def has_external_data(model: ir.Model) -> bool:
-    """Whether any initializer of the model is stored outside the .onnx file."""
-    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    """Whether any tensor of the model is stored outside the .onnx file."""
+    return next(external_tensors(model), None) is not None
+
+
+def model_files(path: Path, model: ir.Model) -> set[Path]:
+    """The model file and every external data file it reads, resolved."""
+    files = {path.resolve()}
+    files.update((Path(t.base_dir) / t.location).resolve() for t in external_tensors(model))
+    return files
+
+
+def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: bool = False) -> None:
+    """Refuse (usage error) an output that is not a plain file path, or that would overwrite the input's files."""
+    if not target.name or str(target).endswith(os.sep) or target.is_dir():
+        raise NormfoldError(f"{target}: not a file path (it names a folder)", exit_code=EXIT_USAGE)
+    if target.exists() and not target.is_file():
+        raise NormfoldError(f"{target}: exists and is not a regular file; refusing to replace it", exit_code=EXIT_USAGE)
+    inputs = model_files(source, model)
+    if target.resolve() in inputs - ({source.resolve()} if in_place else set()):
+        what = "the input" if target.resolve() == source.resolve() else "an external data file of the input"
+        hint = "; use --in-place" if what == "the input" else ""
+        raise NormfoldError(f"{target}: refusing to overwrite {what}{hint}", exit_code=EXIT_USAGE)
 
 
 def save_model(
@@ -79,39 +123,63 @@ def save_model(
     *,
     external_data: bool = False,
     verify: Callable[[Path], None] | None = None,
+    replaced_files: Iterable[Path] = (),
 ) -> None:
     """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
     With `external_data`, tensors go to `<name>.data` beside the model (another name if that file
     holds the input's own tensors, which must not be overwritten). The output is verified with
     `onnx.checker.check_model(full_check=True)`, then by `verify(staged_path)` (which raises to
-    refuse it), before it replaces anything.
+    refuse it), before it replaces anything. `replaced_files` (an in-place input's old data files)
+    are deleted once the new model is in place.
     """
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise NormfoldError(f"{path}: output folder '{folder}' does not exist")
     data_name = _data_file_name(model, path) if external_data else None
-    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
-        staged = Path(staging) / path.name
-        ir.save(model, staged, external_data=data_name)
+    _materialize_attribute_tensors(model)
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
+            staged = Path(staging) / path.name
+            ir.save(model, staged, external_data=data_name)
+            _full_check(staged, path)
+            if verify is not None:
+                verify(staged)
+            os.chmod(staged, 0o666 & ~_umask())
+            if data_name is not None:
+                os.chmod(Path(staging) / data_name, 0o666 & ~_umask())
+                os.replace(Path(staging) / data_name, folder / data_name)
+            os.replace(staged, path)
+    except OSError as error:
+        raise NormfoldError(f"cannot write {path}: {error.strerror or error}") from None
+    kept = {path.resolve()} | ({(folder / data_name).resolve()} if data_name else set())
+    for old in replaced_files:
+        if old.resolve() not in kept:
+            old.unlink(missing_ok=True)
+
+
+def _full_check(staged: Path, path: Path) -> None:
+    try:
         onnx.checker.check_model(str(staged), full_check=True)
-        if verify is not None:
-            verify(staged)
-        os.chmod(staged, 0o666 & ~_umask())
-        if data_name is not None:
-            os.chmod(Path(staging) / data_name, 0o666 & ~_umask())
-            os.replace(Path(staging) / data_name, folder / data_name)
-        os.replace(staged, path)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise NormfoldError(
+            f"{path}: the result fails onnx's full model check (shape inference), so nothing was written: "
+            f"{_first_line(error)}"
+        ) from None
+
+
+def _materialize_attribute_tensors(model: ir.Model) -> None:
+    """Attribute tensors stored externally are read into memory: they are written inline, beside the model."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for name, attr in list(node.attributes.items()):
+            if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                node.attributes[name] = ir.AttrTensor(name, ir.tensor(attr.value.numpy(), name=attr.value.name))
 
 
 def _data_file_name(model: ir.Model, path: Path) -> str:
     """`<name>.data`, unless the model's own tensors are read from that file."""
-    in_use = {
-        (Path(v.const_value.base_dir) / v.const_value.location).resolve()
-        for v in model.graph.initializers.values()
-        if isinstance(v.const_value, ir.ExternalTensor)
-    }
+    in_use = model_files(path, model) - {path.resolve()}
     name, counter = f"{path.name}.data", 0
     while (path.parent / name).resolve() in in_use:
         counter += 1

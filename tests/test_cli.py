@@ -538,7 +538,7 @@ def test_top_level_help(flag: str) -> None:
     result = invoke(flag)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Usage: normfold ")
-    assert "Exit codes: 0 success, 1 not equivalent, 2 usage error, 3 unusable input." in result.stdout
+    assert "Exit codes: 0 success, 1 mismatch or not ready, 2 usage, 3 unusable input." in result.stdout
     for name, command in main.commands.items():
         assert f"  {name} " in result.stdout
         assert command.get_short_help_str().rstrip(".")[:20] in result.stdout
@@ -573,3 +573,54 @@ def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout == f"normfold, version {__version__}\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Output paths that must be refused, and external-data corner cases (from the adversarial review)
+
+
+def test_output_that_is_not_a_regular_file_is_refused(workdir: Path) -> None:
+    source = workdir / "resnet_block.onnx"
+    fifo = workdir / "pipe.onnx"
+    os.mkfifo(fifo)
+    result = invoke("fold", source, "-o", fifo)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"normfold: error: {fifo}: exists and is not a regular file; refusing to replace it"
+    folder = invoke("fold", source, "-o", workdir)
+    assert folder.exit_code == 2 and "is a directory" in folder.stderr
+
+
+def test_output_onto_the_inputs_external_data_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "m.onnx"
+    save_external(onnx.load(str(MODELS / "resnet_block.onnx")), source, location="m.onnx.data")
+    before = snapshot(tmp_path)
+    for command in (["fold"], ["mode", "--eval"]):
+        result = invoke(*command, source, "-o", tmp_path / "m.onnx.data")
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().endswith("refusing to overwrite an external data file of the input")
+    assert snapshot(tmp_path) == before
+
+
+def test_in_place_with_external_data_leaves_no_orphan(tmp_path: Path) -> None:
+    source = tmp_path / "m.onnx"
+    save_external(onnx.load(str(MODELS / "resnet_block.onnx")), source, location="m.onnx.data")
+    for _ in range(2):
+        assert invoke("fold", source, "--in-place", "--provider", "cpu").exit_code == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", data_locations(source).pop()]
+    assert_equivalent_fold(MODELS / "resnet_block.onnx", source)
+
+
+def test_truncated_external_data_without_length_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "m.onnx"
+    save_external(onnx.load(str(MODELS / "resnet_block.onnx")), source, location="w.data")
+    model = onnx.load(str(source), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in list(tensor.external_data):
+            if entry.key == "length":
+                tensor.external_data.remove(entry)
+    onnx.save(model, str(source))
+    with open(tmp_path / "w.data", "r+b") as handle:
+        handle.truncate(1000)
+    result = invoke("fold", source)
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert "is too short for tensor" in result.stderr
