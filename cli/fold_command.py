@@ -54,7 +54,6 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats)
     reports: list[ValidationReport] = []
-    skipped: list[str] = []
 
     def verify(staged: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="normfold-eval-") as folder:
@@ -65,28 +64,28 @@ def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool
             try:
                 report = validate(reference, staged, **kwargs)
             except NotComparableError as error:
-                skipped.append(f"SKIPPED: {error}")
-                return
+                _print(result, reports, model, target, as_json, written=False)
+                raise NormfoldError(f"cannot validate the folded model, so nothing was written ({error}); "
+                                    "--no-validate writes it without validation") from None
         if result.inference_model is not None:
             report.notes.insert(0, f"reference: {model} switched to inference mode (--eval)")
             report.reference = f"{model} (inference mode)"
         reports.append(report)
         if not report.passed:
-            _print(result, reports, skipped, model, target, as_json, written=False)
+            _print(result, reports, model, target, as_json, written=False)
             worst = report.failures[0]
             raise NormfoldError(f"the folded model differs from {model}; nothing written ({worst.to_line()})",
                                 exit_code=EXIT_MISMATCH)
 
     save_model(result.model, target, external_data=has_external_data(loaded), verify=verify if check else None,
                replaced_files=old_files)
-    _print(result, reports, skipped, model, target, as_json, written=True)
+    _print(result, reports, model, target, as_json, written=True)
 
 
-def _print(result, reports: list[ValidationReport], skipped: list[str], model: Path, target: Path, as_json: bool,
-           written: bool) -> None:
+def _print(result, reports: list[ValidationReport], model: Path, target: Path, as_json: bool, written: bool) -> None:
     if as_json:
         document = result.to_dict() | {"input": str(model), "output": str(target) if written else None}
-        document["validation"] = reports[0].to_dict() if reports else ({"skipped": skipped[0]} if skipped else None)
+        document["validation"] = reports[0].to_dict() if reports else None
         click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:
@@ -95,7 +94,5 @@ def _print(result, reports: list[ValidationReport], skipped: list[str], model: P
     for report in reports:
         for line in report.lines()[1:]:
             click.echo(f"validate: {line}")
-    for line in skipped:
-        click.echo(f"validate: {line}")
     if written:
         click.echo(f"wrote {target}")

@@ -143,7 +143,7 @@ def _write(model: ir.Model, bns: list[ir.Node], stats, method: str, batches: int
         label = node_label(bn)
         for index, array in ((3, mean), (4, var)):
             dtype = bn.inputs[index].dtype.numpy() if bn.inputs[index].dtype is not None else np.float32
-            value = add_constant(scope, bn, array.astype(dtype), names.fresh(f"{label}_calibrated_{'mean' if index == 3 else 'var'}"))
+            value = add_constant(scope, bn, array.astype(dtype), names.fresh(f"{label}_calibrated_{'mean' if index == 3 else 'var'}"), names)
             replaced.append(bn.inputs[index])
             bn.replace_input_with(index, value)
         statistics[label] = (mean, var)

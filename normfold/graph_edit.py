@@ -37,12 +37,13 @@ def why_not_constant(value: ir.Value | None, role: str) -> str:
 
 
 class NameSource:
-    """Hands out value names that no graph or function of the model uses yet."""
+    """Hands out names that no value or node of any graph or function of the model uses yet."""
 
     def __init__(self, model: ir.Model) -> None:
         self._taken: set[str] = set()
         for scope in iter_scopes(model):
             self._taken.update(v.name for v in _scope_values(scope) if v.name)
+            self._taken.update(node.name for node in scope.body if node.name)
 
     def fresh(self, base: str) -> str:
         """`base` itself if unused, else `base_1`, `base_2`, ..."""
@@ -63,7 +64,7 @@ def _scope_values(scope: Scope) -> Iterable[ir.Value]:
 
 
 def add_constant(
-    scope: Scope, before: ir.Node, array: np.ndarray, name: str
+    scope: Scope, before: ir.Node, array: np.ndarray, name: str, names: NameSource
 ) -> ir.Value:
     """A new constant holding `array`: an initializer in the main graph, a Constant node elsewhere.
 
@@ -76,7 +77,7 @@ def add_constant(
         assert isinstance(scope.body, ir.Graph)
         scope.body.register_initializer(value)
         return value
-    node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=f"{name}_constant")
+    node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=names.fresh(f"{name}_constant"))
     node.outputs[0].name = name
     node.outputs[0].type = ir.TensorType(tensor.dtype)
     node.outputs[0].shape = tensor.shape

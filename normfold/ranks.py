@@ -17,6 +17,10 @@ class RankOracle:
         """The value's rank, or None when neither the model nor shape inference knows it."""
         if value.shape is not None:
             return len(value.shape)
+        producer = value.producer()
+        owner = producer.graph if producer is not None else value.graph
+        if owner is not self._model.graph:
+            return None  # names can repeat across subgraphs: inferred ranks are kept for the main graph only
         if self._inferred is None:
             self._inferred = self._infer()
         return self._inferred.get(value.name or "")
@@ -25,7 +29,7 @@ class RankOracle:
         copy = self._model.clone()
         ShapeInferencePass(strict_mode=False)(copy)
         ranks: dict[str, int] = {}
-        for node in ir.traversal.RecursiveGraphIterator(copy.graph):
+        for node in copy.graph:
             for out in node.outputs:
                 if out.name and out.shape is not None:
                     ranks[out.name] = len(out.shape)

@@ -107,6 +107,7 @@ class _Builder:
         self.bn_expect: dict[str, bool | None] = {}
         self.dropouts: list[str] = []
         self.outputs: list[tuple[str, int]] = []
+        self.weights: dict[tuple[int, ...], tuple[str, np.ndarray]] = {}
 
     def name(self, base: str) -> str:
         name, counter = base, 0
@@ -150,6 +151,20 @@ class _Builder:
     def output(self, name: str, elem_type: int = TensorProto.FLOAT) -> None:
         if name not in {n for n, _ in self.outputs}:
             self.outputs.append((name, elem_type))
+
+
+def _layer_weight(draw, b: _Builder, base: str, array: np.ndarray, style: str) -> tuple[str, np.ndarray]:
+    """A layer weight: new, or (sometimes) the same constant an earlier layer of that shape uses.
+
+    Folding into one of two layers that share a weight must leave the other layer's weight alone.
+    """
+    if array.shape in b.weights and _chance(draw, 25):
+        name, shared = b.weights[array.shape]
+        b.lines.append(f"  (shares weight {name})")
+        return name, shared
+    name = b.const(base, array, style)
+    b.weights[array.shape] = (name, array)
+    return name, array
 
 
 def _bn(draw, b: _Builder, x: str, channels: int, base: str, style: str, expect: bool | None) -> str:
@@ -233,7 +248,7 @@ def _conv(draw, b: _Builder, x: str, channels: int, spatial: list[int], style: s
             span = length + pads[i] + pads[i + n] - dilations[i] * (kernel[i] - 1) - 1
             out_spatial.append(span // strides[i] + 1)
     c_in_g = channels // group
-    w = b.const("conv_w", b.weight((c_out, c_in_g, *kernel), c_in_g * math.prod(kernel)), style)
+    w, _ = _layer_weight(draw, b, "conv_w", b.weight((c_out, c_in_g, *kernel), c_in_g * math.prod(kernel)), style)
     inputs = [x, w]
     if draw(st.booleans()):
         inputs.append(b.const("conv_b", (0.3 * b.rng.standard_normal(c_out)).astype(np.float32), style))
@@ -265,7 +280,7 @@ def _conv_transpose(draw, b: _Builder, x: str, channels: int, spatial: list[int]
     if any(out_pad):
         attrs["output_padding"] = out_pad
     weight = b.weight((channels, c_out // group, *kernel), channels * math.prod(kernel))
-    w = b.const("convt_w", weight, style)
+    w, weight = _layer_weight(draw, b, "convt_w", weight, style)
     inputs = [x, w]
     bias = None
     if draw(st.booleans()):
@@ -316,7 +331,7 @@ def _gemm(draw, b: _Builder, x: str, k: int, style: str):
     if _chance(draw, 50):
         attrs["beta"] = draw(st.sampled_from([0.0, 0.5, -1.25, 3.0]))
     c_kind = draw(st.sampled_from(["none", "[N]", "[1,N]", "[]", "[1]"]))
-    w = b.const("gemm_w", b.weight((n, k) if trans_b else (k, n), k), style)
+    w, _ = _layer_weight(draw, b, "gemm_w", b.weight((n, k) if trans_b else (k, n), k), style)
     inputs = [x, w]
     c_shape = {"none": None, "[N]": (n,), "[1,N]": (1, n), "[]": (), "[1]": (1,)}[c_kind]
     if c_shape is not None:
@@ -328,7 +343,7 @@ def _gemm(draw, b: _Builder, x: str, k: int, style: str):
 
 def _matmul(draw, b: _Builder, x: str, k: int, style: str):
     n = draw(st.integers(1, 6))
-    w = b.const("matmul_w", b.weight((k, n), k), style)
+    w, _ = _layer_weight(draw, b, "matmul_w", b.weight((k, n), k), style)
     (y,) = b.node("MatMul", [x, w], "matmul")
     b.lines.append(f"  MatMul K={k} N={n}")
     return y, n

@@ -168,6 +168,8 @@ def _plan_backward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | st
             return f"Add '{node_label(add_node)}' adds a bias to a graph input"
         if _sole_consumer(layer_out) is not add_node:
             return f"output '{layer_out.name}' of {producer.op_type} '{node_label(producer)}' has other consumers"
+    if producer.graph is not bn.graph:
+        return f"its producer {producer.op_type} '{node_label(producer)}' is in an enclosing graph"
     layer = read_linear_layer(producer, ranks)
     if isinstance(layer, str):
         return layer
@@ -207,6 +209,8 @@ def _plan_forward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | str
         return "its output has several consumers or is a graph output"
     if consumer.op_type not in ("Gemm", "MatMul", "Conv") or consumer.domain not in ("", "ai.onnx"):
         return f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv"
+    if consumer.graph is not bn.graph:
+        return f"its consumer {consumer.op_type} '{node_label(consumer)}' is in another graph"
     if consumer.inputs[0] is not y:
         return f"its output is not the activation input of {consumer.op_type} '{node_label(consumer)}'"
     layer = read_linear_layer(consumer, ranks)
@@ -292,14 +296,14 @@ def _apply(scope: Scope, bn: ir.Node, edit: _Edit, names: NameSource) -> None:
     node = edit.layer.node
     old_inputs = list(node.inputs) + list(bn.inputs[1:])
     label = node_label(node)
-    weight = add_constant(scope, node, edit.weight, _folded_name(names, node.inputs[1], f"{label}_weight"))
+    weight = add_constant(scope, node, edit.weight, _folded_name(names, node.inputs[1], f"{label}_weight"), names)
     if edit.keep_add:
         _replace_add_bias(scope, edit.add_node, edit.bias, names)
         node.replace_input_with(1, weight)
         final = edit.add_node.outputs[0]
     elif edit.to_gemm:
         bias_name = names.fresh(f"{label}_bias_folded")
-        bias = add_constant(scope, node, edit.bias, bias_name)
+        bias = add_constant(scope, node, edit.bias, bias_name, names)
         activation = bn.inputs[0] if edit.direction == "forward" else node.inputs[0]
         gemm = ir.Node("", "Gemm", [activation, weight, bias], name=names.fresh(f"{label}_gemm"))
         scope.body.insert_after(node, gemm)
@@ -308,7 +312,7 @@ def _apply(scope: Scope, bn: ir.Node, edit: _Edit, names: NameSource) -> None:
         scope.body.remove(node, safe=True)
     else:
         old_bias = node.inputs[2] if len(node.inputs) > 2 else None
-        bias = add_constant(scope, node, edit.bias, _folded_name(names, old_bias, f"{label}_bias"))
+        bias = add_constant(scope, node, edit.bias, _folded_name(names, old_bias, f"{label}_bias"), names)
         if len(node.inputs) < 3:
             node.resize_inputs(3)
         node.replace_input_with(1, weight)
@@ -330,4 +334,4 @@ def _apply(scope: Scope, bn: ir.Node, edit: _Edit, names: NameSource) -> None:
 def _replace_add_bias(scope: Scope, add: ir.Node, bias: np.ndarray, names: NameSource) -> None:
     index = 0 if constant_array(add.inputs[0]) is not None else 1
     old = add.inputs[index]
-    add.replace_input_with(index, add_constant(scope, add, bias, _folded_name(names, old, "bias")))
+    add.replace_input_with(index, add_constant(scope, add, bias, _folded_name(names, old, "bias"), names))

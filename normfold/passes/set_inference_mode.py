@@ -158,7 +158,7 @@ def _rewrite_with_batch_statistics(scope: Scope, bn: ir.Node, ranks: RankOracle,
     }
     if scope.opset >= 18:
         constants["axes"] = np.array(axes, dtype=np.int64)
-    values = {key: add_constant(scope, bn, array, names.fresh(f"{label}_batch_{key}")) for key, array in constants.items()}
+    values = {key: add_constant(scope, bn, array, names.fresh(f"{label}_batch_{key}"), names) for key, array in constants.items()}
 
     def reduce_mean(value: ir.Value) -> ir.Node:
         if scope.opset >= 18:

@@ -52,8 +52,39 @@ def _tensor_to_float64(tensor: onnx.TensorProto) -> None:
 
 
 def run_float64(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the model evaluated in float64 by onnx's reference evaluator (float inputs widened)."""
+    """Outputs of the model evaluated in float64 by onnx's reference evaluator (float inputs widened).
+
+    BatchNormalization is evaluated by normfold's own kernel: onnx's BatchNormalization-9 (opsets 9-13)
+    blends batch statistics into inference, and its versions 6/7 fail to run.
+    """
     from onnx.reference import ReferenceEvaluator
 
     wide = {k: v.astype(np.float64) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(to_float64(model)).run(None, wide)
+    return ReferenceEvaluator(to_float64(model), new_ops=[_batchnorm_kernel()]).run(None, wide)
+
+
+def _batchnorm_kernel() -> type:
+    """A reference-evaluator kernel for every BatchNormalization version, inference and training."""
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None,  # noqa: PLR0913
+                 training_mode=None, is_test=None, consumed_inputs=None):
+            eps = 1e-5 if epsilon is None else epsilon
+            shape = (1, -1) + (1,) * (x.ndim - 2) if scale.ndim == 1 else (1, *scale.shape)
+            outputs = len(self.onnx_node.output)
+            if not training_mode and outputs == 1:
+                y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
+                return (y.astype(x.dtype),)
+            axes = (0, *range(2, x.ndim))
+            batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
+            y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps) * scale.reshape(shape)
+            y = y + bias.reshape(shape)
+            m = 0.9 if momentum is None else momentum
+            result = (y.astype(x.dtype), mean * m + batch_mean * (1 - m), var * m + batch_var * (1 - m),
+                      batch_mean, batch_var)
+            return result[:outputs]
+
+    return BatchNormalization

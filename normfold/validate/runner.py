@@ -99,8 +99,9 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
                     samples, seed, atol, rtol, tolerances, expected, float64, cross_provider, fp16,
                     memory_budget) -> ValidationReport:
     """The comparisons proper, on model files ready to run."""
-    feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
     names = [o.name for o in ref_proto.graph.output]
+    _check_names(names, specs, tolerances or {}, dims or {})
+    feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
     choices = resolve_providers(tuple(providers), reference)
     notes = [c.note for c in choices if c.note] + notes
     size = _model_bytes(reference, ref_proto)
@@ -132,6 +133,21 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
         str(reference), str(candidate if candidate is not None else expected), [c.key for c in choices], notes,
         len(feeds), source, comparisons,
     )
+
+
+def _check_names(outputs: list[str], specs: list[InputSpec], tolerances: Mapping[str, Tolerance],
+                 dims: Mapping[str, int]) -> None:
+    """A --tol for no output or a --dim for no symbolic dimension is a typo: say so rather than ignore it."""
+    unknown = sorted(set(tolerances) - set(outputs))
+    if unknown:
+        raise NormfoldError(f"--tol names no output of the model: {', '.join(unknown)} (outputs: {', '.join(outputs)})",
+                            exit_code=EXIT_USAGE)
+    symbolic = {d for spec in specs for d in spec.shape if isinstance(d, str)}
+    stray = sorted(set(dims) - symbolic)
+    if stray:
+        known = ", ".join(sorted(symbolic)) or "none"
+        raise NormfoldError(f"--dim names no symbolic input dimension: {', '.join(stray)} (symbolic dimensions: {known})",
+                            exit_code=EXIT_USAGE)
 
 
 def _check_same_inputs(specs: list[InputSpec], other: list[InputSpec], candidate: Path) -> None:

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from normfold.errors import NormfoldError
+from normfold.graph_walk import iter_scopes
+from normfold.modes import dropout_training_form
 
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
@@ -22,17 +25,16 @@ class NotComparableError(NormfoldError):
 
 
 def random_nodes(model: onnx.ModelProto) -> dict[str, str]:
-    """Unseeded random nodes and training-mode Dropouts: {node key: description}, in graph order."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    constants = _bool_constants(model.graph)
+    """Unseeded random nodes and training-mode Dropouts, in every graph: {node key: description}."""
     found = {}
-    for node in _all_nodes(model):
-        seeded = any(a.name == "seed" for a in node.attribute)
-        key = _key(node)
-        if node.op_type in RANDOM_OPS and not seeded:
-            found[key] = f"{node.op_type} '{key}'"
-        elif node.op_type == "Dropout" and not seeded and _dropout_trains(node, opset, constants):
-            found[key] = f"Dropout '{key}' in training mode"
+    for scope in iter_scopes(ir.from_proto(model)):
+        for node in scope.body:
+            seeded = "seed" in node.attributes
+            key = node.name or node.outputs[0].name or ""
+            if node.op_type in RANDOM_OPS and not seeded:
+                found[key] = f"{node.op_type} '{key}'"
+            elif node.op_type == "Dropout" and not seeded and dropout_training_form(scope.opset, node):
+                found[key] = f"Dropout '{key}' in training mode"
     return found
 
 
@@ -59,28 +61,6 @@ def pin_seeds(source: Path, keys: set[str], folder: Path) -> Path:
 
 def _key(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
-
-
-def _dropout_trains(node: onnx.NodeProto, opset: int, constants: dict[str, bool]) -> bool:
-    if opset < 7:
-        return not any(a.name == "is_test" and a.i for a in node.attribute)
-    if opset < 12 or len(node.input) < 3 or not node.input[2]:
-        return False
-    return constants.get(node.input[2], True)
-
-
-def _bool_constants(graph: onnx.GraphProto) -> dict[str, bool]:
-    """Boolean constants (initializers and Constant nodes) by name, as their first value."""
-    values = {}
-    for tensor in graph.initializer:
-        if tensor.data_type == onnx.TensorProto.BOOL:
-            values[tensor.name] = bool(onnx.numpy_helper.to_array(tensor).reshape(-1)[:1].any())
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
-            tensor = node.attribute[0].t
-            if tensor.data_type == onnx.TensorProto.BOOL:
-                values[node.output[0]] = bool(onnx.numpy_helper.to_array(tensor).reshape(-1)[:1].any())
-    return values
 
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:

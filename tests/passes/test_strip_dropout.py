@@ -11,7 +11,7 @@ from onnx import helper
 from graphs import make_model, op_types
 from normfold import fold
 from normfold.passes import StripDropoutPass
-from numerics import assert_fold_exact, random_feeds
+from numerics import assert_fold_exact, random_feeds, run_ort
 
 RATIO = {"ratio": np.array(0.4, np.float32)}
 FALSE = {"training_mode": np.array(False)}
@@ -56,7 +56,17 @@ def test_inference_dropout_is_removed(form: str) -> None:
 
 
 @pytest.mark.parametrize("as_graph_output", [False, True])
-@pytest.mark.parametrize("opset", [10, 13, 22])
+def test_used_mask_before_opset_12_keeps_the_dropout(as_graph_output: bool) -> None:
+    """Before opset 12 the inference mask is unspecified, and ONNX Runtime returns all false: keep it."""
+    model = _dropout_model(10, [], {}, mask="mask", mask_output=as_graph_output)
+    result = fold(model)
+    assert "Dropout" in op_types(ir.to_proto(result.model))
+    assert result.records[0].detail == ("its mask is used, and at opset 10 the inference mask is not specified "
+                                        "(ONNX Runtime returns all false; opset 12 made it all true)")
+
+
+@pytest.mark.parametrize("as_graph_output", [False, True])
+@pytest.mark.parametrize("opset", [12, 13, 22])
 def test_used_mask_becomes_all_true(opset: int, as_graph_output: bool) -> None:
     model = _dropout_model(opset, [], {}, mask="mask", mask_output=as_graph_output)
     result = fold(model)
@@ -66,6 +76,9 @@ def test_used_mask_becomes_all_true(opset: int, as_graph_output: bool) -> None:
     onnx.checker.check_model(folded, full_check=True)
     assert "mask replaced by an all-true tensor" in result.records[0].detail
     assert_fold_exact(model, folded, random_feeds(model))
+    feeds = random_feeds(model)
+    for want, got in zip(run_ort(model, feeds), run_ort(folded, feeds)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_unused_mask_output_is_dropped_with_the_node() -> None:
@@ -134,3 +147,16 @@ def test_opset6_dropout_follows_is_test() -> None:
     result = fold(model)
     assert op_types(ir.to_proto(result.model)) == ["Relu", "Dropout"]
     assert result.records[0].detail.startswith("is_test=0 (opset 6 training mode); convert it to inference mode first")
+
+
+def test_generated_node_names_do_not_collide() -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="drop_mask"),
+             helper.make_node("Dropout", ["r"], ["h", "mask"], name="drop"),
+             helper.make_node("Not", ["mask"], ["m2"], name="drop_mask_shape")]
+    model = make_model(nodes, {"x": ["N", 3]}, ["h", "m2"], {}, opset=13)
+    folded = ir.to_proto(fold(model).model)
+    names = [n.name for n in folded.graph.node]
+    assert len(names) == len(set(names)), names
+    feeds = random_feeds(model)
+    for want, got in zip(run_ort(model, feeds), run_ort(folded, feeds)):
+        np.testing.assert_array_equal(got, want)

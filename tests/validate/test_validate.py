@@ -314,3 +314,26 @@ def test_every_shipped_model_validates_against_its_fold_on_cpu(tmp_path: Path, n
     seeded = any(note.startswith("random nodes seeded identically") for note in report.notes)
     for comparison in report.comparisons:
         assert (comparison.candidate_vs_float64 is None) == seeded, comparison.to_line()
+
+
+def test_misspelled_tol_and_dim_names_are_usage_errors(resnet: tuple[Path, Path]) -> None:
+    tol = invoke("validate", *resnet, "--provider", "cpu", "--tol", "logitz=0,0")
+    assert tol.exit_code == 2
+    assert tol.stderr.strip() == "normfold: error: --tol names no output of the model: logitz (outputs: logits)"
+    dim = invoke("validate", *resnet, "--provider", "cpu", "--dim", "bacth=8")
+    assert dim.exit_code == 2
+    assert dim.stderr.strip() == ("normfold: error: --dim names no symbolic input dimension: bacth "
+                                  "(symbolic dimensions: batch)")
+
+
+def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> None:
+    """onnx's own BatchNormalization-9 kernel blends batch statistics; normfold's float64 kernel does not."""
+    source = tmp_path / "mlp.onnx"
+    shutil.copy(MODELS / "mlp.onnx", source)
+    target = tmp_path / "folded.onnx"
+    save_model(fold(source).model, target)
+    report = validate(source, target, providers=["cpu"])
+    (comparison,) = report.comparisons
+    assert comparison.reference_vs_float64 is not None and comparison.reference_vs_float64 < 1e-5
+    shifted = _perturbed(target, tmp_path / "shifted.onnx", "fc3_w", 1e-4)
+    assert not validate(source, shifted, providers=["cpu"]).passed
