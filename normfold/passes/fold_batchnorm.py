@@ -305,7 +305,8 @@ def _apply(scope: Scope, bn: ir.Node, edit: _Edit, names: NameSource) -> None:
         bias_name = names.fresh(f"{label}_bias_folded")
         bias = add_constant(scope, node, edit.bias, bias_name, names)
         activation = bn.inputs[0] if edit.direction == "forward" else node.inputs[0]
-        gemm = ir.Node("", "Gemm", [activation, weight, bias], name=names.fresh(f"{label}_gemm"))
+        legacy = [ir.AttrInt64("broadcast", 1)] if scope.opset < 7 else []
+        gemm = ir.Node("", "Gemm", [activation, weight, bias], attributes=legacy, name=names.fresh(f"{label}_gemm"))
         scope.body.insert_after(node, gemm)
         take_over(node.outputs[0], gemm.outputs[0])
         final = gemm.outputs[0]

@@ -91,7 +91,8 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
     except Exception as error:
         text = " ".join(str(error).split())
         if provider == "cpu":
-            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text[:300]}") from None
+            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text[:300]} "
+                                "(--no-validate skips validation)") from None
         raise NormfoldError(f"{name} failed to create a session: {text[:300]}") from None
     if session.get_providers()[0] != name:
         raise NormfoldError(f"{name} was requested but does not run here: {provider_failure_reason(provider)}")

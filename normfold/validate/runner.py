@@ -102,6 +102,9 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
     names = [o.name for o in ref_proto.graph.output]
     _check_names(names, specs, tolerances or {}, dims or {})
     feeds, stored, source = _feeds(specs, inputs, expected, dims, samples, seed, memory_budget)
+    empty = sorted({name for feed in feeds for name, array in feed.items() if array.size == 0})
+    if empty:
+        raise NormfoldError(f"input(s) {', '.join(empty)} hold no values, so nothing would be compared")
     choices = resolve_providers(tuple(providers), reference)
     notes = [c.note for c in choices if c.note] + notes
     size = _model_bytes(reference, ref_proto)
@@ -193,7 +196,8 @@ def _run(path: Path, choice: ProviderChoice, opt_level: str, feeds: Feeds) -> Ou
     try:
         return [session.run(None, feed) for feed in feeds]
     except Exception as error:
-        raise NormfoldError(f"{path}: ONNX Runtime failed on {choice.key}: {' '.join(str(error).split())[:300]}") from None
+        raise NormfoldError(f"{path}: ONNX Runtime failed on {choice.key}: {' '.join(str(error).split())[:300]} "
+                            "(--no-validate skips validation)") from None
 
 
 def _output_names(proto: onnx.ModelProto | None) -> list[str] | None:
