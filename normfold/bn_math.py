@@ -10,6 +10,7 @@ Every folded tensor is computed here in float64 and rounded once to the weight's
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -46,37 +47,53 @@ def in_channels(weight_shape: tuple[int, ...], layout: str, group: int) -> int:
     return {"conv": weight_shape[1] * group, "convt": weight_shape[0], "kn": weight_shape[0], "nk": weight_shape[-1]}[layout]
 
 
-def output_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """Broadcastable factor multiplying each weight element by scale[its output channel]."""
+Factor = Callable[[slice], np.ndarray]
+
+
+def output_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> Factor:
+    """Rows -> broadcastable factor multiplying each weight element by scale[its output channel]."""
+    spatial = (1,) * (len(shape) - 2)
     if layout == "conv":
-        return scale.reshape((-1,) + (1,) * (len(shape) - 1))
+        column = scale.reshape((-1, 1) + spatial)
+        return lambda rows: column[rows]
     if layout == "convt":
         c_in, c_out_g = shape[0], shape[1]
-        group_of_in = np.arange(c_in) // (c_in // group)
-        index = group_of_in[:, None] * c_out_g + np.arange(c_out_g)[None, :]
-        return scale[index].reshape((c_in, c_out_g) + (1,) * (len(shape) - 2))
+
+        def grouped(rows: slice) -> np.ndarray:
+            group_of_in = np.arange(c_in)[rows] // (c_in // group)
+            return scale[group_of_in[:, None] * c_out_g + np.arange(c_out_g)[None, :]].reshape((-1, c_out_g) + spatial)
+
+        return grouped
     if layout == "kn":
-        return scale.reshape(1, -1)
-    return scale.reshape(-1, 1)
+        row = scale.reshape(1, -1)
+        return lambda rows: row
+    column = scale.reshape(-1, 1)
+    return lambda rows: column[rows]
 
 
-def input_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """Broadcastable factor multiplying each weight element by scale[its input channel]."""
+def input_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: int = 1) -> Factor:
+    """Rows -> broadcastable factor multiplying each weight element by scale[its input channel]."""
     if layout == "conv":
         c_out, c_in_g = shape[0], shape[1]
-        group_of_out = np.arange(c_out) // (c_out // group)
-        index = group_of_out[:, None] * c_in_g + np.arange(c_in_g)[None, :]
-        return scale[index].reshape((c_out, c_in_g) + (1,) * (len(shape) - 2))
+        spatial = (1,) * (len(shape) - 2)
+
+        def grouped(rows: slice) -> np.ndarray:
+            group_of_out = np.arange(c_out)[rows] // (c_out // group)
+            return scale[group_of_out[:, None] * c_in_g + np.arange(c_in_g)[None, :]].reshape((-1, c_in_g) + spatial)
+
+        return grouped
     if layout == "kn":
-        return scale.reshape(-1, 1)
+        column = scale.reshape(-1, 1)
+        return lambda rows: column[rows]
     if layout == "nk":
-        return scale.reshape(1, -1)
+        row = scale.reshape(1, -1)
+        return lambda rows: row
     raise ValueError(f"forward folding is not defined for layout {layout!r}")
 
 
 def scale_outputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
     """W' with every output channel c multiplied by scale[c], in float64 (reference form, for tests)."""
-    return _f64(weight) * output_factor(weight.shape, scale, layout, group)
+    return _f64(weight) * output_factor(weight.shape, scale, layout, group)(slice(0, weight.shape[0]))
 
 
 def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
@@ -88,16 +105,14 @@ def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, gro
     if layout == "kn":
         total = np.zeros(weight.shape[1])
         for rows in _row_blocks(weight):
-            total += (_f64(weight[rows]) * factor[rows]).sum(axis=0)
+            total += (_f64(weight[rows]) * factor(rows)).sum(axis=0)
         return total
-    parts = [(_f64(weight[rows]) * _rows(factor, rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
+    parts = [(_f64(weight[rows]) * factor(rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
              for rows in _row_blocks(weight)]
     return np.concatenate(parts)
 
 
-def scale_and_round(
-    weight: np.ndarray, factor: np.ndarray, dtype: np.dtype
-) -> tuple[np.ndarray | None, str]:
+def scale_and_round(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
     """weight * factor computed in float64 over row blocks and rounded once to `dtype`.
 
     Returns (array, "") or (None, reason) when rounding would lose accuracy: a finite value that
@@ -111,7 +126,7 @@ def scale_and_round(
     tiny = float(info.smallest_normal)
     for rows in _row_blocks(weight):
         exact = _f64(weight[rows])
-        exact *= _rows(factor, rows)
+        exact *= factor(rows)
         with np.errstate(over="ignore"):
             out[rows] = exact
         magnitude = np.abs(exact, out=exact)
@@ -136,7 +151,7 @@ def scale_and_round(
 
 def round_once(exact: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
     """Round small float64 values (biases) to `dtype`; (None, reason) if a finite value overflows."""
-    return scale_and_round(np.atleast_1d(exact), np.ones(1), dtype)
+    return scale_and_round(np.atleast_1d(exact), lambda rows: np.ones(1), dtype)
 
 
 ROW_BLOCK_ELEMENTS = 1 << 22
@@ -148,10 +163,6 @@ def _row_blocks(array: np.ndarray) -> list[slice]:
     per_row = max(1, array.size // max(rows, 1))
     step = max(1, ROW_BLOCK_ELEMENTS // per_row)
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-def _rows(factor: np.ndarray, rows: slice) -> np.ndarray:
-    return factor if factor.ndim == 0 or factor.shape[0] == 1 else factor[rows]
 
 
 def _finfo(dtype: np.dtype):
