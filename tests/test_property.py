@@ -401,11 +401,13 @@ def fold_cases(draw) -> Case:
             (current,) = b.node("Flatten", [current], "flatten", axis=1)
             channels, spatial, made_by = channels * math.prod(spatial), [], "flatten"
             b.lines.append(f"  Flatten -> [N, {channels}]")
-        pre_bn = made_by in NOT_FOLDABLE_BACKWARD and _chance(draw, 40)
-        if pre_bn:
-            # Its expectation depends on the layer, decided below: patch it afterwards.
-            current = _bn(draw, b, current, channels, "bn_fwd", style, None)
-            pre_bn_name = list(b.bn_expect)[-1]
+        pre_bns = []
+        if made_by in NOT_FOLDABLE_BACKWARD and _chance(draw, 40):
+            # Their expectation depends on the layer, decided below: patched afterwards. Of two in a
+            # row, the first can fold only once the second has (into the layer): a fixpoint.
+            for _ in range(2 if _chance(draw, 20) else 1):
+                current = _bn(draw, b, current, channels, "bn_fwd", style, None)
+                pre_bns.append(list(b.bn_expect)[-1])
         if kind == "Conv":
             current, channels, spatial, pads_input = _conv(draw, b, current, channels, spatial, style)
             forward_ok = None if pads_input is None else not pads_input
@@ -418,22 +420,28 @@ def fold_cases(draw) -> Case:
         else:
             current, channels = _matmul(draw, b, current, channels, style)
             forward_ok = True
-        if pre_bn:
-            b.bn_expect[pre_bn_name] = forward_ok
-            b.lines.append(f"  (forward BN {pre_bn_name} expect_folded={forward_ok})")
+        for name in pre_bns:
+            b.bn_expect[name] = forward_ok
+            b.lines.append(f"  (forward BN {name} expect_folded={forward_ok})")
         backward_ok: bool | None = True
         if _chance(draw, 30):
             current, per_channel = _add_bias(draw, b, current, channels, spatial, style)
             backward_ok = True if per_channel else None
         current = _bn(draw, b, current, channels, "bn", style, backward_ok)
         if _chance(draw, 20):
+            if _chance(draw, 30):
+                # Dropout between the two: once it is stripped the second BN follows the first, unless
+                # the mask (now Shape of the first BN's output) also reads that value.
+                current, mask_use = _dropout(draw, b, current, style)
+                if mask_use != "none":
+                    backward_ok = None
             current = _bn(draw, b, current, channels, "bn", style, backward_ok)
         made_by = "bn"
         if _chance(draw, 50):
             (current,) = b.node("Relu", [current], "relu")
             made_by = "relu"
             b.lines.append("  Relu")
-        if _chance(draw, 10):
+        if _chance(draw, 15):
             b.output(current)
             b.lines.append(f"  graph output tap: {current}")
         if _chance(draw, 40):
@@ -484,8 +492,7 @@ def _io(model: onnx.ModelProto) -> tuple[list, list]:
     def info(values):
         return [(v.name, v.type.tensor_type.elem_type) for v in values]
 
-    initializers = {t.name for t in model.graph.initializer}
-    return info(v for v in model.graph.input if v.name not in initializers), info(model.graph.output)
+    return info(model.graph.input), info(model.graph.output)
 
 
 def _relu_as_identity(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -133,6 +133,7 @@ def resolve_providers(requested: tuple[str, ...], probe_model: Path) -> list[Pro
     return chosen
 
 
+@functools.cache
 def cuda_usable() -> str:
     """'' when a CUDA session runs on this machine, else the reason (used to skip GPU tests)."""
     import tempfile

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from normfold.calibrate import calibrate
 from normfold.cli import main
+from normfold.validate.providers import cuda_usable
 from numerics import run_ort
 
 CHANNEL_MEAN = np.array([3.0, -1.0, 0.5], np.float32)
@@ -118,3 +119,17 @@ def test_cli_writes_the_inference_model_and_refuses_bad_data(tmp_path: Path) -> 
     assert bad.exit_code == 3
     assert bad.stderr.startswith("normfold: error: ") and "Traceback" not in bad.output
     assert not (tmp_path / "m.calibrated.onnx.tmp").exists()
+
+
+CUDA_REASON = cuda_usable()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
+def test_calibrate_on_cuda_matches_cpu() -> None:
+    batches = _batches()
+    cpu = calibrate(ir.from_proto(_model(True)), batches, provider="cpu")
+    cuda = calibrate(ir.from_proto(_model(True)), batches, provider="cuda")
+    for (mean_cpu, var_cpu), (mean_gpu, var_gpu) in zip(cpu.statistics.values(), cuda.statistics.values()):
+        np.testing.assert_allclose(mean_gpu, mean_cpu, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var_gpu, var_cpu, rtol=1e-5)

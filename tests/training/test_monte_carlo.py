@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from examples import MODELS
 from normfold import NormfoldError
 from normfold.cli import main
+from normfold.validate.providers import cuda_usable
 from normfold.monte_carlo import monte_carlo
 
 RATIO = 0.3
@@ -87,3 +88,16 @@ def test_cli_writes_mean_and_std(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[0] == "20 passes on cpu, Dropout active in 1 node(s): drop"
     with np.load(out) as saved:
         assert sorted(saved.files) == ["y_mean", "y_std"] and saved["y_std"].shape == (1, 4)
+
+
+CUDA_REASON = cuda_usable()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
+def test_monte_carlo_on_cuda_draws_the_same_masks_as_cpu() -> None:
+    model = ir.load(MODELS / "mlp.onnx")
+    feeds = {"features": np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)}
+    cpu = monte_carlo(model, feeds, passes=5, seed=1, provider="cpu")
+    cuda = monte_carlo(model, feeds, passes=5, seed=1, provider="cuda")
+    np.testing.assert_allclose(cuda.mean["scores"], cpu.mean["scores"], rtol=1e-4, atol=1e-5)
