@@ -1,20 +1,17 @@
-"""`normfold fold`: parse options, call normfold.fold (and validate), print the report."""
+"""`normfold fold`: parse options, fold (and validate) one model or many, print the reports."""
 
 from __future__ import annotations
 
 import json
-import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 
 from normfold.cli.validation_options import validation_kwargs, validation_options
-from normfold.errors import EXIT_MISMATCH, EXIT_USAGE, NormfoldError
-from normfold.fold import fold
-from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
-from normfold.validate import ValidationReport, validate
-from normfold.validate.stochastic import NotComparableError
+from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
+from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
 
 
 def default_output(model_path: Path) -> Path:
@@ -23,7 +20,7 @@ def default_output(model_path: Path) -> Path:
 
 
 @click.command("fold")
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Where to write (default: MODEL.folded.onnx beside MODEL).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
@@ -34,65 +31,118 @@ def default_output(model_path: Path) -> Path:
               help="With --eval: where running statistics are unusable, compute batch statistics instead.")
 @click.option("--validate/--no-validate", "check", default=True, show_default=True,
               help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With several models: fold this many in parallel processes.")
 @validation_options
-def fold_command(model: Path, output: Path | None, in_place: bool, as_json: bool, simplify: bool, eval_mode: bool,
-                 batch_stats: bool, check: bool, **options: Any) -> None:
-    """Fold every BatchNormalization and strip every inference Dropout in MODEL.
+@click.pass_context
+def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | None, in_place: bool, as_json: bool,
+                 simplify: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, **options: Any) -> None:
+    """Fold every BatchNormalization and strip every inference Dropout in MODELS.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
     in float64 and rounded once. What cannot be folded is left unchanged, with the reason printed.
-    The result is validated on ONNX Runtime before it is written.
+    The result is validated on ONNX Runtime before it is written. Several models (files, or every
+    *.onnx in a folder except *.folded.onnx) give one line each and a summary; one failure never
+    stops the others.
     """
     if in_place and output is not None:
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)
-    target = model if in_place else (output or default_output(model))
-    kwargs = validation_kwargs(options)
-    loaded = load_model(model)
-    check_output_path(target, model, loaded, in_place=in_place)
-    old_files = model_files(model, loaded) - {model.resolve()} if in_place else set()
     if batch_stats and not eval_mode:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
-    result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats)
-    reports: list[ValidationReport] = []
-
-    def verify(staged: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="normfold-eval-") as folder:
-            reference = model
-            if result.inference_model is not None:
-                reference = Path(folder) / f"{model.stem}.eval.onnx"
-                save_model(result.inference_model, reference, external_data=has_external_data(loaded))
-            try:
-                report = validate(reference, staged, **kwargs)
-            except NotComparableError as error:
-                _print(result, reports, model, target, as_json, written=False)
-                raise NormfoldError(f"cannot validate the folded model, so nothing was written ({error}); "
-                                    "--no-validate writes it without validation") from None
-        if result.inference_model is not None:
-            report.notes.insert(0, f"reference: {model} switched to inference mode (--eval)")
-            report.reference = f"{model} (inference mode)"
-        reports.append(report)
-        if not report.passed:
-            _print(result, reports, model, target, as_json, written=False)
-            worst = report.failures[0]
-            raise NormfoldError(f"the folded model differs from {model}; nothing written ({worst.to_line()})",
-                                exit_code=EXIT_MISMATCH)
-
-    save_model(result.model, target, external_data=has_external_data(loaded), verify=verify if check else None,
-               replaced_files=old_files)
-    _print(result, reports, model, target, as_json, written=True)
+    settings = {"in_place": in_place, "simplify": simplify, "eval_mode": eval_mode, "batch_stats": batch_stats,
+                "validation": validation_kwargs(options) if check else None}
+    files = _expand(models)
+    if len(files) == 1 and not models[0].is_dir():
+        _fold_one(files[0], output, settings, as_json)
+        return
+    if output is not None:
+        raise NormfoldError("-o names one output; with several models each is written beside its input",
+                            exit_code=EXIT_USAGE)
+    ctx.exit(_fold_many(files, settings, jobs, as_json))
 
 
-def _print(result, reports: list[ValidationReport], model: Path, target: Path, as_json: bool, written: bool) -> None:
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.onnx") if ".folded." not in p.name)
+        else:
+            files.append(path)
+    if not files:
+        raise NormfoldError("no .onnx files in the given folders", exit_code=EXIT_USAGE)
+    return files
+
+
+def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], as_json: bool) -> None:
+    target = model if settings["in_place"] else (output or default_output(model))
+    try:
+        outcome = fold_file(model, target, **settings)
+    except NotWrittenError as error:
+        _print(error.partial, as_json)
+        raise
+    _print(outcome, as_json)
+
+
+def _print(outcome: FoldFileResult, as_json: bool) -> None:
+    result, report = outcome.fold, outcome.validation
     if as_json:
-        document = result.to_dict() | {"input": str(model), "output": str(target) if written else None}
-        document["validation"] = reports[0].to_dict() if reports else None
+        document = result.to_dict() | {"input": str(outcome.source),
+                                       "output": str(outcome.target) if outcome.written else None}
+        document["validation"] = report.to_dict() if report else None
         click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:
         click.echo(record.to_line())
     click.echo(result.summary())
-    for report in reports:
+    if report is not None:
         for line in report.lines()[1:]:
             click.echo(f"validate: {line}")
-    if written:
-        click.echo(f"wrote {target}")
+    if outcome.written:
+        click.echo(f"wrote {outcome.target}")
+
+
+def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: bool) -> int:
+    """One line per model as it finishes, then a table; the worst exit code of all."""
+    rows: list[tuple[str, str, str]] = []
+    worst = EXIT_OK
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else _Inline() as pool:
+        futures = [pool.submit(_fold_quietly, path, settings) for path in files]
+        for path, future in zip(files, futures):
+            status, detail, code = future.result()
+            worst = max(worst, code)
+            rows.append((status, str(path), detail))
+            if not as_json:
+                click.echo(f"{status:9} {path}: {detail}")
+    if as_json:
+        click.echo(json.dumps({"normfold_report": "fold-batch", "version": 1, "exit_code": worst,
+                               "models": [{"status": s, "path": p, "detail": d} for s, p, d in rows]}, indent=2))
+    else:
+        click.echo(f"{sum(s == 'FOLDED' for s, _, _ in rows)} of {len(rows)} model(s) folded and written")
+    return worst
+
+
+def _fold_quietly(path: Path, settings: dict[str, Any]) -> tuple[str, str, int]:
+    """Fold one model of a batch; never raises for a user error (it becomes the row)."""
+    try:
+        outcome = fold_file(path, path if settings["in_place"] else default_output(path), **settings)
+    except NormfoldError as error:
+        return "FAILED", str(error), error.exit_code
+    verdict = "validated" if outcome.validation is not None else "not validated"
+    return "FOLDED", f"{outcome.fold.summary()}; {verdict}; wrote {outcome.target}", EXIT_OK
+
+
+class _Inline:
+    """A stand-in for a process pool that runs each job at once in this process (-j 1)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future

@@ -328,7 +328,7 @@ def _bad_input(folder: Path, kind: str) -> tuple[Path, str]:
         return path, f"{path}: no such file"
     if kind == "directory":
         path.mkdir()
-        return path, f"{path}: not a file"
+        return path, "no .onnx files in the given folders"
     if kind == "empty":
         path.write_bytes(b"")
         return path, f"{path}: empty file, not an ONNX model"
@@ -348,11 +348,11 @@ def _bad_input(folder: Path, kind: str) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "empty", "truncated", "text", "png"])
 def test_unreadable_input(tmp_path: Path, kind: str) -> None:
-    """Missing, directory, empty, truncated and non-ONNX inputs: exact one-line error, exit 3, no files."""
+    """Missing, empty, truncated and non-ONNX inputs: exact one-line error, exit 3, no files (an empty folder: 2)."""
     path, message = _bad_input(tmp_path, kind)
     before = snapshot(tmp_path)
     result = invoke("fold", path)
-    assert_one_line_error(result, message, exit_code=3)
+    assert_one_line_error(result, message, exit_code=2 if kind == "directory" else 3)
     assert snapshot(tmp_path) == before
     assert temp_leftovers(tmp_path) == []
 
@@ -624,3 +624,27 @@ def test_truncated_external_data_without_length_is_one_line(tmp_path: Path) -> N
     result = invoke("fold", source)
     assert result.exit_code == 3 and "Traceback" not in result.output
     assert "is too short for tensor" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Several models: one line each, a summary, the worst exit code; one failure never stops the others
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_fold_of_a_folder(tmp_path: Path, jobs: str) -> None:
+    for name in ("resnet_block.onnx", "mlp.onnx"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    result = invoke("fold", tmp_path, "-j", jobs, "--provider", "cpu")
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"FAILED    {tmp_path / 'broken.onnx'}: {tmp_path / 'broken.onnx'}: not a readable ONNX model " \
+        "(Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)"
+    assert lines[1].startswith(f"FOLDED    {tmp_path / 'mlp.onnx'}: BatchNormalization folded 2/2, Dropout stripped 2/2")
+    assert lines[2].startswith(f"FOLDED    {tmp_path / 'resnet_block.onnx'}: BatchNormalization folded 6/6")
+    assert lines[-1] == "2 of 3 model(s) folded and written"
+    assert (tmp_path / "mlp.folded.onnx").is_file() and (tmp_path / "resnet_block.folded.onnx").is_file()
+    again = invoke("fold", tmp_path / "mlp.onnx", tmp_path / "resnet_block.onnx", "--provider", "cpu", "--json")
+    document = json.loads(again.stdout)
+    assert again.exit_code == 0 and [m["status"] for m in document["models"]] == ["FOLDED", "FOLDED"]
+    assert invoke("fold", tmp_path, "-o", tmp_path / "x.onnx").exit_code == 2

@@ -175,7 +175,7 @@ def test_auto_falls_back_to_cpu_and_says_why(resnet: tuple[Path, Path]) -> None:
 
 
 def test_fold_refuses_to_write_a_model_that_fails_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fold_command = importlib.import_module("normfold.cli.fold_command")
+    fold_command = importlib.import_module("normfold.fold_file")
 
     source = tmp_path / "resnet.onnx"
     shutil.copy(MODELS / "resnet_block.onnx", source)
