@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import click
@@ -17,14 +19,23 @@ from normfold.errors import NormfoldError
 
 
 class _Group(click.Group):
-    """Turns NormfoldError into one line on stderr and its exit code; bugs keep their traceback."""
+    """Turns NormfoldError into one line on stderr and its exit code; bugs keep their traceback.
+
+    SIGTERM becomes an exit that unwinds like Ctrl-C, so temporary files are removed on the way out.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             return super().invoke(ctx)
         except NormfoldError as error:
             click.echo(f"normfold: error: {error}", err=True)
             ctx.exit(error.exit_code)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
