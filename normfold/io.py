@@ -32,16 +32,21 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path)
+    _check_tensor_sizes(proto, path)
     try:
         onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+    except Exception as error:  # the checker also fails with UnicodeDecodeError on corrupt names
         raise NormfoldError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     return proto
 
 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError."""
-    model = serde.deserialize_model(read_model_proto(path))
+    proto = read_model_proto(path)
+    try:
+        model = serde.deserialize_model(proto)
+    except Exception as error:  # corrupt fields the checker lets through
+        raise NormfoldError(f"{path}: the model cannot be read: {_first_line(error)}") from None
     ir_external_data.set_base_dir(model.graph, str(Path(path).parent))
     return model
 
@@ -69,8 +74,24 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
             )
 
 
+def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse tensors whose stored bytes do not fill their shape (onnx's checker does not look)."""
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor) or not tensor.HasField("raw_data"):
+            continue
+        expected = _stored_bytes(tensor)
+        if expected and len(tensor.raw_data) != expected:
+            raise NormfoldError(
+                f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
+                f"{list(tensor.dims)} needs {expected}"
+            )
+
+
 def _stored_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes a tensor's raw data takes, from its dims and dtype (0 for packed sub-byte types)."""
+    """Bytes a tensor's raw data takes, from its dims and dtype (0 for strings and packed sub-byte types)."""
+    unsized = {"STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
+    if onnx.TensorProto.DataType.Name(tensor.data_type) in unsized:
+        return 0
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, ValueError, TypeError):
@@ -142,7 +163,7 @@ def save_model(
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
             staged = Path(staging) / path.name
-            ir.save(model, staged, external_data=data_name)
+            _serialize(model, staged, data_name, path)
             _full_check(staged, path)
             if verify is not None:
                 verify(staged)
@@ -157,6 +178,17 @@ def save_model(
     for old in replaced_files:
         if old.resolve() not in kept:
             old.unlink(missing_ok=True)
+
+
+def _serialize(model: ir.Model, staged: Path, data_name: str | None, path: Path) -> None:
+    """ir.save, with a model that cannot be serialized (e.g. a corrupt string in the input) as a user error."""
+    try:
+        ir.save(model, staged, external_data=data_name)
+    except ir.serde.SerdeError as error:
+        cause: BaseException = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise NormfoldError(f"{path}: the model cannot be written: {_first_line(cause)}") from None
 
 
 def _full_check(staged: Path, path: Path) -> None:

@@ -378,7 +378,7 @@ def fold_cases(draw) -> Case:
     spatial_rank = draw(st.sampled_from([2, 1, 3, 0, 2]))
     channels = draw(st.integers(1, 6))
     spatial = [draw(st.integers(3, 8 if spatial_rank < 3 else 5)) for _ in range(spatial_rank)]
-    batch = draw(st.sampled_from(["N", 1, "N", 3]))
+    batch = draw(st.sampled_from(["N", 4, "N", 1]))
     input_shape = [batch, channels, *spatial]
     b.taken.add("X")
     b.lines.append(f"opset {opset}, seed {seed}, X {input_shape}")
@@ -546,17 +546,18 @@ def test_fold_random_chains(case: Case) -> None:
     except AssertionError as error:
         if "folded error" not in str(error):
             raise
-        # The helper's bound is 2x the original's own error + 8 eps x the output's magnitude. A Relu that
-        # zeroes nearly all of a narrow output leaves a magnitude far below the activations the output
-        # is computed from, and rounding alone can then exceed the bound (about once in 1,000 examples).
-        # Folding never moves anything across a Relu, so the fold must be just as exact with every Relu
-        # made an Identity in all three models; there every output keeps its activations' magnitude,
-        # while a wrong fold stays off by the order of the activations.
-        event("numerics: over the bound; rechecked with Relu -> Identity")
-        note(f"with Relu: {error}")
+        # The helper's bound is 2x the original's own error + 8 eps x the output's magnitude. An output
+        # far smaller than the activations it is computed from (a Relu that zeroes nearly all of a
+        # narrow output, or one value that happens to cancel) can exceed it on rounding alone, about
+        # once in 1,000 examples. Folding never moves anything across a Relu, so the fold must be just
+        # as exact with every Relu made an Identity in all three models, and on a fresh feed; a wrong
+        # fold is off by the order of the activations there too.
+        event("numerics: over the bound; rechecked with Relu -> Identity on a fresh feed")
+        note(f"first check: {error}")
         truth = case.truth_model
         assert_fold_exact(
-            _relu_as_identity(model), _relu_as_identity(folded), feeds,
+            _relu_as_identity(model), _relu_as_identity(folded),
+            random_feeds(model, seed=case.seed + 1, batch=FEED_BATCH),
             truth_model=None if truth is None else _relu_as_identity(truth),
         )
 
