@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from normfold.errors import NormfoldError
+from normfold.errors import NormfoldError, describe
 from normfold.graph_edit import NameSource, add_constant, drop_if_unused
 from normfold.graph_walk import Scope, node_label
 from normfold.passes.set_inference_mode import SetInferenceModePass
@@ -97,7 +97,7 @@ def _accumulate(session, batches, flag, bns, first_extra, method, momentum, prog
         try:
             outputs = session.run(None, {**batch, **flag})
         except Exception as error:
-            raise NormfoldError(f"calibration batch does not fit the model: {' '.join(str(error).split())[:300]}") from None
+            raise NormfoldError(f"calibration batch does not fit the model: {describe(error, 300)}") from None
         for index, bn in enumerate(bns):
             mean = outputs[first_extra + 2 * index].astype(np.float64)
             var = outputs[first_extra + 2 * index + 1].astype(np.float64)

@@ -20,3 +20,9 @@ class NormfoldError(Exception):
         super().__init__(" ".join(message.split()))
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+def describe(error: BaseException, limit: int = 400) -> str:
+    """Any exception's text on one line, capped, for messages about the user's files."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

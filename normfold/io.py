@@ -13,7 +13,7 @@ import onnx_ir as ir
 from onnx_ir import serde
 from onnx_ir import external_data as ir_external_data
 
-from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.errors import EXIT_USAGE, NormfoldError, describe
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -28,7 +28,7 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for bad bytes
-        raise NormfoldError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+        raise NormfoldError(f"{path}: not a readable ONNX model ({describe(error)})") from None
     if not proto.graph.node and not proto.graph.output:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path)
@@ -36,7 +36,7 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:  # the checker also fails with UnicodeDecodeError on corrupt names
-        raise NormfoldError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+        raise NormfoldError(f"{path}: invalid ONNX model: {describe(error)}") from None
     return proto
 
 
@@ -46,7 +46,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     try:
         model = serde.deserialize_model(proto)
     except Exception as error:  # corrupt fields the checker lets through
-        raise NormfoldError(f"{path}: the model cannot be read: {_first_line(error)}") from None
+        raise NormfoldError(f"{path}: the model cannot be read: {describe(error)}") from None
     ir_external_data.set_base_dir(model.graph, str(Path(path).parent))
     return model
 
@@ -188,7 +188,7 @@ def _serialize(model: ir.Model, staged: Path, data_name: str | None, path: Path)
         cause: BaseException = error
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise NormfoldError(f"{path}: the model cannot be written: {_first_line(cause)}") from None
+        raise NormfoldError(f"{path}: the model cannot be written: {describe(cause)}") from None
 
 
 def _full_check(staged: Path, path: Path) -> None:
@@ -197,7 +197,7 @@ def _full_check(staged: Path, path: Path) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise NormfoldError(
             f"{path}: the result fails onnx's full model check (shape inference), so nothing was written: "
-            f"{_first_line(error)}"
+            f"{describe(error)}"
         ) from None
 
 
@@ -225,7 +225,3 @@ def _umask() -> int:
     return mask
 
 
-def _first_line(error: BaseException) -> str:
-    """The error's text on one line, capped so a report line stays readable."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 400 else text[:397] + "..."

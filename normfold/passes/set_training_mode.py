@@ -16,7 +16,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.errors import EXIT_USAGE, NormfoldError, describe
 from normfold.graph_edit import NameSource, take_over
 from normfold.graph_walk import node_label
 from normfold.modes import bn_training_form
@@ -104,7 +104,7 @@ def _upgraded(model: ir.Model, opset: int) -> ir.Model:
     except Exception as error:  # the converter raises assorted types for ops it cannot adapt
         raise NormfoldError(
             f"mode --train needs opset {MIN_OPSET} or newer (BatchNormalization training_mode) and the model's "
-            f"opset {opset} could not be converted: {' '.join(str(error).split())[:200]}", exit_code=EXIT_USAGE
+            f"opset {opset} could not be converted: {describe(error, 200)}", exit_code=EXIT_USAGE
         ) from None
     upgraded = ir.from_proto(converted)
     if base_dirs:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from normfold.errors import NormfoldError
+from normfold.errors import NormfoldError, describe
 
 
 def float16_copy(source: Path, folder: Path) -> Path:
@@ -17,7 +17,7 @@ def float16_copy(source: Path, folder: Path) -> Path:
     try:
         converted = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     except Exception as error:  # the converter raises assorted types on models it cannot handle
-        raise NormfoldError(f"{source}: float16 conversion failed: {' '.join(str(error).split())[:300]}") from None
+        raise NormfoldError(f"{source}: float16 conversion failed: {describe(error, 300)}") from None
     target = folder / f"{source.stem}.fp16.onnx"
     onnx.save(converted, str(target))
     return target

@@ -30,7 +30,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.errors import EXIT_USAGE, NormfoldError, describe
 
 DEFAULT_DIM: int = 1
 DEFAULT_MEMORY_BUDGET: int = 1 << 30
@@ -236,7 +236,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise NormfoldError(f"{path}: not a readable .npz archive ({_first_line(error)})") from None
+        raise NormfoldError(f"{path}: not a readable .npz archive ({describe(error)})") from None
     with archive:
         return {key: _read_member(path, archive, key) for key in archive.files}
 
@@ -250,19 +250,14 @@ def _read_start(path: Path, count: int) -> bytes:
         with path.open("rb") as stream:
             return stream.read(count)
     except OSError as error:
-        raise NormfoldError(f"{path}: cannot read ({_first_line(error)})") from None
+        raise NormfoldError(f"{path}: cannot read ({describe(error)})") from None
 
 
 def _read_member(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
     try:
         return archive[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise NormfoldError(f"{path}: cannot read array '{key}' ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise NormfoldError(f"{path}: cannot read array '{key}' ({describe(error)})") from None
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -421,7 +416,7 @@ def _read_tensor(file: Path) -> onnx.TensorProto:
     try:
         tensor.ParseFromString(file.read_bytes())
     except OSError as error:
-        raise NormfoldError(f"{file}: cannot read ({_first_line(error)})") from None
+        raise NormfoldError(f"{file}: cannot read ({describe(error)})") from None
     except DecodeError:
         raise NormfoldError(f"{file}: not a serialized onnx.TensorProto") from None
     if tensor.data_type == onnx.TensorProto.UNDEFINED:
@@ -433,4 +428,4 @@ def _tensor_array(file: Path, tensor: onnx.TensorProto) -> np.ndarray:
     try:
         return numpy_helper.to_array(tensor, base_dir=str(file.parent))
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise NormfoldError(f"{file}: cannot decode tensor '{tensor.name}' ({_first_line(error)})") from None
+        raise NormfoldError(f"{file}: cannot decode tensor '{tensor.name}' ({describe(error)})") from None

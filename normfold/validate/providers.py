@@ -15,7 +15,7 @@ import functools
 import os
 from pathlib import Path
 
-from normfold.errors import NormfoldError
+from normfold.errors import NormfoldError, describe
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -89,11 +89,11 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
     try:
         session = ort.InferenceSession(str(model_path), options, providers=[name])
     except Exception as error:
-        text = " ".join(str(error).split())
+        text = describe(error, 300)
         if provider == "cpu":
-            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text[:300]} "
+            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} "
                                 "(--no-validate skips validation)") from None
-        raise NormfoldError(f"{name} failed to create a session: {text[:300]}") from None
+        raise NormfoldError(f"{name} failed to create a session: {text}") from None
     if session.get_providers()[0] != name:
         raise NormfoldError(f"{name} was requested but does not run here: {provider_failure_reason(provider)}")
     return session
@@ -110,7 +110,7 @@ def provider_failure_reason(provider: str) -> str:
     try:
         ctypes.CDLL(str(path), mode=os.RTLD_LAZY)
     except OSError as error:
-        return f"{library} cannot load: {' '.join(str(error).split())}"
+        return f"{library} cannot load: {describe(error)}"
     return "the provider loaded but the session fell back to CPU (unsupported GPU, or CUDA/cuDNN versions that do not match)"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.errors import EXIT_USAGE, NormfoldError, describe
 from normfold.io import read_model_proto
 from normfold.validate.compare import (
     Tolerance, at_rounding_level, compare_arrays, default_tolerance, is_float, max_abs_error,
@@ -196,7 +196,7 @@ def _run(path: Path, choice: ProviderChoice, opt_level: str, feeds: Feeds) -> Ou
     try:
         return [session.run(None, feed) for feed in feeds]
     except Exception as error:
-        raise NormfoldError(f"{path}: ONNX Runtime failed on {choice.key}: {' '.join(str(error).split())[:300]} "
+        raise NormfoldError(f"{path}: ONNX Runtime failed on {choice.key}: {describe(error, 300)} "
                             "(--no-validate skips validation)") from None
 
 
