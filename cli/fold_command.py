@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,13 +105,20 @@ def _print(outcome: FoldFileResult, as_json: bool) -> None:
 
 
 def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: bool) -> int:
-    """One line per model as it finishes, then a table; the worst exit code of all."""
+    """One line per model, a progress bar on a terminal (plain lines in CI logs), a count; the worst exit code."""
     rows: list[tuple[str, str, str]] = []
     worst = EXIT_OK
-    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else _Inline() as pool:
-        futures = [pool.submit(_fold_quietly, path, settings) for path in files]
-        for path, future in zip(files, futures):
-            status, detail, code = future.result()
+    interactive = sys.stderr.isatty() and not as_json
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(click.progressbar(length=len(files), label="folding",
+                                                    file=sys.stderr if interactive else io.StringIO()))
+        if jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs))
+            outcomes = pool.map(_fold_quietly, files, [settings] * len(files))
+        else:
+            outcomes = (_fold_quietly(path, settings) for path in files)
+        for path, (status, detail, code) in zip(files, outcomes):
+            bar.update(1)
             worst = max(worst, code)
             rows.append((status, str(path), detail))
             if not as_json:
@@ -129,20 +139,3 @@ def _fold_quietly(path: Path, settings: dict[str, Any]) -> tuple[str, str, int]:
         return "FAILED", str(error), error.exit_code
     verdict = "validated" if outcome.validation is not None else "not validated"
     return "FOLDED", f"{outcome.fold.summary()}; {verdict}; wrote {outcome.target}", EXIT_OK
-
-
-class _Inline:
-    """A stand-in for a process pool that runs each job at once in this process (-j 1)."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, function: Any, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        future.set_result(function(*args))
-        return future
