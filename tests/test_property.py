@@ -2,32 +2,43 @@
 
 Each example is a chain of 1-4 blocks on one graph input. A block is
 
-    [Flatten]  [BN (forward candidate)]  layer  [Add const bias]  BN  [BN]  [Relu]  [Dropout]
+    [GlobalAveragePool] [Flatten]  [BN [BN]]  layer  [Add const]  BN [[Dropout] BN]  [Relu]  [Dropout]
+                                   forward                        backward
 
 where the layer is a Conv (1-D/2-D/3-D; kernel 1-3, strides 1-2, dilations 1-2, pads 0-1 or an
 auto_pad, groups 1 / depthwise / 2, bias or not), a ConvTranspose (2-D; groups 1 or 2, strides 1-2,
-pads, output_padding, bias or not), a Gemm (transB, alpha, beta, C absent / [N] / [1,N] / scalar) or
-a MatMul with a constant 2-D weight. A Flatten is put in front of the first Gemm/MatMul that follows
-a convolution. The graph may start with a Dropout on the graph input and end with a BN after a Relu
-(which has nothing to fold into). Dropouts take every opset-13+ form (no extra input, ratio,
-ratio + training_mode=false, omitted ratio + training_mode=false), and their mask may be consumed
-(Cast + Mul), be a graph output, or both. Some intermediate values are made graph outputs, and the
-graph outputs come in a random order. Constants are initializers, Constant nodes, or Identity of an
-initializer. The opset is 13, 15 or 17.
+dilations 1-2, pads, output_padding, bias or not), a Gemm (transB, alpha, beta, C absent / [N] /
+[1,N] / [] / [1]) or a MatMul with a constant 2-D weight. Channels are 1-6 (12 for a depthwise x2
+Conv), spatial sizes 3-8. A Flatten goes in front of the first Gemm/MatMul after a convolution (with
+a GlobalAveragePool first when it would give more than MAX_FEATURES features). The Add's constant
+is per channel in any broadcast form, bias first or second, or now and then varies along the last
+axis (not foldable). Forward-candidate BNs follow a Relu, a Flatten, a consumed Dropout mask or the
+graph input, and fold only into a Gemm, a MatMul or an unpadded Conv. The graph may start with a
+Dropout on its input and end with a BN after a Relu (nothing to fold into). Dropouts take every
+opset-13+ form (no extra input, ratio, ratio + training_mode=false, "" + training_mode=false); their
+mask may be consumed (Cast + Mul), be a graph output, or both. Some intermediate values are graph
+outputs, graph outputs come in a random order, layers sometimes share a weight, and constants are
+initializers, Constant nodes, or Identity of an initializer. The opset is 13, 15 or 17.
 
 The strategy records, for every BN, whether it is foldable by construction (True), not foldable by
 construction (False), or depends on details it does not model (None). The test asserts:
 
 (a) the folded model passes `onnx.checker.check_model(..., full_check=True)`;
-(b) no Dropout is left; every BN marked True is folded and every BN marked False is skipped; when
-    every BN is marked True none is left; every BN left has a 'skipped' record with a reason;
+(b) no Dropout is left and every one has a 'stripped' record; every BN marked True is folded and
+    every BN marked False is skipped; when every BN is marked True none is left; every BN left has a
+    'skipped' record with a non-empty reason;
 (c) graph input and output names, order and element types are unchanged;
-(d) the folded model is numerically as exact as the original (`numerics.assert_fold_exact`);
-and also that the input ModelProto is not modified and that folding the result again changes nothing.
+(d) the folded model is as exact as the original (`numerics.assert_fold_exact` on `random_feeds`;
+    see the test body for the one documented recheck of rounding-level misses);
+and also that the input ModelProto is not modified and that folding the result again folds nothing.
 
-CI runs 200 derandomized examples (well under a minute). For a longer search run, e.g.:
+The float64 truth for a grouped ConvTranspose is an equivalent Split / ConvTranspose / Concat model,
+because onnx's ReferenceEvaluator cannot run grouped ConvTranspose (see the xfail test at the end).
 
-    NORMFOLD_HYPOTHESIS_EXAMPLES=10000 pytest tests/test_property.py -q
+CI runs 200 derandomized examples (about 15-30 s on 2 cores). For a long search (10,000 examples,
+roughly 20-30 minutes):
+
+    cd /work/main && NORMFOLD_HYPOTHESIS_EXAMPLES=10000 python -m pytest tests/test_property.py -q
 
 No health check is suppressed.
 """
@@ -47,7 +58,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import normfold
-from graphs import bn_params
+from graphs import bn_node, bn_params, make_model
 from numerics import assert_fold_exact, random_feeds
 
 EXAMPLES = int(os.environ.get("NORMFOLD_HYPOTHESIS_EXAMPLES", "200"))
@@ -140,8 +151,7 @@ class _Builder:
     def node(self, op: str, inputs: list[str], base: str, outputs: int = 1, reserved: bool = False,
              model_only: bool = False, **attrs) -> list[str]:
         node_name = base if reserved else self.name(base)
-        outs = [node_name + "_out"] + [self.name(f"{node_name}_out{i}") for i in range(1, outputs)]
-        self.taken.add(outs[0])
+        outs = [self.name(f"{node_name}_out")] + [self.name(f"{node_name}_out{i}") for i in range(1, outputs)]
         self.emit(helper.make_node(op, inputs, outs, name=node_name, **attrs), truth=not model_only)
         return outs
 
@@ -182,8 +192,8 @@ def _bn(draw, b: _Builder, x: str, channels: int, base: str, style: str, expect:
     return y
 
 
-def _dropout(draw, b: _Builder, x: str, style: str) -> tuple[str, str | None]:
-    """Inference Dropout on x; returns (value to continue from, tap-able mask name or None)."""
+def _dropout(draw, b: _Builder, x: str, style: str) -> tuple[str, str]:
+    """Inference Dropout on x; returns (value to continue from, how its mask is used)."""
     form = draw(st.sampled_from(["plain", "ratio", "ratio+training", "training"]))
     ratio = np.array(draw(st.sampled_from([0.0, 0.1, 0.5, 0.9])), dtype=np.float32)
     false = np.array(False)
@@ -459,13 +469,8 @@ def fold_cases(draw) -> Case:
     b.lines.append(f"outputs: {[name for name, _ in outputs]}")
     model = _model(b.nodes, b.inits, input_shape, outputs, opset)
     truth = None
-    if b.truth_nodes != b.nodes or opset < 14:
-        # BatchNormalization-9 (opsets 9-13): onnx's ReferenceEvaluator always blends the batch
-        # statistics into the running ones (its momentum defaults to 0.9), so its float64 "truth" is
-        # not the inference BN that ONNX Runtime computes. Opset 15 means the same graph and BN-15
-        # evaluates in inference mode.
-        truth_opset = max(opset, 15)
-        truth = _model(b.truth_nodes, {**b.inits, **b.truth_inits}, input_shape, outputs, truth_opset)
+    if b.truth_nodes != b.nodes:
+        truth = _model(b.truth_nodes, {**b.inits, **b.truth_inits}, input_shape, outputs, opset)
     return Case(model, seed % 1000, b.bn_expect, b.dropouts, b.lines, truth)
 
 
@@ -565,3 +570,48 @@ def test_fold_random_chains(case: Case) -> None:
     again = normfold.fold(folded)
     assert again.count("BatchNormalization", "folded") == 0
     assert again.count("Dropout") == 0
+
+
+def _unused_initializers(model: onnx.ModelProto) -> list[str]:
+    used = {name for node in model.graph.node for name in node.input} | {v.name for v in model.graph.output}
+    return [t.name for t in model.graph.initializer if t.name not in used]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: MatMul + Add(constant) + BN fold leaves the Add's old bias orphaned")
+def test_matmul_add_bn_fold_drops_the_old_add_bias() -> None:
+    """Found while building the property test: the keep-Add path of `_apply` swaps the Add's bias for the folded
+    one but never passes the old bias to `drop_if_unused`, so the model keeps a dead initializer
+    (or a dead Constant node when the bias came from one)."""
+    g = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul"),
+        helper.make_node("Add", ["y", "b"], ["yb"], name="add"),
+        bn_node("yb", "z", "bn"),
+    ]
+    inits = {"w": g.standard_normal((3, 2)).astype(np.float32), "b": g.standard_normal(2).astype(np.float32),
+             **bn_params("bn", 2, g)}
+    model = make_model(nodes, {"x": ["N", 3]}, ["z"], inits, opset=17)
+    result = normfold.fold(model)
+    assert result.count("BatchNormalization", "folded") == 1
+    assert _unused_initializers(ir.to_proto(result.model)) == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the float64 truth crashes on grouped ConvTranspose (onnx reference)")
+def test_float64_truth_of_grouped_conv_transpose() -> None:
+    """Found while building the property test: `normfold.validate.float64.run_float64` (behind
+    `numerics.run_float64`) hands the model to onnx's ReferenceEvaluator, whose ConvTranspose
+    reshapes a grouped weight wrongly and raises ValueError. The property test works around it with
+    an equivalent Split / per-group ConvTranspose / Concat truth model."""
+    from normfold.validate.float64 import run_float64
+
+    g = np.random.default_rng(0)
+    weight = g.standard_normal((4, 1, 1, 1)).astype(np.float32)  # C_in 4, group 2, C_out 2
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="convt", group=2)
+    model = make_model([node], {"x": [1, 4, 3, 3]}, ["y"], {"w": weight}, opset=17)
+    x = g.standard_normal((1, 4, 3, 3)).astype(np.float32)
+    expected = np.concatenate(
+        [np.einsum("nchw,co->nohw", x[:, 2 * i:2 * i + 2].astype(np.float64), weight[2 * i:2 * i + 2, :, 0, 0])
+         for i in range(2)], axis=1,
+    )
+    (got,) = run_float64(model, {"x": x})
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

@@ -342,3 +342,11 @@ def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> No
     scaled = validate(source, tmp_path / "scaled.onnx", providers=["cpu"], samples=4)
     assert not scaled.passed
     assert scaled.comparisons[0].problem.endswith("x further from float64 than the reference")
+
+
+@pytest.mark.skipif(not CUDA_REASON, reason="CUDA runs here, so TensorRT may too")
+def test_tensorrt_requested_but_unusable_is_an_error(resnet: tuple[Path, Path]) -> None:
+    result = invoke("validate", *resnet, "--provider", "tensorrt")
+    assert result.exit_code == 3
+    line = result.stderr.strip()
+    assert line.startswith("normfold: error: TensorrtExecutionProvider ") and "\n" not in line
