@@ -10,7 +10,9 @@ Every folded tensor is computed here in float64 and rounded once to the weight's
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import ml_dtypes
 import numpy as np
@@ -117,36 +119,47 @@ def scale_and_round(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tupl
 
     Returns (array, "") or (None, reason) when rounding would lose accuracy: a finite value that
     overflows the dtype, or a weight pushed from the normal range into subnormals, where it keeps
-    less than the dtype's precision.
+    less than the dtype's precision. Large weights use a thread per core (numpy releases the GIL).
     """
     info = _finfo(dtype)
     out = np.empty(weight.shape, dtype=dtype)
-    overflow = pushed = 0
-    biggest = 0.0
-    tiny = float(info.smallest_normal)
-    for rows in _row_blocks(weight):
-        exact = _f64(weight[rows])
-        exact *= factor(rows)
-        with np.errstate(over="ignore"):
-            out[rows] = exact
-        magnitude = np.abs(exact, out=exact)
-        largest = float(magnitude.max()) if magnitude.size else 0.0
-        if largest > float(info.max):
-            bad = np.isfinite(magnitude) & (magnitude > float(info.max))
-            overflow += int(bad.sum())
-            biggest = max(biggest, float(magnitude[bad].max()))
-        if magnitude.size and float(magnitude.min()) < tiny:
-            source = np.abs(_f64(weight[rows]))
-            pushed += int(((magnitude < tiny) & (magnitude > 0) & (source >= tiny)).sum())
+    limits = (float(info.max), float(info.smallest_normal))
+    blocks = _row_blocks(weight)
+    if len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+            counts = list(pool.map(lambda rows: _scale_block(weight, factor, out, rows, *limits), blocks))
+    else:
+        counts = [_scale_block(weight, factor, out, rows, *limits) for rows in blocks]
+    overflow, pushed = sum(c[0] for c in counts), sum(c[2] for c in counts)
     name = np.dtype(dtype).name
     if overflow:
-        return None, f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {float(info.max):.4g})"
+        biggest = max(c[1] for c in counts)
+        return None, f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {limits[0]:.4g})"
     if pushed:
         return None, (
-            f"folding pushes {pushed} weights below {name}'s smallest normal {tiny:.3g}, "
+            f"folding pushes {pushed} weights below {name}'s smallest normal {limits[1]:.3g}, "
             "losing precision beyond the dtype's rounding"
         )
     return out, ""
+
+
+def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray, rows: slice, largest_allowed: float,
+                 tiny: float) -> tuple[int, float, int]:
+    """Fill out[rows]; return (overflowing values, largest of them, weights pushed into subnormals)."""
+    exact = _f64(weight[rows])
+    exact *= factor(rows)
+    with np.errstate(over="ignore"):
+        out[rows] = exact
+    if not exact.size:
+        return 0, 0.0, 0
+    magnitude = np.abs(exact, out=exact)
+    overflow, biggest = 0, 0.0
+    if float(magnitude.max()) > largest_allowed:
+        bad = np.isfinite(magnitude) & (magnitude > largest_allowed)
+        overflow, biggest = int(bad.sum()), float(magnitude[bad].max())
+    small = (magnitude < tiny) & (magnitude > 0)
+    pushed = int((small & (np.abs(_f64(weight[rows])) >= tiny)).sum()) if small.any() else 0
+    return overflow, biggest, pushed
 
 
 def round_once(exact: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
