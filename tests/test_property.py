@@ -577,7 +577,6 @@ def _unused_initializers(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if t.name not in used]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MatMul + Add(constant) + BN fold leaves the Add's old bias orphaned")
 def test_matmul_add_bn_fold_drops_the_old_add_bias() -> None:
     """Found while building the property test: the keep-Add path of `_apply` swaps the Add's bias for the folded
     one but never passes the old bias to `drop_if_unused`, so the model keeps a dead initializer
@@ -596,7 +595,6 @@ def test_matmul_add_bn_fold_drops_the_old_add_bias() -> None:
     assert _unused_initializers(ir.to_proto(result.model)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the float64 truth crashes on grouped ConvTranspose (onnx reference)")
 def test_float64_truth_of_grouped_conv_transpose() -> None:
     """Found while building the property test: `normfold.validate.float64.run_float64` (behind
     `numerics.run_float64`) hands the model to onnx's ReferenceEvaluator, whose ConvTranspose

@@ -336,3 +336,4 @@ def _replace_add_bias(scope: Scope, add: ir.Node, bias: np.ndarray, names: NameS
     index = 0 if constant_array(add.inputs[0]) is not None else 1
     old = add.inputs[index]
     add.replace_input_with(index, add_constant(scope, add, bias, _folded_name(names, old, "bias"), names))
+    drop_if_unused([old])

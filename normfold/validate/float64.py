@@ -55,12 +55,14 @@ def run_float64(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np
     """Outputs of the model evaluated in float64 by onnx's reference evaluator (float inputs widened).
 
     BatchNormalization is evaluated by normfold's own kernel: onnx's BatchNormalization-9 (opsets 9-13)
-    blends batch statistics into inference, and its versions 6/7 fail to run.
+    blends batch statistics into inference, and its versions 6/7 fail to run. Grouped ConvTranspose
+    runs group by group: onnx's kernel reshapes a grouped weight wrongly.
     """
     from onnx.reference import ReferenceEvaluator
 
     wide = {k: v.astype(np.float64) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(to_float64(model), new_ops=[_batchnorm_kernel()]).run(None, wide)
+    return ReferenceEvaluator(to_float64(model), new_ops=[_batchnorm_kernel(), _grouped_conv_transpose_kernel()]).run(
+        None, wide)
 
 
 def _batchnorm_kernel() -> type:
@@ -88,3 +90,27 @@ def _batchnorm_kernel() -> type:
             return result[:outputs]
 
     return BatchNormalization
+
+
+def _grouped_conv_transpose_kernel() -> type:
+    """onnx's ConvTranspose, applied one group at a time when group > 1."""
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose as Reference
+
+    class ConvTranspose(Reference):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, **attributes):  # noqa: N803 - ONNX's input names
+            group = attributes.get("group") or 1
+            if group == 1:
+                return super()._run(X, W, B, **attributes)
+            attributes = {**attributes, "group": 1}
+            c_in, c_out = X.shape[1] // group, W.shape[1]
+            parts = [
+                super(ConvTranspose, self)._run(
+                    X[:, i * c_in:(i + 1) * c_in], W[i * c_in:(i + 1) * c_in],
+                    None if B is None else B[i * c_out:(i + 1) * c_out], **attributes)[0]
+                for i in range(group)
+            ]
+            return (np.concatenate(parts, axis=1),)
+
+    return ConvTranspose
