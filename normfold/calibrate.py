@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.errors import NormfoldError, describe
-from normfold.graph_edit import NameSource, add_constant, drop_if_unused
+from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused
 from normfold.graph_walk import Scope, node_label
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.set_training_mode import SetTrainingModePass
@@ -125,11 +125,10 @@ def _values_per_channel(batch: dict[str, np.ndarray]) -> float:
 
 
 def _stored(bn: ir.Node, index: int) -> np.ndarray:
-    value = bn.inputs[index]
-    tensor = None if value is None else ir.convenience.get_const_tensor(value)
-    if tensor is None:
+    array = constant_array(bn.inputs[index])
+    if array is None:
         raise NormfoldError(f"BatchNormalization '{node_label(bn)}' has no constant running statistics to start from")
-    return tensor.numpy().astype(np.float64)
+    return array.astype(np.float64)
 
 
 def _write(model: ir.Model, bns: list[ir.Node], stats, method: str, batches: int) -> CalibrationResult:

@@ -18,13 +18,29 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.is_graph_input():
         return None
     producer = value.producer()
-    if producer is not None and producer.op_type == "Identity" and producer.domain in ("", "ai.onnx"):
-        return constant_array(producer.inputs[0])
-    try:
-        tensor = ir.convenience.get_const_tensor(value)
-    except ValueError:
-        return None
+    if producer is not None and producer.domain in ("", "ai.onnx"):
+        if producer.op_type == "Identity":
+            return constant_array(producer.inputs[0])
+        if producer.op_type == "Constant":
+            return _constant_node_array(producer)
+    tensor = value.const_value
     return None if tensor is None else tensor.numpy()
+
+
+def _constant_node_array(node: ir.Node) -> np.ndarray | None:
+    """A Constant node's value, read without touching its tensor (onnx_ir's helper renames it in place)."""
+    if len(node.attributes) != 1:
+        return None
+    name, attr = next(iter(node.attributes.items()))
+    if attr.is_ref():
+        return None
+    if name == "value":
+        return attr.as_tensor().numpy()
+    if name in ("value_float", "value_floats"):
+        return np.array(attr.value, dtype=np.float32)
+    if name in ("value_int", "value_ints"):
+        return np.array(attr.value, dtype=np.int64)
+    return None
 
 
 def why_not_constant(value: ir.Value | None, role: str) -> str:

@@ -228,6 +228,20 @@ def test_parameters_from_constant_nodes_fold() -> None:
     assert_fold_exact(model, folded, random_feeds(model))
 
 
+def test_fold_leaves_the_callers_model_untouched() -> None:
+    g = rng(15)
+    constants = {"w": g.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), **bn_params("bn", 4, g)}
+    nodes = [helper.make_node("Constant", [], [k], value=onnx.numpy_helper.from_array(v)) for k, v in constants.items()]
+    nodes += [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z", "bn")]
+    model = make_model(nodes, {"x": ["N", 3, 4, 4]}, ["z"], {})
+    before = model.SerializeToString()
+    as_ir = ir.from_proto(model)
+    fold(model)
+    fold(as_ir)
+    assert model.SerializeToString() == before
+    assert ir.to_proto(as_ir).SerializeToString() == ir.to_proto(ir.from_proto(model)).SerializeToString()
+
+
 def test_shared_weight_is_not_changed_in_place() -> None:
     g = rng(11)
     weight = g.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32)
