@@ -35,8 +35,8 @@ class FoldResult:
 
     def count(self, op_type: str, action: str | None = None) -> int:
         """How many nodes of `op_type` were seen (or had `action` applied)."""
-        if action is None:
-            return len({(r.graph, r.node) for r in self.records if r.op_type == op_type})
+        if action is None:  # each node has one final record; "converted" precedes its fold or strip record
+            return sum(r.op_type == op_type and r.action != "converted" for r in self.records)
         return sum(r.op_type == op_type and r.action == action for r in self.records)
 
     @property
@@ -101,6 +101,10 @@ def fold(
     current = SimplifyPass()(stripped.model).model if simplify else stripped.model
     folded = FoldBatchNormPass()(current)
     result_model = SimplifyPass()(folded.model).model if simplify else folded.model
-    records = (list(converted.records) if converted else []) + list(folded.records) + list(stripped.records)
+    mode_records = list(converted.records) if converted else []
+    left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}
+    later = [r for r in [*folded.records, *stripped.records]
+             if not (r.action == "skipped" and (r.graph, r.node) in left_in_training)]
+    records = mode_records + later
     inference = converted.model if converted and converted.modified else None
     return FoldResult(result_model, records, count_nodes(original), count_nodes(result_model), inference)

@@ -157,3 +157,10 @@ def test_pytorch_training_export_without_tracked_statistics_keeps_its_outputs_wi
     name = model.graph.input[0].name
     want, got = run_ort(model, {name: x})[0], run_ort(rewritten, {name: x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_fold_eval_counts_each_node_once() -> None:
+    result = fold(_model(training=True, stats="initial"), eval_mode=True)
+    assert result.summary() == ("1 node(s) switched to inference mode, BatchNormalization folded 0/1, "
+                                "Dropout stripped 1/1, nodes 7 -> 6")
+    assert [(r.node, r.action) for r in result.records] == [("bn", "skipped"), ("drop", "converted"), ("drop", "stripped")]
