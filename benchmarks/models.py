@@ -10,9 +10,9 @@ committed PyTorch exports from `models/`.
 - vgg16_bn:            13 Conv-BN-ReLU, then Gemm-ReLU-Dropout twice and a Gemm: 553 MB, external data.
 - unet:                encoder / decoder, ConvTranspose+BN+ReLU upsampling, skip Concats, 3x128x128.
 - mlp:                 MatMul+Add -> BN (2-D), Gemm -> BN, Dropouts.
-- stack{N}:            N x (Conv 3x3 8->8 + BN + ReLU) on 8x16x16; BN statistics are the real
-                       per-channel statistics of a calibration batch, slightly perturbed, so a
-                       5000-layer stack neither overflows nor vanishes.
+- stack{N}:            N x (Conv 3x3 8->8 + BN + ReLU) on 8x16x16; each layer contracts (BN scale
+                       0.15-0.3, positive shift), so a 5000-layer stack neither overflows nor vanishes
+                       and its rounding errors stay at float32 level.
 - big (optional):      MatMul with a 16384 x 33000 weight (2.16 GB) -> BN, external data.
 """
 
@@ -67,14 +67,10 @@ class Builder:
         w = self.rng.standard_normal((c_in, c_out, 2, 2), dtype=np.float32) * np.float32(np.sqrt(1 / c_in))
         return self.node("ConvTranspose", [x, self.const(w, "wt")], kernel_shape=[2, 2], strides=[2, 2])
 
-    def batchnorm(self, x: str, c: int, stats: tuple[np.ndarray, np.ndarray] | None = None) -> str:
-        if stats is None:
-            scale, bias = self.rng.uniform(0.5, 1.5, c), self.rng.normal(0, 0.2, c)
-            mean, var = self.rng.normal(0, 0.5, c), self.rng.uniform(0.5, 2.0, c)
-        else:  # contractive (scale < 1, positive shift) so rounding errors do not grow with depth
-            scale, bias = self.rng.uniform(0.2, 0.5, c), self.rng.normal(0.5, 0.1, c)
-            var = np.maximum(stats[1], 0.05 * stats[1].mean()) * self.rng.uniform(0.8, 1.25, c)
-            mean = stats[0] + self.rng.normal(0, 0.05, c) * np.sqrt(var)
+    def batchnorm(self, x: str, c: int, contractive: bool = False) -> str:
+        scale = self.rng.uniform(0.15, 0.3, c) if contractive else self.rng.uniform(0.5, 1.5, c)
+        bias = self.rng.normal(0.5, 0.2, c) if contractive else self.rng.normal(0, 0.2, c)
+        mean, var = self.rng.normal(0, 0.5, c), self.rng.uniform(0.5, 2.0, c)
         names = [self.const(p.astype(np.float32), n) for p, n in zip((scale, bias, mean, var), ("s", "bb", "m", "v"))]
         return self.node("BatchNormalization", [x, *names], epsilon=1e-5)
 
@@ -194,25 +190,13 @@ def mlp() -> onnx.ModelProto:
 
 
 def stack(depth: int, channels: int = 8, size: int = 16) -> onnx.ModelProto:
-    """`depth` x (Conv 3x3 + BN + ReLU), BN statistics calibrated on a seeded batch so values stay O(1)."""
+    """`depth` x (Conv 3x3 + BN + ReLU). Each layer is a contraction (BN scale / sqrt(var) about 0.2)
+    with a positive BN shift, so activations stay O(1) and rounding errors do not grow with depth."""
     b = Builder(depth)
-    sample = b.rng.standard_normal((8, channels, 8, 8))
     x = "input"
     for _ in range(depth):
-        w = b.rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2 / (channels * 9))
-        conv = b.node("Conv", [x, b.const(w.astype(np.float32), "w")], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-        y = _conv3x3(sample, w)
-        stats = (y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3)))
-        x = b.node("Relu", [b.batchnorm(conv, channels, stats)])
-        scale = b.initializers[-4:]
-        s, t, m, v = (numpy_helper.to_array(p).astype(np.float64)[None, :, None, None] for p in scale)
-        sample = np.maximum((y - m) / np.sqrt(v + 1e-5) * s + t, 0)
+        x = b.node("Relu", [b.batchnorm(b.conv(x, channels, channels, 3), channels, contractive=True)])
     return b.model(f"stack{depth}", ["batch", channels, size, size], x, ["batch", channels, size, size])
-
-
-def _conv3x3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
-    return np.einsum("nchwij,ocij->nohw", windows, w, optimize=True)
 
 
 def big(k: int = 16384, n: int = 33000) -> onnx.ModelProto:

@@ -1,0 +1,237 @@
+"""Tables and issue 5's targets from benchmarks/run.py's measurements (markdown, also printed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MiB = 2**20
+PEER_NAMES = ("onnxscript", "onnxoptimizer", "onnxsim", "onnxslim", "ort-basic", "aimet")
+FOLD_SPEEDUP_MODELS = ("resnet50", "stack1000")
+RSS_TARGET_MIN_BYTES = 400 * 10**6
+
+
+def _table(head: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _e(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MiB:.0f}"
+
+
+def _ops(entry: dict) -> tuple[int, int, int]:
+    ops = entry.get("ops", {})
+    return ops.get("BatchNormalization", 0), ops.get("Dropout", 0), sum(ops.values())
+
+
+def _seconds(result: dict, tool: str) -> float | None:
+    return result["timings"].get(tool, {}).get("seconds")
+
+
+def ratio(result: dict) -> float | None:
+    nf, io = _seconds(result, "normfold"), _seconds(result, "io")
+    return None if nf is None or not io else nf / io
+
+
+def model_rows(results: list[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        original = r["checks"].get("original", {})
+        bn, dropout, nodes = _ops(original)
+        f64 = _e(original.get("float64_error")) if r["float64"] else "skipped (> 200 MiB)"
+        rows.append([r["name"], f"{r['bytes'] / MiB:.1f}", "yes" if r["external"] else "no", bn, dropout, nodes, f64])
+    return _table(["model", "MiB", "external data", "BN", "Dropout", "nodes", "original's max error vs float64"], rows)
+
+
+def tool_rows(results: list[dict], tools: list[str]) -> list[str]:
+    rows = []
+    for r in results:
+        original_f64 = r["checks"].get("original", {}).get("float64_error")
+        for tool in tools:
+            timing = r["timings"].get(tool)
+            if timing is None:
+                continue
+            if timing["error"]:
+                rows.append([r["name"], tool, "FAILED", "-", "-", "-", "-", timing["error"].replace("|", "/"), "-"])
+                continue
+            check = r["checks"].get(tool, {})
+            if tool == "io":
+                rows.append([r["name"], "I/O limit", _s(timing["seconds"]), _mib(timing["rss"]), "", "", "", "", ""])
+                continue
+            bn, dropout, nodes = _ops(check)
+            if "error" in check:
+                verdict = f"ORT cannot run it: {check['error'][:80]}".replace("|", "/")
+            else:
+                verdict = f"{'yes' if check.get('equivalent') else 'NO'} ({_e(check.get('max_abs_diff'))})"
+            f64 = f"{_e(check.get('float64_error'))} (orig {_e(original_f64)})" if "float64_error" in check else "-"
+            rows.append([r["name"], tool, _s(timing["seconds"]), _mib(timing["rss"]), bn, dropout, nodes, verdict, f64])
+    head = ["model", "tool", "time s", "peak RSS MiB", "BN left", "Dropout left", "nodes", "equivalent (max abs diff)",
+            "max error vs float64"]
+    return _table(head, rows)
+
+
+def io_rows(results: list[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        nf, io = r["timings"]["normfold"], r["timings"]["io"]
+        rss_ratio = f"{nf['rss'] / r['bytes']:.2f}" if nf["rss"] else "-"
+        rows.append([r["name"], _s(io["seconds"]), _s(nf["seconds"]), _s(ratio(r)), _mib(io["rss"]), _mib(nf["rss"]),
+                     f"{r['bytes'] / MiB:.1f}", rss_ratio])
+    head = ["model", "I/O limit s", "normfold s", "normfold / I/O", "I/O RSS MiB", "normfold RSS MiB", "model MiB",
+            "normfold RSS / model size"]
+    return _table(head, rows)
+
+
+def latency_rows(results: list[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        original, folded = r["checks"].get("original", {}), r["checks"].get("normfold", {})
+        if "latency_ms" not in original or "latency_ms" not in folded:
+            continue
+        o, f = original["latency_ms"], folded["latency_ms"]
+        rows.append([r["name"], f"{o['disable']:.2f}", f"{f['disable']:.2f}", f"{o['disable'] / f['disable']:.2f}x",
+                     f"{o['all']:.2f}", f"{f['all']:.2f}", f"{o['all'] / f['all']:.2f}x"])
+    head = ["model", "original DISABLE_ALL ms", "folded DISABLE_ALL ms", "speed-up", "original ENABLE_ALL ms",
+            "folded ENABLE_ALL ms", "speed-up"]
+    return _table(head, rows)
+
+
+def layer_rows(results: list[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        if not r["name"].startswith("stack"):
+            continue
+        depth = int(r["name"][5:])
+        nf, io = _seconds(r, "normfold"), _seconds(r, "io")
+        if nf is None or io is None:
+            continue
+        rows.append([depth, _s(nf), _s(io), f"{nf / depth * 1e3:.2f}", f"{(nf - io) / depth * 1e3:.2f}"])
+    return _table(["layers", "normfold s", "I/O limit s", "ms per layer", "ms per layer beyond I/O"], rows)
+
+
+def targets(results: list[dict]) -> list[tuple[str, str, str]]:
+    """(target, PASS/MISS/n/a, measured) for issue 5's five targets."""
+    out = []
+    ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
+    over = {k: v for k, v in ratios.items() if v > 1.3}
+    worst = max(ratios, key=ratios.get) if ratios else None
+    out.append(("1. normfold fold time <= 1.3x I/O limit on every model", "MISS" if over else "PASS",
+                f"worst {worst} {ratios.get(worst, 0):.2f}x; over 1.3x: "
+                + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none")))
+    measured, missed = [], False
+    for r in results:
+        if r["name"] not in FOLD_SPEEDUP_MODELS:
+            continue
+        nf = _seconds(r, "normfold")
+        peers = {t: _seconds(r, t) for t in PEER_NAMES if _seconds(r, t) is not None}
+        slower = {t: s for t, s in peers.items() if nf is None or s <= nf}
+        missed |= bool(slower)
+        fastest = min(peers, key=peers.get) if peers else None
+        measured.append(f"{r['name']}: normfold {_s(nf)} s, fastest peer {fastest} {_s(peers.get(fastest))} s"
+                        + (f" (faster than normfold: {', '.join(slower)})" if slower else ""))
+    out.append(("2. normfold faster than every peer on ResNet-50 and the 1000-layer stack",
+                "n/a" if not measured else ("MISS" if missed else "PASS"), "; ".join(measured) or "models not in this run"))
+    big = [r for r in results if r["bytes"] >= RSS_TARGET_MIN_BYTES and r["timings"]["normfold"]["rss"]]
+    rss = {r["name"]: r["timings"]["normfold"]["rss"] / r["bytes"] for r in big}
+    out.append(("3. peak RSS <= 0.5x model size for models >= 400 MB",
+                "n/a" if not rss else ("MISS" if max(rss.values()) > 0.5 else "PASS"),
+                ", ".join(f"{k} {v:.2f}x ({r['timings']['normfold']['rss'] / MiB:.0f} MiB of {r['bytes'] / MiB:.0f} MiB)"
+                          for (k, v), r in zip(rss.items(), big)) or "no model >= 400 MB in this run"))
+    errors = []
+    for r in results:
+        original, folded = r["checks"].get("original", {}), r["checks"].get("normfold", {})
+        if "float64_error" in original and "float64_error" in folded:
+            errors.append((r["name"], folded["float64_error"], original["float64_error"]))
+    bad = [e for e in errors if e[1] > 1.05 * e[2]]
+    worst_e = max(errors, key=lambda e: e[1] / e[2] if e[2] else float("inf")) if errors else None
+    out.append(("4. folded error vs float64 <= 1.05x original's", "n/a" if not errors else ("MISS" if bad else "PASS"),
+                (f"worst {worst_e[0]} {worst_e[1]:.2e} vs {worst_e[2]:.2e} ({worst_e[1] / worst_e[2]:.2f}x)" if worst_e else "")
+                + ("; over: " + ", ".join(f"{n} {a / b:.2f}x" for n, a, b in bad) if bad else "")))
+    left = []
+    for r in results:
+        checks = r["checks"]
+        nf_bn, nf_drop, _ = _ops(checks.get("normfold", {}))
+        for tool in PEER_NAMES:
+            entry = checks.get(tool, {})
+            if "ops" not in entry or not entry.get("equivalent"):
+                continue
+            bn, drop, _ = _ops(entry)
+            if bn < nf_bn or drop < nf_drop:
+                left.append(f"{r['name']}: normfold leaves BN {nf_bn} / Dropout {nf_drop}, {tool} {bn} / {drop}")
+    out.append(("5. no BN/Dropout left that an (equivalent) peer removes", "MISS" if left else "PASS",
+                "; ".join(left) or "normfold leaves no more BN or Dropout than any peer whose output is equivalent"))
+    return out
+
+
+def profile_worst(results: list[dict], workdir: Path, here: Path) -> list[dict]:
+    """cProfile + phase times of normfold on the model with the worst normfold / I/O ratio, and on the deepest stack."""
+    ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
+    chosen = [max(ratios, key=ratios.get)] if ratios else []
+    deepest = [r["name"] for r in results if r["name"].startswith("stack")]
+    chosen += [deepest[-1]] if deepest and deepest[-1] not in chosen else []
+    profiles = []
+    for name in chosen:
+        model = workdir / "models" / f"{name}.onnx"
+        output = workdir / "out" / name / "profile.onnx"
+        done = subprocess.run([sys.executable, str(here / "profile_normfold.py"), str(model), str(output)],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            profiles.append({"model": name} | json.loads(done.stdout.strip().splitlines()[-1]))
+        else:
+            profiles.append({"model": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})
+    return profiles
+
+
+def profile_lines(profiles: list[dict]) -> list[str]:
+    lines = []
+    for p in profiles:
+        lines.append(f"### normfold on {p['model']}")
+        lines.append("")
+        if "error" in p:
+            lines += [f"profiling failed: {p['error']}", ""]
+            continue
+        ph = p["phases"]
+        total = ph["import"] + ph["load_model"] + ph["fold"] + ph["save_model"]
+        lines.append("In-process phases of `normfold fold --no-validate` (seconds, share of their sum):")
+        lines.append("")
+        rows = [[k, f"{ph[k]:.3f}", f"{ph[k] / total:.0%}"] for k in ("import", "load_model", "fold", "save_model")]
+        rows += [[f"  save_model: {k}", f"{ph[k]:.3f}", f"{ph[k] / total:.0%}"] for k in ("ir.save", "check_model")]
+        lines += _table(["phase", "s", "share"], rows)
+        lines.append("Top functions by own time (cProfile, load + fold + save):")
+        lines.append("")
+        lines += _table(["function", "calls", "own s", "cumulative s"],
+                        [[t["function"], t["calls"], f"{t['tottime']:.3f}", f"{t['cumtime']:.3f}"] for t in p["top"]])
+    return lines
+
+
+def render(results: list[dict], header: list[str], notes: list[str], profiles: list[dict] | None, tools: list[str],
+           elapsed: float) -> str:
+    failed = [f"evaluation of {r['name']} failed: {r['checks']['error']}" for r in results if "error" in r["checks"]]
+    lines = ["# normfold benchmark (issue 5)", "", "Command: `python benchmarks/run.py "
+             "--markdown benchmarks/RESULTS.md`", ""]
+    lines += [f"- {line}" for line in header + notes + failed] + [f"- benchmark wall time: {elapsed:.0f} s", ""]
+    lines += ["## Targets", ""]
+    lines += _table(["target", "result", "measured"], [list(t) for t in targets(results)])
+    lines += ["## Models", ""] + model_rows(results)
+    lines += ["## Every tool on every model", "",
+              "Time: whole process, median. Equivalent: ORT CPU at ORT_DISABLE_ALL, seeded inputs, batch 1, "
+              "rtol 1e-4 and atol 1e-4 x max|ref|. Error vs float64: max abs error of the tool's output against the "
+              "original model evaluated in float64, with the original's own error beside it.", ""]
+    lines += tool_rows(results, tools)
+    lines += ["## normfold against the I/O limit (onnx_ir.load + onnx_ir.save)", ""] + io_rows(results)
+    lines += ["## Inference latency on ONNX Runtime CPU (batch 1, median)", ""] + latency_rows(results)
+    lines += ["## Fold time per layer (Conv+BN+ReLU stacks)", ""] + layer_rows(results)
+    if profiles:
+        lines += ["## Where normfold's time goes", ""] + profile_lines(profiles)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""Issue 5's benchmark: normfold against the I/O limit and the peer tools, one table per question.
+
+    python benchmarks/run.py [--quick] [--big] [--runs N] [--markdown benchmarks/RESULTS.md]
+
+Every transform runs in a fresh process: whole-process wall time (median of --runs), peak RSS of
+that process (os.wait4's rusage). Then one evaluation process per model checks every output
+(benchmarks/evaluate.py). Peers that are not importable are skipped with the reason; AIMET runs in
+the interpreter given by --aimet-python (or $NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import models  # noqa: E402
+import report  # noqa: E402
+
+PEERS = {  # tool -> module that must be importable
+    "onnxscript": "onnxscript",
+    "onnxoptimizer": "onnxoptimizer",
+    "onnxsim": "onnxsim",
+    "onnxslim": "onnxslim",
+    "ort-basic": "onnxruntime",
+    "aimet": "aimet_onnx",
+}
+FLOAT64_LIMIT = 200 * 2**20
+SLOW_RUN_S = 10.0
+BIG_NEEDS_DISK, BIG_NEEDS_MEMORY = 30 * 2**30, 20 * 2**30
+
+
+@dataclasses.dataclass
+class Timing:
+    """Median wall time and largest peak RSS over the runs, or why the tool failed."""
+
+    seconds: float | None = None
+    rss: int | None = None
+    error: str | None = None
+    runs: list[float] = dataclasses.field(default_factory=list)
+
+
+def run_once(command: list[str], timeout: float, log: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS bytes and exit status of one process (killed after `timeout`)."""
+    with open(log, "wb") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
+        timer.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss * 1024, process.returncode
+
+
+def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_slow: bool = True) -> Timing:
+    """Median wall time over `runs` (one run only when it takes over SLOW_RUN_S and not `repeat_slow`)."""
+    timing, peak = Timing(), 0
+    log = output.with_suffix(".log")
+    for _ in range(runs):
+        if timing.runs and not repeat_slow and timing.runs[0] > SLOW_RUN_S:
+            break
+        for stale in (output, output.with_name(f"{output.name}.data")):
+            stale.unlink(missing_ok=True)
+        wall, rss, code = run_once(command, timeout, log)
+        if code != 0:
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            reason = f"timeout after {timeout:.0f} s" if wall >= timeout else (lines[-1] if lines else f"exit {code}")
+            return Timing(error=reason[:160])
+        timing.runs.append(wall)
+        peak = max(peak, rss)
+    timing.seconds, timing.rss = statistics.median(timing.runs), peak
+    return timing
+
+
+def available_tools(aimet_python: str | None) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Command prefix per tool (input, output, mode appended), and the reason for each skipped peer."""
+    normfold_cli = shutil.which("normfold", path=str(Path(sys.executable).parent)) or shutil.which("normfold")
+    commands = {"normfold": [normfold_cli, "fold"], "io": [sys.executable, str(HERE / "tools.py"), "io"]}
+    skipped = {}
+    for tool, module in PEERS.items():
+        python = sys.executable
+        if tool == "aimet" and importlib.util.find_spec(module) is None and aimet_python:
+            python = aimet_python
+            probe = subprocess.run([python, "-c", f"import {module}.batch_norm_fold"], capture_output=True, text=True)
+            if probe.returncode != 0:
+                skipped[tool] = f"{aimet_python} cannot import {module}: {probe.stderr.strip().splitlines()[-1:]}"
+                continue
+        elif importlib.util.find_spec(module) is None:
+            why = " (aimet-onnx needs torch; pass --aimet-python)" if tool == "aimet" else ""
+            skipped[tool] = f"{module} is not installed{why}"
+            continue
+        commands[tool] = [python, str(HERE / "tools.py"), tool]
+    return commands, skipped
+
+
+def tool_command(tool: str, prefix: list[str], model: Path, output: Path, external: bool) -> list[str]:
+    if tool == "normfold":
+        return [*prefix, str(model), "-o", str(output), "--no-validate"]
+    return [*prefix, str(model), str(output), "external" if external else "inline"]
+
+
+def evaluate(model: Path, outputs: dict[str, Path], float64: bool, folder: Path) -> dict:
+    job = {"original": str(model), "candidates": {k: str(v) for k, v in outputs.items()}, "float64": float64,
+           "latency": ["normfold"]}
+    job_file, result_file = folder / "evaluate.job.json", folder / "evaluate.result.json"
+    job_file.write_text(json.dumps(job))
+    result_file.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, str(HERE / "evaluate.py"), str(job_file), str(result_file)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(result_file.read_text())
+
+
+def bench_model(name: str, args: argparse.Namespace, commands: dict[str, list[str]]) -> dict:
+    path = models.write_model(name, args.workdir / "models")
+    size, external = models.model_bytes(path), models.has_external_data(path)
+    folder = args.workdir / "out" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    timings, outputs = {}, {}
+    for tool, prefix in commands.items():
+        output = folder / f"{tool}.onnx"
+        ours = tool in ("normfold", "io")
+        runs = args.runs if ours or name in report.FOLD_SPEEDUP_MODELS else args.peer_runs
+        timeout = args.timeout * 10 if ours else args.timeout
+        timings[tool] = measure(tool_command(tool, prefix, path, output, external), output, runs, timeout, ours)
+        if timings[tool].error is None and tool != "io":
+            outputs[tool] = output
+        status = f"{timings[tool].seconds:.2f} s" if timings[tool].error is None else f"FAILED: {timings[tool].error}"
+        print(f"  {name:28} {tool:14} {status}", flush=True)
+    float64 = size <= FLOAT64_LIMIT
+    checks = evaluate(path, outputs, float64, folder)
+    result = {"name": name, "bytes": size, "external": external, "float64": float64,
+              "timings": {k: dataclasses.asdict(v) for k, v in timings.items()}, "checks": checks}
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def saved_or_bench(name: str, args: argparse.Namespace, commands: dict[str, list[str]]) -> dict:
+    """With --resume, a model's result from an earlier (interrupted) run in the same workdir."""
+    saved = args.workdir / "out" / name / "result.json"
+    if args.resume and saved.exists():
+        print(f"  {name:28} (from {saved})", flush=True)
+        return json.loads(saved.read_text())
+    return bench_model(name, args, commands)
+
+
+def machine() -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    versions = []
+    for package in ("normfold", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "onnxoptimizer",
+                    "onnxsim", "onnxslim", "aimet-onnx", "torch", "numpy"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return [
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}",
+        f"machine: {os.cpu_count()} CPUs ({cpu}), {memory / 2**20:.1f} GiB memory, {platform.platform()}, "
+        f"Python {platform.python_version()}",
+        f"versions: {', '.join(versions)}",
+    ]
+
+
+def big_fits(workdir: Path) -> str | None:
+    """Why the >2 GB model cannot run here, or None."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(workdir).free
+    memory = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemAvailable"))
+    if free < BIG_NEEDS_DISK:
+        return f"--big needs {BIG_NEEDS_DISK / 2**30:.0f} GiB free disk in {workdir}, {free / 2**30:.1f} GiB free"
+    if memory < BIG_NEEDS_MEMORY:
+        return f"--big needs {BIG_NEEDS_MEMORY / 2**30:.0f} GiB available memory, {memory / 2**30:.1f} GiB available"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(models.QUICK)}, one run each")
+    parser.add_argument("--big", action="store_true", help="also a >2 GB model with external data (off by default: "
+                        "needs ~30 GiB disk and ~20 GiB memory)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per normfold / I/O measurement, and per peer on resnet50 and stack1000 (default 3, --quick 1)")
+    parser.add_argument("--peer-runs", type=int, default=None, help="runs per peer on the other models (default 1)")
+    parser.add_argument("--timeout", type=float, default=60,
+                        help="seconds before one peer run is killed (normfold and I/O: 10x this)")
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "normfold-bench")
+    parser.add_argument("--aimet-python", default=os.environ.get("NORMFOLD_BENCH_AIMET_PYTHON"),
+                        help="a Python with aimet-onnx (and torch) installed, if not this one")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    parser.add_argument("--skip", action="append", default=[], metavar="TOOL", choices=sorted(PEERS),
+                        help="leave out a peer (repeatable), e.g. --skip aimet")
+    parser.add_argument("--no-profile", action="store_true", help="skip profiling normfold on its worst model")
+    parser.add_argument("--resume", action="store_true", help="reuse per-model results already in WORKDIR")
+    parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
+    args = parser.parse_args()
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.peer_runs = args.peer_runs or 1
+    if args.report_only:
+        saved = json.loads((args.workdir / "results.json").read_text())
+        render(args, saved["results"], saved["header"], saved["notes"], saved["tools"], saved["elapsed"])
+        return
+    header = machine()
+    commands, skipped = available_tools(args.aimet_python)
+    for tool in args.skip:
+        commands.pop(tool, None)
+        skipped[tool] = "left out with --skip"
+    names = models.model_names(args.quick, False)
+    notes = [f"skipped peer {tool}: {why}" for tool, why in skipped.items()]
+    if args.big:
+        why_not = big_fits(args.workdir)
+        names += ["big"] if why_not is None else []
+        notes += [f"skipped big model: {why_not}"] if why_not else []
+    else:
+        notes.append("big (>2 GB, external data) model not run: pass --big (needs ~30 GiB disk, ~20 GiB memory)")
+    notes.append(f"a peer run is killed after {args.timeout:.0f} s (normfold and I/O after {10 * args.timeout:.0f} s)")
+    notes.append(f"float64 reference skipped for models over {FLOAT64_LIMIT / 2**20:.0f} MiB "
+                 "(onnx's reference evaluator holds a float64 copy of every weight)")
+    notes.append(f"runs: normfold and I/O median of {args.runs}; peers median of {args.runs} on "
+                 f"{' and '.join(report.FOLD_SPEEDUP_MODELS)}, {args.peer_runs} elsewhere, and one run when it takes over "
+                 f"{SLOW_RUN_S:.0f} s (AIMET: torch import); time is the whole process (interpreter start and imports included)")
+    for line in header + notes:
+        print(line, flush=True)
+    started = time.perf_counter()
+    results = [saved_or_bench(name, args, commands) for name in names]
+    (args.workdir / "results.json").write_text(json.dumps({"results": results, "header": header, "notes": notes,
+                                                          "tools": list(commands), "elapsed": time.perf_counter() - started}))
+    render(args, results, header, notes, list(commands), time.perf_counter() - started)
+
+
+def render(args: argparse.Namespace, results: list[dict], header: list[str], notes: list[str], tools: list[str],
+           elapsed: float) -> None:
+    profile = None
+    if not args.no_profile:
+        profile = report.profile_worst(results, args.workdir, HERE)
+    text = report.render(results, header, notes, profile, tools, elapsed)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
