@@ -87,19 +87,24 @@ def fold(
     simplify: bool = False,
     eval_mode: bool = False,
     batch_stats: bool = False,
+    in_place: bool = False,
 ) -> FoldResult:
     """Strip every inference Dropout and fold every foldable BatchNormalization.
 
     With `simplify`, onnxscript's constant folding runs before the BN fold (so computed BN
-    parameters become constants) and dead-code elimination after it. The input is never modified: the passes work on
-    copies that share the (read-only) weights. With `eval_mode`, training-mode BN and Dropout are
-    first switched to inference mode (see SetInferenceModePass, and `batch_stats` there).
+    parameters become constants) and dead-code elimination after it. The input is never modified:
+    the passes work on one copy that shares the (read-only) weights, or, with `in_place`, rewrite an
+    onnx_ir.Model argument itself. With `eval_mode`, training-mode BN and Dropout are first switched to inference
+    mode (see SetInferenceModePass, and `batch_stats` there).
     """
     original = as_ir_model(model)
-    converted = SetInferenceModePass(batch_stats)(original) if eval_mode else None
-    stripped = StripDropoutPass()(converted.model if converted else original)
+    nodes_before = count_nodes(original)
+    private = original if in_place or not isinstance(model, ir.Model) else original.clone()
+    converted = SetInferenceModePass(batch_stats, in_place=True)(private) if eval_mode else None
+    working = converted.model.clone() if converted else private
+    stripped = StripDropoutPass(in_place=True)(working)
     current = SimplifyPass()(stripped.model).model if simplify else stripped.model
-    folded = FoldBatchNormPass()(current)
+    folded = FoldBatchNormPass(in_place=True)(current)
     result_model = SimplifyPass()(folded.model).model if simplify else folded.model
     mode_records = list(converted.records) if converted else []
     left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}
@@ -107,4 +112,4 @@ def fold(
              if not (r.action == "skipped" and (r.graph, r.node) in left_in_training)]
     records = mode_records + later
     inference = converted.model if converted and converted.modified else None
-    return FoldResult(result_model, records, count_nodes(original), count_nodes(result_model), inference)
+    return FoldResult(result_model, records, nodes_before, count_nodes(result_model), inference)

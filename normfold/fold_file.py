@@ -47,17 +47,18 @@ def fold_file(
     loaded = load_model(source)
     check_output_path(target, source, loaded, in_place=in_place)
     old_files = model_files(source, loaded) - {source.resolve()} if in_place else set()
-    result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats)
+    external = has_external_data(loaded)
+    result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)
     outcome = FoldFileResult(result, None, source, target, written=False)
 
     def verify(staged: Path) -> None:
-        outcome.validation = _validate(source, staged, result, has_external_data(loaded), validation or {}, outcome)
+        outcome.validation = _validate(source, staged, result, external, validation or {}, outcome)
         if not outcome.validation.passed:
             worst = outcome.validation.failures[0]
             raise NotWrittenError(f"the folded model differs from {source}; nothing written ({worst.to_line()})",
                                   outcome, EXIT_MISMATCH)
 
-    save_model(result.model, target, external_data=has_external_data(loaded),
+    save_model(result.model, target, external_data=external,
                verify=verify if validation is not None else None, replaced_files=old_files)
     outcome.written = True
     return outcome

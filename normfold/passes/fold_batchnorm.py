@@ -23,6 +23,7 @@ from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.modes import bn_training_form
 from normfold.ranks import RankOracle
+from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
 
 PARAM_ROLES = ("scale", "B", "mean", "var")
@@ -41,23 +42,25 @@ class _Edit:
     keep_add: bool = False
 
 
-class FoldBatchNormPass(ir.passes.FunctionalPass):
+class FoldBatchNormPass(CopyOrInPlacePass):
     """Returns a copy of the model with every foldable BatchNormalization folded, plus one record per BN."""
 
     def call(self, model: ir.Model) -> RewriteResult:
-        model = model.clone()
+        model = self.target(model)
         ranks, names = RankOracle(model), NameSource(model)
         records: dict[ir.Node, NodeRecord] = {}
-        progress = True
-        while progress:
-            progress = False
-            for scope in iter_scopes(model):
-                for node in list(scope.body):
-                    if not _is_batchnorm(node) or node.graph is None:
-                        continue
-                    record = _fold_one(scope, node, ranks, names)
-                    records[node] = record
-                    progress |= record.action == "folded"
+        pending = [(scope, node) for scope in iter_scopes(model) for node in list(scope.body) if _is_batchnorm(node)]
+        while pending:
+            retry = []
+            for scope, node in pending:
+                if node.graph is None:
+                    continue
+                records[node] = _fold_one(scope, node, ranks, names)
+                if records[node].action == "skipped":
+                    retry.append((scope, node))
+            if len(retry) == len(pending):
+                break  # a fold can unlock a neighbour (forward after backward): retry until none does
+            pending = retry
         folded = any(r.action == "folded" for r in records.values())
         if folded:
             for scope in iter_scopes(model):
@@ -115,9 +118,10 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
     if arrays[0].ndim != 1:
         return f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)"
     eps = float(bn.attributes.get_float("epsilon", 1e-5))
-    if not all(np.isfinite(a.astype(np.float64)).all() for a in arrays):
+    stacked = np.stack([a.astype(np.float64) for a in arrays])
+    if not np.isfinite(stacked).all():
         return "its parameters contain NaN or Inf"
-    bad = int((arrays[3].astype(np.float64) + eps <= 0).sum())
+    bad = int((stacked[3] + eps <= 0).sum())
     if bad:
         return f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form"
     return bn_affine(*arrays, eps)

@@ -21,18 +21,19 @@ from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.modes import bn_training_form, dropout_training_form
 from normfold.passes.set_training_mode import unwrap_mode_switch
 from normfold.ranks import RankOracle
+from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
 
 
-class SetInferenceModePass(ir.passes.FunctionalPass):
+class SetInferenceModePass(CopyOrInPlacePass):
     """Returns a copy of the model with every BN and Dropout in inference mode, plus one record per change."""
 
-    def __init__(self, batch_stats: bool = False) -> None:
-        super().__init__()
+    def __init__(self, batch_stats: bool = False, in_place: bool = False) -> None:
+        super().__init__(in_place)
         self.batch_stats = batch_stats
 
     def call(self, model: ir.Model) -> RewriteResult:
-        model = model.clone()
+        model = self.target(model)
         ranks, names = RankOracle(model), NameSource(model)
         flags = [v for v in model.graph.inputs if v.dtype == ir.DataType.BOOL and v.uses()]
         records = []

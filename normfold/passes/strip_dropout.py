@@ -15,16 +15,17 @@ import onnx_ir as ir
 from normfold.graph_edit import NameSource, drop_if_unused, take_over
 from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.modes import dropout_training_form
+from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
 
 MASK_SPECIFIED_OPSET = 12
 
 
-class StripDropoutPass(ir.passes.FunctionalPass):
+class StripDropoutPass(CopyOrInPlacePass):
     """Returns a copy of the model without inference Dropout nodes, plus one record per Dropout."""
 
     def call(self, model: ir.Model) -> RewriteResult:
-        model = model.clone()
+        model = self.target(model)
         names = NameSource(model)
         records = []
         for scope in iter_scopes(model):

@@ -1,0 +1,31 @@
+"""The pass base normfold's rewrites share: functional by default, in place on request."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+
+class CopyOrInPlacePass(ir.passes.PassBase):
+    """Rewrites a copy of the model (weights shared, read-only) unless built with `in_place=True`.
+
+    onnx_ir checks the declaration: an in-place pass must return the model it was given. `normfold.fold`
+    copies once and runs its passes in place, instead of copying the whole graph in every pass.
+    """
+
+    def __init__(self, in_place: bool = False) -> None:
+        super().__init__()
+        self._in_place = in_place
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the pass returns the model it was given, rewritten."""
+        return self._in_place
+
+    @property
+    def changes_input(self) -> bool:
+        """Only an in-place pass changes its input."""
+        return self._in_place
+
+    def target(self, model: ir.Model) -> ir.Model:
+        """The model to rewrite: the input itself, or its copy."""
+        return model if self._in_place else model.clone()
