@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 
+from normfold.cli.batch import run_batch
 from normfold.cli.validation_options import validation_kwargs, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
@@ -108,21 +105,11 @@ def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: 
     """One line per model, a progress bar on a terminal (plain lines in CI logs), a count; the worst exit code."""
     rows: list[tuple[str, str, str]] = []
     worst = EXIT_OK
-    interactive = sys.stderr.isatty() and not as_json
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(click.progressbar(length=len(files), label="folding",
-                                                    file=sys.stderr if interactive else io.StringIO()))
-        if jobs > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs))
-            outcomes = pool.map(_fold_quietly, files, [settings] * len(files))
-        else:
-            outcomes = (_fold_quietly(path, settings) for path in files)
-        for path, (status, detail, code) in zip(files, outcomes):
-            bar.update(1)
-            worst = max(worst, code)
-            rows.append((status, str(path), detail))
-            if not as_json:
-                click.echo(f"{status:9} {path}: {detail}")
+    for path, (status, detail, code) in run_batch(_fold_quietly, files, settings, jobs, "folding", not as_json):
+        worst = max(worst, code)
+        rows.append((status, str(path), detail))
+        if not as_json:
+            click.echo(f"{status:9} {path}: {detail}")
     if as_json:
         click.echo(json.dumps({"normfold_report": "fold-batch", "version": 1, "exit_code": worst,
                                "models": [{"status": s, "path": p, "detail": d} for s, p, d in rows]}, indent=2))

@@ -350,3 +350,24 @@ def test_tensorrt_requested_but_unusable_is_an_error(resnet: tuple[Path, Path]) 
     assert result.exit_code == 3
     line = result.stderr.strip()
     assert line.startswith("normfold: error: TensorrtExecutionProvider ") and "\n" not in line
+
+
+def test_two_folders_compare_pair_by_pair(tmp_path: Path) -> None:
+    originals, folded = tmp_path / "orig", tmp_path / "folded"
+    (originals / "sub").mkdir(parents=True)
+    (folded / "sub").mkdir(parents=True)
+    for name in ("mlp.onnx", "sub/resnet_block.onnx"):
+        shutil.copy(MODELS / Path(name).name, originals / name)
+        save_model(fold(originals / name).model, folded / name)
+    shutil.copy(MODELS / "mlp.onnx", originals / "orphan.onnx")
+    result = invoke("validate", originals, folded, "--provider", "cpu", "-j", "2")
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"PASSED    {originals / 'mlp.onnx'} -> {folded / 'mlp.onnx'}: 1 output comparison(s) on cpu")
+    assert lines[1] == f"UNUSABLE  {originals / 'orphan.onnx'} -> {folded / 'orphan.onnx'}: {folded / 'orphan.onnx'}: no such file"
+    assert lines[2].startswith(f"PASSED    {originals / 'sub' / 'resnet_block.onnx'}")
+    assert lines[-1] == "2 of 3 pair(s) equivalent"
+    (originals / "orphan.onnx").unlink()
+    document = json.loads(invoke("validate", originals, folded, "--provider", "cpu", "--json").stdout)
+    assert document["normfold_report"] == "validate-batch" and document["exit_code"] == 0
+    assert invoke("validate", originals, "--provider", "cpu").exit_code == 2
