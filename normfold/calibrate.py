@@ -12,14 +12,17 @@ The result is the inference model with the new statistics (new initializers; sha
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from normfold.errors import NormfoldError, describe
+from normfold.fold import as_ir_model
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused
 from normfold.graph_walk import Scope, node_label
 from normfold.passes.set_inference_mode import SetInferenceModePass
@@ -58,7 +61,7 @@ class CalibrationResult:
 
 
 def calibrate(
-    model: ir.Model,
+    model: ir.Model | onnx.ModelProto | str | os.PathLike[str],
     batches: Sequence[dict[str, np.ndarray]],
     *,
     method: str = "cumulative",
@@ -66,7 +69,11 @@ def calibrate(
     provider: str = "cpu",
     progress: Callable[[Iterable[dict[str, np.ndarray]]], Iterable[dict[str, np.ndarray]]] = lambda b: b,
 ) -> CalibrationResult:
-    """Estimate running mean/variance of every main-graph BN from `batches` and write them into the model."""
+    """Estimate running mean/variance of every main-graph BN from `batches` and write them into the model.
+
+    `model` is a path, an onnx.ModelProto or an onnx_ir.Model (which is not modified).
+    """
+    model = as_ir_model(model)
     if method not in METHODS:
         raise NormfoldError(f"unknown method '{method}' (choose from {', '.join(METHODS)})", exit_code=2)
     if not batches:

@@ -75,7 +75,7 @@ def masked_model(model: ir.Model) -> tuple[ir.Model, ir.Model, list[_Site]]:
     return probe, inference, sites
 
 
-def monte_carlo(model: ir.Model, feeds: dict[str, np.ndarray], *, passes: int, seed: int = 0,
+def monte_carlo(model: ir.Model, feeds: dict[str, np.ndarray], *, passes: int = 50, seed: int = 0,
                 provider: str = "cpu") -> MonteCarloResult:
     """Run `passes` stochastic forward passes on `feeds` and summarize every output."""
     if passes < 2:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import io
 import functools
+import io
 import os
+import sys
 from pathlib import Path
 
 from normfold.errors import NormfoldError, describe
@@ -87,7 +88,8 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
         if name not in ort.get_available_providers():
             raise NormfoldError(f"{name} is not in this onnxruntime build ({ort.__version__}); install onnxruntime-gpu")
     try:
-        session = ort.InferenceSession(str(model_path), options, providers=[name])
+        with _quiet_stdout(provider != "cpu"):
+            session = ort.InferenceSession(str(model_path), options, providers=[name])
     except Exception as error:
         text = describe(error, 300)
         if provider == "cpu":
@@ -97,6 +99,23 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
     if session.get_providers()[0] != name:
         raise NormfoldError(f"{name} was requested but does not run here: {provider_failure_reason(provider)}")
     return session
+
+
+@contextlib.contextmanager
+def _quiet_stdout(active: bool):
+    """Silence file descriptor 1 while a GPU provider is probed: ONNX Runtime prints its fallback banner there."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def provider_failure_reason(provider: str) -> str:
