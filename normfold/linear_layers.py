@@ -13,7 +13,6 @@ from normfold.graph_walk import node_label
 from normfold.ranks import RankOracle
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FLOAT_KINDS = "f"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +63,7 @@ def read_linear_layer(node: ir.Node, ranks: RankOracle) -> LinearLayer | str:
     weight = constant_array(node.inputs[1])
     if weight is None:
         return f"{label}: " + why_not_constant(node.inputs[1], "its weight")
-    if weight.dtype.kind != FLOAT_KINDS and weight.dtype.name != "bfloat16":
+    if weight.dtype.kind != "f" and weight.dtype.name != "bfloat16":
         return f"{label} has a {weight.dtype.name} weight; only floating-point layers are folded"
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None
