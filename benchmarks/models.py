@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,13 +200,28 @@ def stack(depth: int, channels: int = 8, size: int = 16) -> onnx.ModelProto:
     return b.model(f"stack{depth}", ["batch", channels, size, size], x, ["batch", channels, size, size])
 
 
-def big(k: int = 16384, n: int = 33000) -> onnx.ModelProto:
-    """MatMul with a k x n float32 weight (2.16 GB by default) followed by a 2-D BN."""
-    b = Builder(5)
-    w = b.rng.standard_normal((k, n), dtype=np.float32)
-    x = b.batchnorm(b.node("MatMul", ["input", b.const(w, "w")]), n)
-    del w
-    return b.model("big", ["batch", k], x, ["batch", n])
+def write_big(path: Path, k: int = 16384, n: int = 33000) -> None:
+    """MatMul with a k x n float32 weight (2.16 GB by default) then a 2-D BN, written with external data.
+
+    Built with onnx_ir, because a ModelProto over 2 GB cannot be serialized.
+    """
+    g = np.random.default_rng(5)
+
+    def initializer(name: str, array: np.ndarray) -> ir.Value:
+        tensor = ir.tensor(array, name=name)
+        return ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+
+    weight = initializer("w", g.standard_normal((k, n), dtype=np.float32))
+    params = [initializer(name, a.astype(np.float32)) for name, a in (
+        ("scale", g.uniform(0.5, 1.5, n)), ("bias", g.normal(0, 0.2, n)), ("mean", g.normal(0, 0.5, n)),
+        ("var", g.uniform(0.5, 2.0, n)))]
+    x = ir.Value(name="input", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", k]))
+    matmul = ir.Node("", "MatMul", [x, weight], name="matmul")
+    bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *params], name="bn")
+    y = bn.outputs[0]
+    y.name, y.type, y.shape = "output", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", n])
+    graph = ir.Graph([x], [y], nodes=[matmul, bn], initializers=[weight, *params], opset_imports={"": 17}, name="big")
+    ir.save(ir.Model(graph, ir_version=8), path, external_data=f"{path.name}.data")
 
 
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -231,7 +247,19 @@ def write_model(name: str, folder: Path) -> Path:
     if name in TORCHVISION_EXPORTS:
         shutil.copyfile(REPO / "models" / f"{name}.onnx", path)
         return path
-    model = big() if name == "big" else BUILDERS[name]()
+    if name == "big":
+        staged = path.with_suffix(".tmp")
+        write_big(staged)
+        staged.with_name(f"{staged.name}.data").rename(path.with_name(f"{path.name}.data"))
+        model = onnx.load(str(staged), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = f"{path.name}.data"
+        onnx.save(model, str(path))
+        staged.unlink()
+        return path
+    model = BUILDERS[name]()
     external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     staged = path.with_suffix(".tmp")
     if external:
