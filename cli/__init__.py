@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from typing import Any
@@ -9,20 +10,34 @@ from typing import Any
 import click
 
 from normfold import __version__
-from normfold.cli.calibrate_command import calibrate_command
-from normfold.cli.check_command import check_command
-from normfold.cli.fold_command import fold_command
-from normfold.cli.mc_command import mc_command
-from normfold.cli.mode_command import mode_command
-from normfold.cli.validate_command import validate_command
 from normfold.errors import NormfoldError
+
+COMMANDS = {
+    "fold": "normfold.cli.fold_command:fold_command",
+    "validate": "normfold.cli.validate_command:validate_command",
+    "mode": "normfold.cli.mode_command:mode_command",
+    "calibrate": "normfold.cli.calibrate_command:calibrate_command",
+    "mc": "normfold.cli.mc_command:mc_command",
+    "check": "normfold.cli.check_command:check_command",
+}
 
 
 class _Group(click.Group):
     """Turns NormfoldError into one line on stderr and its exit code; bugs keep their traceback.
 
     SIGTERM becomes an exit that unwinds like Ctrl-C, so temporary files are removed on the way out.
+    Each command's module is imported only when that command runs (or help lists it), so `fold`
+    does not pay for the imports of `validate`, `calibrate` or `mc`.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def invoke(self, ctx: click.Context) -> Any:
         if threading.current_thread() is threading.main_thread():
@@ -47,9 +62,3 @@ def main() -> None:
     """
 
 
-main.add_command(fold_command)
-main.add_command(validate_command)
-main.add_command(mode_command)
-main.add_command(calibrate_command)
-main.add_command(mc_command)
-main.add_command(check_command)

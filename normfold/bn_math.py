@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import ml_dtypes
 import numpy as np
+
+from normfold.mapped_pages import release_pages
 
 # How a weight's axes map to channels.
 #   "conv":      Conv weight      [C_out, C_in/g, k...]
@@ -107,9 +109,9 @@ def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, gro
     if layout == "kn":
         total = np.zeros(weight.shape[1])
         for rows in _row_blocks(weight):
-            total += (_f64(weight[rows]) * factor(rows)).sum(axis=0)
+            total += (_read(weight, rows) * factor(rows)).sum(axis=0)
         return total
-    parts = [(_f64(weight[rows]) * factor(rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
+    parts = [(_read(weight, rows) * factor(rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
              for rows in _row_blocks(weight)]
     return np.concatenate(parts)
 
@@ -117,16 +119,50 @@ def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, gro
 def scale_and_round(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
     """weight * factor computed in float64 over row blocks and rounded once to `dtype`.
 
-    Returns (array, "") or (None, reason) when rounding would lose accuracy: a finite value that
-    overflows the dtype, or a weight pushed from the normal range into subnormals, where it keeps
-    less than the dtype's precision. Large weights use a thread per core (numpy releases the GIL).
+    Returns (array, "") or (None, reason) when rounding would lose accuracy (see `check_scale`).
+    Large weights use a thread per core (numpy releases the GIL).
     """
-    info = _finfo(dtype)
     out = np.empty(weight.shape, dtype=dtype)
+    reason = _scale_blocks(weight, factor, dtype, out)
+    return (None, reason) if reason else (out, "")
+
+
+def check_scale(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> str:
+    """Why weight * factor cannot be rounded to `dtype` ('' if it can), without keeping the result.
+
+    Rounding loses accuracy when a finite value overflows the dtype, or when a weight is pushed from
+    the normal range into subnormals, where it keeps less than the dtype's precision.
+    """
+    return _scale_blocks(weight, factor, dtype, None)
+
+
+def scaled_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """weight * factor rounded to `dtype`, row block by row block in order, a few blocks in memory at a time."""
+    blocks = _row_blocks(weight)
+    workers = _workers(len(blocks))
+
+    def rounded(rows: slice) -> np.ndarray:
+        exact = _read(weight, rows)
+        exact *= factor(rows)
+        with np.errstate(over="ignore"):
+            return exact.astype(dtype)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for first in range(0, len(blocks), workers):
+            yield from pool.map(rounded, blocks[first:first + workers])
+
+
+def _workers(blocks: int) -> int:
+    return max(1, min(os.cpu_count() or 1, 8, blocks))
+
+
+def _scale_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype, out: np.ndarray | None) -> str:
+    """Scale every row block (into `out` when given); the reason rounding to `dtype` fails, or ''."""
+    info = _finfo(dtype)
     limits = (float(info.max), float(info.smallest_normal))
     blocks = _row_blocks(weight)
     if len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        with ThreadPoolExecutor(max_workers=_workers(len(blocks))) as pool:
             counts = list(pool.map(lambda rows: _scale_block(weight, factor, out, rows, *limits), blocks))
     else:
         counts = [_scale_block(weight, factor, out, rows, *limits) for rows in blocks]
@@ -134,22 +170,23 @@ def scale_and_round(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tupl
     name = np.dtype(dtype).name
     if overflow:
         biggest = max(c[1] for c in counts)
-        return None, f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {limits[0]:.4g})"
+        return f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {limits[0]:.4g})"
     if pushed:
-        return None, (
+        return (
             f"folding pushes {pushed} weights below {name}'s smallest normal {limits[1]:.3g}, "
             "losing precision beyond the dtype's rounding"
         )
-    return out, ""
+    return ""
 
 
-def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray, rows: slice, largest_allowed: float,
+def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray | None, rows: slice, largest_allowed: float,
                  tiny: float) -> tuple[int, float, int]:
-    """Fill out[rows]; return (overflowing values, largest of them, weights pushed into subnormals)."""
+    """Fill out[rows] (if out is given); return (overflowing values, largest of them, weights pushed into subnormals)."""
     exact = _f64(weight[rows])
     exact *= factor(rows)
-    with np.errstate(over="ignore"):
-        out[rows] = exact
+    if out is not None:
+        with np.errstate(over="ignore"):
+            out[rows] = exact
     if not exact.size:
         return 0, 0.0, 0
     magnitude = np.abs(exact, out=exact)
@@ -159,6 +196,7 @@ def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray, rows: slic
         overflow, biggest = int(bad.sum()), float(magnitude[bad].max())
     small = (magnitude < tiny) & (magnitude > 0)
     pushed = int((small & (np.abs(_f64(weight[rows])) >= tiny)).sum()) if small.any() else 0
+    release_pages(weight[rows])
     return overflow, biggest, pushed
 
 
@@ -180,6 +218,13 @@ def _row_blocks(array: np.ndarray) -> list[slice]:
 
 def _finfo(dtype: np.dtype):
     return ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
+
+
+def _read(weight: np.ndarray, rows: slice) -> np.ndarray:
+    """Rows of a weight in float64, their mapped pages released."""
+    exact = _f64(weight[rows])
+    release_pages(weight[rows])
+    return exact
 
 
 def _f64(array: np.ndarray) -> np.ndarray:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from normfold.errors import EXIT_MISMATCH, NormfoldError
 from normfold.fold import FoldResult, fold
 from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
-from normfold.validate import ValidationReport, validate
-from normfold.validate.stochastic import NotComparableError
+
+if TYPE_CHECKING:
+    from normfold.validate import ValidationReport
 
 
 @dataclasses.dataclass
@@ -66,7 +67,13 @@ def fold_file(
 
 def _validate(source: Path, staged: Path, result: FoldResult, external: bool, kwargs: dict[str, Any],
               outcome: FoldFileResult) -> ValidationReport:
-    """Validate the staged output against the input (or, after --eval, against the input in inference mode)."""
+    """Validate the staged output against the input (or, after --eval, against the input in inference mode).
+
+    Imported here: with validation off, `normfold fold` never loads the validation code.
+    """
+    from normfold.validate import validate
+    from normfold.validate.stochastic import NotComparableError
+
     with tempfile.TemporaryDirectory(prefix="normfold-eval-") as folder:
         reference = source
         if result.inference_model is not None:

@@ -80,14 +80,18 @@ def _scope_values(scope: Scope) -> Iterable[ir.Value]:
 
 
 def add_constant(
-    scope: Scope, before: ir.Node, array: np.ndarray, name: str, names: NameSource
+    scope: Scope, before: ir.Node, array: np.ndarray | ir.TensorProtocol, name: str, names: NameSource
 ) -> ir.Value:
-    """A new constant holding `array`: an initializer in the main graph, a Constant node elsewhere.
+    """A new constant holding `array` (or a tensor): an initializer in the main graph, a Constant node elsewhere.
 
     Subgraphs and functions get Constant nodes because functions cannot hold initializers and
     runtimes handle subgraph initializers unevenly.
     """
-    tensor = ir.tensor(array, name=name)
+    if isinstance(array, np.ndarray):
+        tensor: ir.TensorProtocol = ir.Tensor(np.ascontiguousarray(array), name=name)
+    else:
+        tensor = array
+        tensor.name = name
     if scope.is_main:
         value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
         assert isinstance(scope.body, ir.Graph)

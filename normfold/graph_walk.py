@@ -34,9 +34,15 @@ def iter_scopes(model: ir.Model) -> Iterator[Scope]:
         yield from _with_subgraphs(Scope(name, function, function_opset))
 
 
+# Standard-domain operators that hold subgraphs; every other standard operator is skipped unread.
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def _with_subgraphs(scope: Scope) -> Iterator[Scope]:
     yield scope
     for node in list(scope.body):
+        if not node.attributes or (node.domain in ("", "ai.onnx") and node.op_type not in _CONTROL_FLOW):
+            continue
         for attr in node.attributes.values():
             if attr.is_ref():
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +15,7 @@ from onnx_ir import serde
 from onnx_ir import external_data as ir_external_data
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
+from normfold.graph_walk import iter_scopes
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -31,8 +33,7 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise NormfoldError(f"{path}: not a readable ONNX model ({describe(error)})") from None
     if not proto.graph.node and not proto.graph.output:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
-    _check_external_data(proto, path)
-    _check_tensor_sizes(proto, path)
+    _check_tensors(proto, path)
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:  # the checker also fails with UnicodeDecodeError on corrupt names
@@ -51,66 +52,79 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     return model
 
 
-def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse external data that is missing, too short, or outside the model's folder, before reading it."""
+def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse, before reading any of it, tensor data that is missing, too short or outside the model's folder.
+
+    Inline tensors must hold exactly the bytes their shape needs (onnx's checker does not look);
+    external ones must stay inside the model's folder and fit in their file.
+    """
     folder = path.parent.resolve()
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if not onnx.external_data_helper.uses_external_data(tensor):
-            continue
-        info = onnx.external_data_helper.ExternalDataInfo(tensor)
-        location = info.location
-        target = (path.parent / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(folder):
-            raise NormfoldError(
-                f"{path}: tensor '{tensor.name}' points outside the model's folder for its data ('{location}')"
-            )
-        if not target.is_file():
-            raise NormfoldError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing")
-        offset = int(info.offset or 0)
-        length = int(info.length) if info.length else _stored_bytes(tensor)
-        if offset + length > target.stat().st_size:
-            raise NormfoldError(
-                f"{path}: external data file '{location}' is too short for tensor '{tensor.name}'"
-            )
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external_tensor(tensor, path, folder)
+        elif tensor.HasField("raw_data"):
+            expected = _stored_bytes(tensor)
+            if expected and len(tensor.raw_data) != expected:
+                raise NormfoldError(
+                    f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
+                    f"{list(tensor.dims)} needs {expected}"
+                )
 
 
-def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse tensors whose stored bytes do not fill their shape (onnx's checker does not look)."""
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if onnx.external_data_helper.uses_external_data(tensor) or not tensor.HasField("raw_data"):
-            continue
-        expected = _stored_bytes(tensor)
-        if expected and len(tensor.raw_data) != expected:
-            raise NormfoldError(
-                f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
-                f"{list(tensor.dims)} needs {expected}"
-            )
+def _check_external_tensor(tensor: onnx.TensorProto, path: Path, folder: Path) -> None:
+    info = onnx.external_data_helper.ExternalDataInfo(tensor)
+    location = info.location
+    target = (path.parent / location).resolve()
+    if os.path.isabs(location) or not target.is_relative_to(folder):
+        raise NormfoldError(
+            f"{path}: tensor '{tensor.name}' points outside the model's folder for its data ('{location}')"
+        )
+    if not target.is_file():
+        raise NormfoldError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing")
+    offset = int(info.offset or 0)
+    length = int(info.length) if info.length else _stored_bytes(tensor)
+    if offset + length > target.stat().st_size:
+        raise NormfoldError(
+            f"{path}: external data file '{location}' is too short for tensor '{tensor.name}'"
+        )
+
+
+_UNSIZED = {"STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(data_type: int) -> int:
+    """Bytes per element of an ONNX dtype (0 for strings, packed sub-byte and unknown types)."""
+    try:
+        if onnx.TensorProto.DataType.Name(data_type) in _UNSIZED:
+            return 0
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0
 
 
 def _stored_bytes(tensor: onnx.TensorProto) -> int:
     """Bytes a tensor's raw data takes, from its dims and dtype (0 for strings and packed sub-byte types)."""
-    unsized = {"STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
-    if onnx.TensorProto.DataType.Name(tensor.data_type) in unsized:
+    itemsize = _itemsize(tensor.data_type)
+    if not itemsize:
         return 0
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return 0
-    return itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return itemsize * count
 
 
 def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
     """Every tensor of the model stored outside the .onnx file: initializers of every graph, attribute tensors."""
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attr in node.attributes.values():
-            if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
-                yield attr.value
-    graphs = [model.graph] + [a.value for n in ir.traversal.RecursiveGraphIterator(model.graph)
-                              for a in n.attributes.values() if not a.is_ref() and a.type == ir.AttributeType.GRAPH]
-    for graph in graphs:
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                yield value.const_value
+    for scope in iter_scopes(model):
+        if isinstance(scope.body, ir.Graph):
+            for value in scope.body.initializers.values():
+                if isinstance(value.const_value, ir.ExternalTensor):
+                    yield value.const_value
+        for node in scope.body:
+            for attr in node.attributes.values() if node.attributes else ():
+                if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    yield attr.value
 
 
 def has_external_data(model: ir.Model) -> bool:

@@ -15,9 +15,11 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.bn_math import (
-    Affine, bn_affine, input_factor, input_shift_response, output_factor, round_once, scale_and_round,
+    Affine, Factor, bn_affine, check_scale, input_factor, input_shift_response, output_factor, round_once,
+    scale_and_round,
 )
 from normfold.errors import NormfoldError
+from normfold.folded_tensor import STREAM_BYTES, FoldedTensor
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over, why_not_constant
 from normfold.graph_walk import Scope, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
@@ -34,7 +36,7 @@ class _Edit:
     """A checked rewrite, with every new tensor already rounded: applying it cannot fail."""
 
     layer: LinearLayer
-    weight: np.ndarray
+    weight: np.ndarray | FoldedTensor
     bias: np.ndarray
     direction: str
     add_node: ir.Node | None = None
@@ -250,13 +252,21 @@ def _rounded(
     add_node: ir.Node | None, to_gemm: bool, keep_add: bool,
 ) -> _Edit | str:
     dtype = layer.weight.dtype
-    new_weight, reason = scale_and_round(layer.weight, factor, dtype)
+    new_weight, reason = _scaled_weight(layer.weight, factor, dtype)
     if new_weight is None:
         return f"{layer.label}: {reason}"
     new_bias, reason = round_once(bias, dtype)
     if new_bias is None:
         return f"{layer.label}: {reason}"
     return _Edit(layer, new_weight, new_bias, direction, add_node, to_gemm, keep_add)
+
+
+def _scaled_weight(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | FoldedTensor | None, str]:
+    """The folded weight, or why it cannot be rounded; from STREAM_BYTES on, computed only when written."""
+    if weight.nbytes < STREAM_BYTES:
+        return scale_and_round(weight, factor, dtype)
+    reason = check_scale(weight, factor, dtype)
+    return (None, reason) if reason else (FoldedTensor(weight, factor, dtype), "")
 
 
 def _split_add(add: ir.Node) -> tuple[ir.Value, np.ndarray] | str:
