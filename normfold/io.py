@@ -6,7 +6,9 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +22,33 @@ from normfold.graph_walk import iter_scopes
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """The checked ModelProto of an ONNX file, external data not loaded; any problem is a NormfoldError."""
+    proto = _parse(Path(path))
+    _run_checker(Path(path))
+    return proto
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError.
+
+    onnx's checker (C++, it releases the GIL) reads the file in a second thread while onnx_ir
+    deserializes the parsed proto; an invalid model is reported as invalid before anything else.
+    """
     path = Path(path)
+    proto = _parse(path)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(_run_checker, path)
+        try:
+            model = serde.deserialize_model(proto)
+        except Exception as error:  # corrupt fields the checker lets through
+            checked.result()
+            raise NormfoldError(f"{path}: the model cannot be read: {describe(error)}") from None
+        checked.result()
+    ir_external_data.set_base_dir(model.graph, str(path.parent))
+    return model
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
     if not path.exists():
         raise NormfoldError(f"{path}: no such file")
     if not path.is_file():
@@ -34,22 +62,14 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
     _check_tensors(proto, path)
+    return proto
+
+
+def _run_checker(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:  # the checker also fails with UnicodeDecodeError on corrupt names
         raise NormfoldError(f"{path}: invalid ONNX model: {describe(error)}") from None
-    return proto
-
-
-def load_model(path: str | os.PathLike[str]) -> ir.Model:
-    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError."""
-    proto = read_model_proto(path)
-    try:
-        model = serde.deserialize_model(proto)
-    except Exception as error:  # corrupt fields the checker lets through
-        raise NormfoldError(f"{path}: the model cannot be read: {describe(error)}") from None
-    ir_external_data.set_base_dir(model.graph, str(Path(path).parent))
-    return model
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
@@ -177,8 +197,7 @@ def save_model(
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
             staged = Path(staging) / path.name
-            _serialize(model, staged, data_name, path)
-            _full_check(staged, path)
+            _write_checked(model, staged, data_name, path)
             if verify is not None:
                 verify(staged)
             os.chmod(staged, 0o666 & ~_umask())
@@ -194,10 +213,27 @@ def save_model(
             old.unlink(missing_ok=True)
 
 
-def _serialize(model: ir.Model, staged: Path, data_name: str | None, path: Path) -> None:
-    """ir.save, with a model that cannot be serialized (e.g. a corrupt string in the input) as a user error."""
+def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: Path) -> None:
+    """Serialize the model to `staged` and run onnx's full check on it.
+
+    Without external data the checker reads the serialized bytes in a second thread while they
+    are written (it releases the GIL); with external data it reads the staged files afterwards.
+    """
+    if data_name is not None:
+        _serialize(lambda: ir.save(model, staged, external_data=data_name), path)
+        _full_check(str(staged), path)
+        return
+    data = _serialize(lambda: serde.serialize_model(model).SerializeToString(), path)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(_full_check, data, path)
+        staged.write_bytes(data)
+        checked.result()
+
+
+def _serialize(write: Callable[[], Any], path: Path) -> Any:
+    """Run a serialization; a model that cannot be serialized (e.g. a corrupt string in the input) is a user error."""
     try:
-        ir.save(model, staged, external_data=data_name)
+        return write()
     except ir.serde.SerdeError as error:
         cause: BaseException = error
         while cause.__cause__ is not None:
@@ -205,9 +241,9 @@ def _serialize(model: ir.Model, staged: Path, data_name: str | None, path: Path)
         raise NormfoldError(f"{path}: the model cannot be written: {describe(cause)}") from None
 
 
-def _full_check(staged: Path, path: Path) -> None:
+def _full_check(model: str | bytes, path: Path) -> None:
     try:
-        onnx.checker.check_model(str(staged), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise NormfoldError(
             f"{path}: the result fails onnx's full model check (shape inference), so nothing was written: "
