@@ -1,15 +1,21 @@
-"""Running one job per model: in order, in parallel processes with -j, with a progress bar on a terminal."""
+"""Running one job per model (in order, in parallel processes with -j, with a progress bar on a terminal),
+and the few facts about a validation or an error that both batch modes put in their rows."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from normfold.validate import OutputComparison, ValidationReport
 
 Item = TypeVar("Item")
 
@@ -29,3 +35,37 @@ def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any
         for item, result in zip(items, results):
             bar.update(1)
             yield item, result
+
+
+def worst_comparison(report: ValidationReport) -> OutputComparison | None:
+    """The comparison a row shows: failures before passes, then the largest max abs error (no figures = largest)."""
+    return max(report.comparisons, default=None,
+               key=lambda c: (not c.passed, c.metrics.max_abs if c.metrics is not None else math.inf))
+
+
+def max_abs(comparison: OutputComparison | None) -> float | None:
+    """The comparison's max abs error, None when there is none (no comparison, or outputs not comparable)."""
+    return comparison.metrics.max_abs if comparison is not None and comparison.metrics is not None else None
+
+
+def figure(value: float | None) -> str:
+    """A max abs error for a table cell: three significant digits, '-' when there is none."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+def failure_reason(comparison: OutputComparison) -> str:
+    """Why one output failed, in a few words: what exceeds tolerance, then its problem (shape, dtype, float64 check)."""
+    metrics = comparison.metrics
+    counts = [] if metrics is None else [(metrics.violations, "element(s) beyond tolerance"),
+                                         (metrics.nan_mismatch, "NaN mismatch(es)"),
+                                         (metrics.inf_mismatch, "Inf mismatch(es)")]
+    parts = [f"{count} {what}" for count, what in counts if count] + [comparison.problem]
+    return f"output '{comparison.output}' ({comparison.section}): {', '.join(part for part in parts if part)}"
+
+
+def error_reason(error: Exception, *paths: Path) -> str:
+    """The error's text without a leading 'PATH: ' naming a file the row already shows."""
+    text = str(error)
+    for path in paths:
+        text = text.removeprefix(f"{path}: ")
+    return text

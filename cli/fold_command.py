@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from normfold.cli.batch import run_batch
+from normfold.cli.batch import error_reason, failure_reason, figure, max_abs, run_batch, worst_comparison
+from normfold.cli.batch_table import render_table, shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
+
+if TYPE_CHECKING:
+    from normfold.validate import OutputComparison
 
 
 def default_output(model_path: Path) -> Path:
@@ -101,28 +105,83 @@ def _print(outcome: FoldFileResult, as_json: bool) -> None:
         click.echo(f"wrote {outcome.target}")
 
 
+FOLD_HEADER = ("MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VALIDATION", "MAX ABS", "EXIT",
+               "REASON")
+
+
 def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: bool) -> int:
-    """One line per model, a progress bar on a terminal (plain lines in CI logs), a count; the worst exit code."""
-    rows: list[tuple[str, str, str]] = []
-    worst = EXIT_OK
-    for path, (status, detail, code) in run_batch(_fold_quietly, files, settings, jobs, "folding", not as_json):
-        worst = max(worst, code)
-        rows.append((status, str(path), detail))
+    """One line per model as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
+    rows: list[dict[str, Any]] = []
+    for _, row in run_batch(_fold_quietly, files, settings, jobs, "folding", not as_json):
+        rows.append(row)
         if not as_json:
-            click.echo(f"{status:9} {path}: {detail}")
+            click.echo(f"{row['status']:9} {row['path']}: {row['detail']}")
+    worst = max(row["exit_code"] for row in rows)
     if as_json:
-        click.echo(json.dumps({"normfold_report": "fold-batch", "version": 1, "exit_code": worst,
-                               "models": [{"status": s, "path": p, "detail": d} for s, p, d in rows]}, indent=2))
-    else:
-        click.echo(f"{sum(s == 'FOLDED' for s, _, _ in rows)} of {len(rows)} model(s) folded and written")
+        click.echo(json.dumps({"normfold_report": "fold-batch", "version": 1, "exit_code": worst, "models": rows},
+                              indent=2))
+        return worst
+    click.echo()
+    for line in render_table(FOLD_HEADER, [_fold_cells(row) for row in rows]):
+        click.echo(line)
+    click.echo(f"{sum(row['status'] == 'FOLDED' for row in rows)} of {len(rows)} model(s) folded and written")
     return worst
 
 
-def _fold_quietly(path: Path, settings: dict[str, Any]) -> tuple[str, str, int]:
-    """Fold one model of a batch; never raises for a user error (it becomes the row)."""
+def _fold_cells(row: dict[str, Any]) -> list[str]:
+    """One table row: counts as x/y, '-' where there is nothing to show, the reason shortened."""
+    s = row["summary"]
+    counts = ["-", "-", "-"] if s is None else [
+        f"{s['batchnorm_folded']}/{s['batchnorm_total']}", f"{s['dropout_stripped']}/{s['dropout_total']}",
+        f"{s['nodes_before']} -> {s['nodes_after']}"]
+    return [row["path"], row["status"], *counts, row["validation"] or "-", figure(row["max_abs"]),
+            str(row["exit_code"]), shorten(row["reason"] or "")]
+
+
+def _fold_quietly(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Fold one model of a batch into a plain (picklable) row; a user error becomes the row, never an exception."""
+    target = path if settings["in_place"] else default_output(path)
     try:
-        outcome = fold_file(path, path if settings["in_place"] else default_output(path), **settings)
+        return _fold_row(path, fold_file(path, target, **settings), None)
+    except NotWrittenError as error:
+        return _fold_row(path, error.partial, error)
     except NormfoldError as error:
-        return "FAILED", str(error), error.exit_code
+        return _fold_row(path, None, error)
+
+
+def _fold_row(path: Path, outcome: FoldFileResult | None, error: NormfoldError | None) -> dict[str, Any]:
+    """The row's facts: status, counts, validation verdict and worst error, exit code, reason, where it wrote."""
+    report = outcome.validation if outcome is not None else None
+    worst = worst_comparison(report) if report is not None else None
+    return {"status": "FAILED" if error else "FOLDED", "path": str(path), "detail": _fold_detail(outcome, error),
+            "exit_code": error.exit_code if error else EXIT_OK,
+            "output": str(outcome.target) if outcome is not None and outcome.written else None,
+            "summary": outcome.fold.to_dict()["summary"] if outcome is not None else None,
+            "validation": _verdict(outcome, error), "max_abs": max_abs(worst),
+            "reason": _fold_reason(path, worst, error)}
+
+
+def _fold_detail(outcome: FoldFileResult | None, error: NormfoldError | None) -> str:
+    """The per-model line's text: the fold summary and where it wrote, or the error."""
+    if error is not None or outcome is None:
+        return str(error)
     verdict = "validated" if outcome.validation is not None else "not validated"
-    return "FOLDED", f"{outcome.fold.summary()}; {verdict}; wrote {outcome.target}", EXIT_OK
+    return f"{outcome.fold.summary()}; {verdict}; wrote {outcome.target}"
+
+
+def _verdict(outcome: FoldFileResult | None, error: NormfoldError | None) -> str | None:
+    """passed / failed / not validated, 'error' when validation could not run, None when nothing was folded."""
+    if outcome is None:
+        return None
+    if outcome.validation is None:
+        return "error" if error is not None else "not validated"
+    return "passed" if outcome.validation.passed else "failed"
+
+
+def _fold_reason(path: Path, worst: OutputComparison | None, error: NormfoldError | None) -> str | None:
+    """Why the model failed: the worst differing output, or the error without the model's path."""
+    if error is None:
+        return None
+    if worst is not None and not worst.passed:
+        return failure_reason(worst)
+    return error_reason(error, path)

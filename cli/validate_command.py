@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from normfold.cli.batch import run_batch
+from normfold.cli.batch import error_reason, failure_reason, figure, max_abs, run_batch, worst_comparison
+from normfold.cli.batch_table import render_table, shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
-from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
-from normfold.validate import validate
+from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.validate import ValidationReport, validate
 
 
 @click.command("validate")
@@ -46,31 +47,60 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
     ctx.exit(report.return_code)
 
 
+VALIDATE_HEADER = ("REFERENCE", "CANDIDATE", "STATUS", "MAX ABS", "WORST OUTPUT", "PROVIDERS", "EXIT", "REASON")
+
+
 def _validate_folders(reference: Path, candidate: Path, kwargs: dict[str, Any], jobs: int, as_json: bool) -> int:
+    """One line per pair as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
     pairs = [(path, candidate / path.relative_to(reference)) for path in sorted(reference.rglob("*.onnx"))]
     if not pairs:
         raise NormfoldError(f"{reference}: no .onnx files", exit_code=EXIT_USAGE)
-    rows, worst = [], EXIT_OK
-    for (ref, cand), (status, detail, code) in run_batch(_validate_pair, pairs, kwargs, jobs, "validating", not as_json):
-        worst = max(worst, code)
-        rows.append({"status": status, "reference": str(ref), "candidate": str(cand), "detail": detail})
+    rows: list[dict[str, Any]] = []
+    for _, row in run_batch(_validate_pair, pairs, kwargs, jobs, "validating", not as_json):
+        rows.append(row)
         if not as_json:
-            click.echo(f"{status:9} {ref} -> {cand}: {detail}")
+            click.echo(f"{row['status']:9} {row['reference']} -> {row['candidate']}: {row['detail']}")
+    worst = max(row["exit_code"] for row in rows)
     if as_json:
         click.echo(json.dumps({"normfold_report": "validate-batch", "version": 1, "exit_code": worst, "pairs": rows},
                               indent=2))
-    else:
-        click.echo(f"{sum(r['status'] == 'PASSED' for r in rows)} of {len(rows)} pair(s) equivalent")
+        return worst
+    click.echo()
+    for line in render_table(VALIDATE_HEADER, [_validate_cells(row) for row in rows]):
+        click.echo(line)
+    click.echo(f"{sum(row['status'] == 'PASSED' for row in rows)} of {len(rows)} pair(s) equivalent")
     return worst
 
 
-def _validate_pair(pair: tuple[Path, Path], kwargs: dict[str, Any]) -> tuple[str, str, int]:
-    """One pair of a folder comparison; a user error becomes the row, never an exception."""
+def _validate_cells(row: dict[str, Any]) -> list[str]:
+    """One table row: the worst output's max abs error and name, '-' where nothing was compared, the reason shortened."""
+    output = "-" if row["worst_output"] is None else f"{row['worst_output']} [{row['worst_section']}]"
+    providers = ",".join(row["providers"]) if row["providers"] else "-"
+    return [row["reference"], row["candidate"], row["status"], figure(row["max_abs"]), output, providers,
+            str(row["exit_code"]), shorten(row["reason"] or "")]
+
+
+def _validate_pair(pair: tuple[Path, Path], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One pair of a folder comparison as a plain (picklable) row; a user error becomes the row, never an exception."""
     reference, candidate = pair
+    row = {"reference": str(reference), "candidate": str(candidate)}
     try:
         report = validate(reference, candidate, **kwargs)
     except NormfoldError as error:
-        return "UNUSABLE", str(error), error.exit_code
+        return row | {"status": "UNUSABLE", "detail": str(error), "exit_code": error.exit_code, "providers": None,
+                      "outputs_compared": None, "worst_output": None, "worst_section": None, "max_abs": None,
+                      "reason": error_reason(error, reference, candidate)}
+    return row | _report_facts(report)
+
+
+def _report_facts(report: ValidationReport) -> dict[str, Any]:
+    """A validation report's row fields: verdict, exit code, providers, the worst output and its max abs error."""
+    worst = worst_comparison(report)
     if report.passed:
-        return "PASSED", f"{len(report.comparisons)} output comparison(s) on {', '.join(report.providers)}", EXIT_OK
-    return "FAILED", report.failures[0].to_line(), report.return_code
+        detail = f"{len(report.comparisons)} output comparison(s) on {', '.join(report.providers)}"
+    else:
+        detail = report.failures[0].to_line() if report.failures else "no output compared"
+    return {"status": "PASSED" if report.passed else "FAILED", "detail": detail, "exit_code": report.return_code,
+            "providers": list(report.providers), "outputs_compared": len(report.comparisons),
+            "worst_output": worst.output if worst else None, "worst_section": worst.section if worst else None,
+            "max_abs": max_abs(worst), "reason": None if report.passed or worst is None else failure_reason(worst)}

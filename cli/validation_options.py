@@ -17,7 +17,9 @@ def validation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the validation options to a click command (they arrive as keyword arguments)."""
     options = [
         click.option("--provider", "providers", multiple=True, type=click.Choice(PROVIDER_CHOICES),
-                     help="Execution provider, repeatable (default auto: CUDA when it really runs, else CPU)."),
+                     help="Execution provider, repeatable (default auto: CUDA when it really runs, else CPU). "
+                          "reference: no ONNX Runtime, both models on onnx's reference evaluator in float64 "
+                          "(e.g. bfloat16 models, which ONNX Runtime's CPU build cannot run)."),
         click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="disable", show_default=True,
                      help="ONNX Runtime graph optimization level for both models."),
         click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",

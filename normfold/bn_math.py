@@ -10,6 +10,7 @@ Every folded tensor is computed here in float64 and rounded once to the weight's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -158,8 +159,7 @@ def _workers(blocks: int) -> int:
 
 def _scale_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype, out: np.ndarray | None) -> str:
     """Scale every row block (into `out` when given); the reason rounding to `dtype` fails, or ''."""
-    info = _finfo(dtype)
-    limits = (float(info.max), float(info.smallest_normal))
+    limits = _limits(np.dtype(dtype))
     blocks = _row_blocks(weight)
     if len(blocks) > 1:
         with ThreadPoolExecutor(max_workers=_workers(len(blocks))) as pool:
@@ -167,6 +167,8 @@ def _scale_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype, out: np.n
     else:
         counts = [_scale_block(weight, factor, out, rows, *limits) for rows in blocks]
     overflow, pushed = sum(c[0] for c in counts), sum(c[2] for c in counts)
+    if not overflow and not pushed:
+        return ""
     name = np.dtype(dtype).name
     if overflow:
         biggest = max(c[1] for c in counts)
@@ -216,8 +218,11 @@ def _row_blocks(array: np.ndarray) -> list[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _finfo(dtype: np.dtype):
-    return ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
+@functools.lru_cache(maxsize=None)
+def _limits(dtype: np.dtype) -> tuple[float, float]:
+    """(largest finite value, smallest normal) of a float dtype, bfloat16 included."""
+    info = ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
+    return float(info.max), float(info.smallest_normal)
 
 
 def _read(weight: np.ndarray, rows: slice) -> np.ndarray:

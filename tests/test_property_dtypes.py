@@ -1,5 +1,9 @@
 """Property test across dtypes and opsets: random Conv/ConvTranspose/Gemm/MatMul + BN (+ Dropout) graphs in
-float32 or float16, opset 9-17, go through `normfold.fold` and `normfold.validate` with zero mismatches.
+float32, float16 or bfloat16, opset 9-22, go through `normfold.fold` and `normfold.validate` with zero mismatches.
+
+bfloat16 graphs use only the opsets whose operators accept it (BatchNormalization from 15, Gemm/MatMul
+from 13, Conv/ConvTranspose from 22) and are validated with providers=["reference"] (onnx's evaluator in
+float64): ONNX Runtime's CPU build has no bfloat16 kernels for them. float32/float16 run on the CPU provider.
 
     NORMFOLD_HYPOTHESIS_EXAMPLES=2000 pytest tests/test_property_dtypes.py    # a longer search
 """
@@ -10,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 from hypothesis import given, settings
@@ -20,15 +25,26 @@ import normfold
 from normfold.validate import validate
 
 EXAMPLES = max(60, int(os.environ.get("NORMFOLD_HYPOTHESIS_EXAMPLES", "60")) // 3)
-DTYPES = {"float32": (onnx.TensorProto.FLOAT, np.float32), "float16": (onnx.TensorProto.FLOAT16, np.float16)}
+DTYPES = {"float32": (onnx.TensorProto.FLOAT, np.float32), "float16": (onnx.TensorProto.FLOAT16, np.float16),
+          "bfloat16": (onnx.TensorProto.BFLOAT16, ml_dtypes.bfloat16)}
+OPSETS = [9, 11, 13, 15, 17, 22]
+BFLOAT16_SINCE = {"Conv": 22, "ConvTranspose": 22, "Gemm": 13, "MatMul": 13, "BatchNormalization": 15}
+
+
+def _opsets(kind: str, dtype: str) -> list[int]:
+    """The opsets in OPSETS whose layer and BatchNormalization accept the dtype."""
+    if dtype != "bfloat16":
+        return OPSETS
+    return [o for o in OPSETS if o >= max(BFLOAT16_SINCE[kind], BFLOAT16_SINCE["BatchNormalization"])]
 
 
 @st.composite
-def layer_bn_models(draw: st.DrawFn) -> onnx.ModelProto:
-    """One linear layer, BN after it, optionally a Dropout; random sizes, dtype and opset."""
+def layer_bn_models(draw: st.DrawFn, dtypes: tuple[str, ...] = tuple(sorted(DTYPES))) -> onnx.ModelProto:
+    """One linear layer, BN after it, optionally a Dropout; random sizes, dtype (among `dtypes`) and opset."""
     kind = draw(st.sampled_from(["Conv", "ConvTranspose", "Gemm", "MatMul"]))
-    elem, np_dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
-    opset = draw(st.sampled_from([9, 11, 13, 15, 17]))
+    dtype = draw(st.sampled_from(dtypes))
+    elem, np_dtype = DTYPES[dtype]
+    opset = draw(st.sampled_from(_opsets(kind, dtype)))
     seed = draw(st.integers(0, 2**16))
     g = np.random.default_rng(seed)
     c_in, c_out = draw(st.integers(1, 6)), draw(st.integers(1, 6))
@@ -63,7 +79,7 @@ def layer_bn_models(draw: st.DrawFn) -> onnx.ModelProto:
                               [helper.make_tensor_value_info(out, elem, None)],
                               [numpy_helper.from_array(v.astype(np_dtype), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
+    model.ir_version = 10 if opset >= 22 else 7
     inferred = onnx.shape_inference.infer_shapes(model)
     model.graph.output[0].CopyFrom(inferred.graph.output[0])
     return model
@@ -72,6 +88,17 @@ def layer_bn_models(draw: st.DrawFn) -> onnx.ModelProto:
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
 @given(layer_bn_models())
 def test_fold_then_validate_has_no_mismatch(model: onnx.ModelProto) -> None:
+    _fold_then_validate(model)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(layer_bn_models(dtypes=("bfloat16",)))
+def test_bfloat16_fold_then_validate_on_the_reference_evaluator(model: onnx.ModelProto) -> None:
+    """bfloat16 alone, so every layer kind and its opsets are drawn in bfloat16 on every run."""
+    _fold_then_validate(model)
+
+
+def _fold_then_validate(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
     result = normfold.fold(model)
     records = {r.op_type: r for r in result.records}
@@ -81,5 +108,7 @@ def test_fold_then_validate_has_no_mismatch(model: onnx.ModelProto) -> None:
         original, folded = Path(folder) / "m.onnx", Path(folder) / "f.onnx"
         onnx.save(model, original)
         normfold.save_model(result.model, folded)
-        report = validate(original, folded, providers=["cpu"], samples=2)
+        bf16 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+        report = validate(original, folded, providers=["reference" if bf16 else "cpu"], samples=2)
+    assert report.providers == (["onnx-reference (float64)"] if bf16 else ["cpu"])
     assert report.passed, "\n".join(report.lines())

@@ -3,6 +3,9 @@
 "Really works" is decided by creating a session and reading `get_providers()`: onnxruntime-gpu lists
 CUDA and TensorRT as available on machines without a GPU, and a session asked for CUDA alone then
 silently runs on CPU. A provider that was asked for and does not run is an error with its reason.
+
+The choice `reference` is no ONNX Runtime provider: it runs both models on onnx's reference evaluator
+in float64 (reference_runner.py), for models ONNX Runtime has no kernels for. Only asking for it selects it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+REFERENCE = "reference"
+REFERENCE_LABEL = "onnx-reference (float64)"
+PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES, REFERENCE)
+REFERENCE_HINT = "--provider reference validates on onnx's reference evaluator in float64 instead"
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -38,6 +44,11 @@ class ProviderChoice:
     def ort_name(self) -> str:
         """ONNX Runtime's name for the provider."""
         return PROVIDER_NAMES[self.key]
+
+    @property
+    def label(self) -> str:
+        """The name reports give it: the key, or 'onnx-reference (float64)'."""
+        return REFERENCE_LABEL if self.key == REFERENCE else self.key
 
 
 def _ort():
@@ -70,8 +81,12 @@ def _driver_missing() -> bool:
     return False
 
 
-def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
-    """An InferenceSession on `provider` (a key of PROVIDER_NAMES) that provably runs there."""
+def open_session(model_path: Path, provider: str, opt_level: str = "disable", *, suggest_reference: bool = False):
+    """An InferenceSession on `provider` (a key of PROVIDER_NAMES) that provably runs there.
+
+    With `suggest_reference` (validation), an error for an operator ONNX Runtime has no kernel for
+    (bfloat16 Conv on CPU, say) ends with the hint to use --provider reference.
+    """
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = {
@@ -92,13 +107,21 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable"):
             session = ort.InferenceSession(str(model_path), options, providers=[name])
     except Exception as error:
         text = describe(error, 300)
+        missing = suggest_reference and _kernel_missing(error)
         if provider == "cpu":
-            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} "
-                                "(--no-validate skips validation)") from None
-        raise NormfoldError(f"{name} failed to create a session: {text}") from None
+            advice = "--no-validate skips validation" + (f"; {REFERENCE_HINT}" if missing else "")
+            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} ({advice})") from None
+        suffix = f" ({REFERENCE_HINT})" if missing else ""
+        raise NormfoldError(f"{name} failed to create a session: {text}{suffix}") from None
     if session.get_providers()[0] != name:
         raise NormfoldError(f"{name} was requested but does not run here: {provider_failure_reason(provider)}")
     return session
+
+
+def _kernel_missing(error: Exception) -> bool:
+    """Whether ONNX Runtime refused the model for lack of a kernel (its NOT_IMPLEMENTED status)."""
+    missing = getattr(_ort().capi.onnxruntime_pybind11_state, "NotImplemented", None)
+    return missing is not None and isinstance(error, missing)
 
 
 @contextlib.contextmanager
@@ -134,7 +157,10 @@ def provider_failure_reason(provider: str) -> str:
 
 
 def resolve_providers(requested: tuple[str, ...], probe_model: Path) -> list[ProviderChoice]:
-    """Turn --provider values into the providers to run; `auto` is CUDA when it really runs, else CPU."""
+    """Turn --provider values into the providers to run; `auto` is CUDA when it really runs, else CPU.
+
+    `reference` is taken only when asked for: auto never picks it.
+    """
     chosen: list[ProviderChoice] = []
     for key in requested or ("auto",):
         if key == "auto":
@@ -145,6 +171,10 @@ def resolve_providers(requested: tuple[str, ...], probe_model: Path) -> list[Pro
                 choice = ProviderChoice("cpu", f"auto: CPU, because {error}")
         elif key in PROVIDER_NAMES:
             choice = ProviderChoice(key)
+        elif key == REFERENCE:
+            choice = ProviderChoice(REFERENCE, f"{REFERENCE_LABEL}: onnx's reference evaluator runs both models with "
+                                               "every float tensor widened exactly to float64; tolerances follow "
+                                               "each output's declared dtype")
         else:
             raise NormfoldError(f"unknown provider '{key}' (choose from {', '.join(PROVIDER_CHOICES)})", exit_code=2)
         if choice.key not in [c.key for c in chosen]:

@@ -21,7 +21,8 @@ from normfold.validate.fp16 import float16_copy
 from normfold.validate.inputs import (
     DEFAULT_MEMORY_BUDGET, InputSpec, input_specs, load_npz_inputs, load_test_data_sets, random_inputs,
 )
-from normfold.validate.providers import ProviderChoice, open_session, resolve_providers
+from normfold.validate.providers import REFERENCE, REFERENCE_LABEL, ProviderChoice, open_session, resolve_providers
+from normfold.validate.reference_runner import declared_dtypes, run_reference, widen
 from normfold.validate.report import OutputComparison, ValidationReport
 from normfold.validate.stochastic import NotComparableError, pin_seeds, random_nodes
 
@@ -29,6 +30,7 @@ Feeds = list[dict[str, np.ndarray]]
 FLOAT64_AUTO_LIMIT = 256 * 2**20
 
 Outputs = list[list[np.ndarray]]
+Declared = tuple[list[np.dtype | None], list[np.dtype | None]]
 
 
 def validate(
@@ -57,9 +59,12 @@ def validate(
     With `fp16`, both are also converted to float16 and compared on each provider, as deployed.
     The float64 reference runs when `float64` is True, or (None) when the model is at most
     FLOAT64_AUTO_LIMIT bytes: onnx's reference evaluator holds a float64 copy of every weight.
+    The provider `reference` runs both models on that evaluator instead of ONNX Runtime (for dtypes
+    such as bfloat16 that ONNX Runtime's CPU build cannot run); it takes no `cross_provider` or `fp16`.
     """
     if candidate is None and expected is None:
         raise NormfoldError("give a CANDIDATE model, or --expected DIR with stored outputs", exit_code=EXIT_USAGE)
+    _check_reference_options(providers, cross_provider, fp16)
     reference, ref_proto = Path(reference), read_model_proto(reference)
     specs = input_specs(ref_proto)
     cand_proto = None
@@ -108,7 +113,9 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
     choices = resolve_providers(tuple(providers), reference)
     notes = [c.note for c in choices if c.note] + notes
     size = _model_bytes(reference, ref_proto)
-    if float64 is None and size > FLOAT64_AUTO_LIMIT:
+    if all(c.key == REFERENCE for c in choices):
+        float64 = False  # the float64 columns measure ONNX Runtime; the reference evaluator is float64 already
+    elif float64 is None and size > FLOAT64_AUTO_LIMIT:
         notes.append(f"float64 reference skipped: the model holds {size / 2**20:.0f} MiB "
                      f"(automatic up to {FLOAT64_AUTO_LIMIT // 2**20} MiB); --float64 forces it")
         float64 = False
@@ -119,6 +126,9 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
     comparisons: list[OutputComparison] = []
     cpu_reference: Outputs | None = None
     for choice in choices:
+        if choice.key == REFERENCE:
+            comparisons += _on_reference(reference, candidate, ref_proto, cand_proto, names, stored, feeds, tol)
+            continue
         ref_out = _run(reference, choice, opt_level, feeds)
         if choice.key == "cpu":
             cpu_reference = ref_out
@@ -133,7 +143,7 @@ def _validate_files(reference, candidate, ref_proto, cand_proto, specs, notes, *
     if cross_provider and candidate is not None:
         comparisons += _cross(reference, candidate, choices, cpu_reference, names, opt_level, feeds, tol, exact, cand_proto)
     return ValidationReport(
-        str(reference), str(candidate if candidate is not None else expected), [c.key for c in choices], notes,
+        str(reference), str(candidate if candidate is not None else expected), [c.label for c in choices], notes,
         len(feeds), source, comparisons,
     )
 
@@ -151,6 +161,18 @@ def _check_names(outputs: list[str], specs: list[InputSpec], tolerances: Mapping
         known = ", ".join(sorted(symbolic)) or "none"
         raise NormfoldError(f"--dim names no symbolic input dimension: {', '.join(stray)} (symbolic dimensions: {known})",
                             exit_code=EXIT_USAGE)
+
+
+def _check_reference_options(providers: Sequence[str], cross_provider: bool, fp16: bool) -> None:
+    """--cross-provider and --fp16 are ONNX Runtime comparisons: with --provider reference they mean nothing."""
+    if REFERENCE not in providers:
+        return
+    if cross_provider:
+        raise NormfoldError("--cross-provider compares ONNX Runtime's GPU providers with its CPU one; "
+                            "it does not combine with --provider reference", exit_code=EXIT_USAGE)
+    if fp16:
+        raise NormfoldError("--fp16 runs float16 copies of the models on ONNX Runtime; it does not combine with "
+                            "--provider reference, which widens every float tensor to float64", exit_code=EXIT_USAGE)
 
 
 def _check_same_inputs(specs: list[InputSpec], other: list[InputSpec], candidate: Path) -> None:
@@ -192,7 +214,7 @@ def _tolerance_for(atol: float | None, rtol: float | None, overrides: Mapping[st
 
 
 def _run(path: Path, choice: ProviderChoice, opt_level: str, feeds: Feeds) -> Outputs:
-    session = open_session(path, choice.key, opt_level)
+    session = open_session(path, choice.key, opt_level, suggest_reference=True)
     try:
         return [session.run(None, feed) for feed in feeds]
     except Exception as error:
@@ -205,8 +227,13 @@ def _output_names(proto: onnx.ModelProto | None) -> list[str] | None:
 
 
 def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, exact: Outputs | None,
-             candidate_names: list[str] | None, precision: np.dtype | None = None) -> list[OutputComparison]:
-    """One comparison per output over all samples (figures over the concatenated samples)."""
+             candidate_names: list[str] | None, precision: np.dtype | None = None,
+             declared: Declared | None = None) -> list[OutputComparison]:
+    """One comparison per output over all samples (figures over the concatenated samples).
+
+    `declared`: the output dtypes the two sides declare, when their arrays are float64 evaluations
+    (the reference provider); tolerances, eps units and the dtype check then follow those.
+    """
     results = []
     for index, name in enumerate(names):
         if candidate_names is not None and name not in candidate_names:
@@ -215,12 +242,13 @@ def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, e
         position = index if candidate_names is None else candidate_names.index(name)
         refs = [sample[index] for sample in reference]
         cands = [sample[position] for sample in candidate]
-        tolerance = tol(name, refs[0].dtype)
-        problem = next((p for r, c in zip(refs, cands) if (p := compare_arrays(r, c, tolerance)[1])), "")
+        dtype, problem = _judged_dtype(declared, index, position, refs[0].dtype)
+        tolerance = tol(name, dtype)
+        problem = problem or next((p for r, c in zip(refs, cands) if (p := compare_arrays(r, c, tolerance)[1])), "")
         if problem:
             results.append(OutputComparison(name, section, False, tolerance, None, problem))
             continue
-        metrics, _ = compare_arrays(_flat(refs), _flat(cands), tolerance, precision)
+        metrics, _ = compare_arrays(_flat(refs), _flat(cands), tolerance, precision if declared is None else dtype)
         assert metrics is not None
         passed = metrics.violations == 0 and metrics.nan_mismatch == 0 and metrics.inf_mismatch == 0
         ref_f64 = cand_f64 = None
@@ -232,6 +260,33 @@ def _compare(names, reference: Outputs, candidate: Outputs, section: str, tol, e
                 passed = False
                 problem = f"candidate is {cand_f64 / max(ref_f64, 1e-300):.3g}x further from float64 than the reference"
         results.append(OutputComparison(name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64))
+    return results
+
+
+def _judged_dtype(declared: Declared | None, index: int, position: int, actual: np.dtype) -> tuple[np.dtype, str]:
+    """The dtype an output is judged by (declared, else its arrays'), and a declared dtype mismatch or ''."""
+    if declared is None:
+        return actual, ""
+    ours, theirs = declared[0][index], declared[1][position]
+    if ours is not None and theirs is not None and ours != theirs:
+        return ours, f"dtype {theirs} != reference {ours}"
+    return (actual if ours is None else ours), ""
+
+
+def _on_reference(reference: Path, candidate: Path | None, ref_proto, cand_proto, names, stored: Outputs | None,
+                  feeds: Feeds, tol) -> list[OutputComparison]:
+    """Both models (or the reference and the stored outputs) on onnx's evaluator in float64."""
+    ref_out = run_reference(reference, feeds)
+    ref_types = declared_dtypes(ref_proto)
+    results = []
+    if stored is not None:
+        stored_types: list[np.dtype | None] = [a.dtype for a in stored[0]]
+        results += _compare(names, [widen(s) for s in stored], ref_out, f"{REFERENCE_LABEL} vs expected", tol, None,
+                            None, declared=(stored_types, ref_types))
+    if candidate is not None:
+        cand_out = run_reference(candidate, feeds)
+        results += _compare(names, ref_out, cand_out, REFERENCE_LABEL, tol, None, _output_names(cand_proto),
+                            declared=(ref_types, declared_dtypes(cand_proto)))
     return results
 
 
