@@ -123,7 +123,13 @@ def evaluate(job: dict) -> dict:
         path = original if tool == "original" else job["candidates"].get(tool)
         if path is None or "error" in result.get(tool, {}):
             continue
-        result[tool]["latency_ms"] = {level: latency_ms(path, level, feeds) for level in LEVELS}
+        result[tool]["latency_ms"] = {}
+        for level in LEVELS:
+            try:
+                result[tool]["latency_ms"][level] = latency_ms(path, level, feeds)
+            except Exception as error:  # e.g. ORT's own fusions at ENABLE_ALL exceeding its 2 GB limit
+                result[tool]["latency_ms"][level] = None
+                result[tool].setdefault("latency_errors", {})[level] = " ".join(str(error).split())[:300]
     return result
 
 

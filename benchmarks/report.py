@@ -100,11 +100,19 @@ def latency_rows(results: list[dict]) -> list[str]:
         if "latency_ms" not in original or "latency_ms" not in folded:
             continue
         o, f = original["latency_ms"], folded["latency_ms"]
-        rows.append([r["name"], f"{o['disable']:.2f}", f"{f['disable']:.2f}", f"{o['disable'] / f['disable']:.2f}x",
-                     f"{o['all']:.2f}", f"{f['all']:.2f}", f"{o['all'] / f['all']:.2f}x"])
+        cells = [r["name"]]
+        for level in ("disable", "all"):
+            before, after = o.get(level), f.get(level)
+            speedup = f"{before / after:.2f}x" if before is not None and after is not None else "-"
+            cells += [_ms(before), _ms(after), speedup]
+        rows.append(cells)
     head = ["model", "original DISABLE_ALL ms", "folded DISABLE_ALL ms", "speed-up", "original ENABLE_ALL ms",
             "folded ENABLE_ALL ms", "speed-up"]
     return _table(head, rows)
+
+
+def _ms(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.2f}"
 
 
 def layer_rows(results: list[dict]) -> list[str]:
@@ -206,7 +214,8 @@ def profile_lines(profiles: list[dict]) -> list[str]:
         lines.append("In-process phases of `normfold fold --no-validate` (seconds, share of their sum):")
         lines.append("")
         rows = [[k, f"{ph[k]:.3f}", f"{ph[k] / total:.0%}"] for k in ("import", "load_model", "fold", "save_model")]
-        rows += [[f"  save_model: {k}", f"{ph[k]:.3f}", f"{ph[k] / total:.0%}"] for k in ("ir.save", "check_model")]
+        inner = [k for k in ph if k.startswith(("load:", "save:"))]
+        rows += [[f"  {k}", f"{ph[k]:.3f}", f"{ph[k] / total:.0%}"] for k in inner]
         lines += _table(["phase", "s", "share"], rows)
         lines.append("Top functions by own time (cProfile, load + fold + save):")
         lines.append("")

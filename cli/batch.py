@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from normfold.cli.batch_table import render_table
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison, ValidationReport
@@ -35,6 +38,23 @@ def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any
         for item, result in zip(items, results):
             bar.update(1)
             yield item, result
+
+
+def finish_batch(rows: list[dict[str, Any]], as_json: bool, report: str, key: str, header: Sequence[str],
+                 cells: Callable[[dict[str, Any]], list[str]], count: str) -> int:
+    """Print a batch's end, the JSON document or the table and the count line; return the worst exit code.
+
+    `count` is formatted with `done` (rows that exited 0) and `total`.
+    """
+    worst = max(row["exit_code"] for row in rows)
+    if as_json:
+        click.echo(json.dumps({"normfold_report": report, "version": 1, "exit_code": worst, key: rows}, indent=2))
+        return worst
+    click.echo()
+    for line in render_table(header, [cells(row) for row in rows]):
+        click.echo(line)
+    click.echo(count.format(done=sum(row["exit_code"] == 0 for row in rows), total=len(rows)))
+    return worst
 
 
 def worst_comparison(report: ValidationReport) -> OutputComparison | None:

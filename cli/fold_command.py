@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from normfold.cli.batch import error_reason, failure_reason, figure, max_abs, run_batch, worst_comparison
-from normfold.cli.batch_table import render_table, shorten
+from normfold.cli.batch import (
+    error_reason, failure_reason, figure, finish_batch, max_abs, run_batch, worst_comparison,
+)
+from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
@@ -116,16 +118,8 @@ def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: 
         rows.append(row)
         if not as_json:
             click.echo(f"{row['status']:9} {row['path']}: {row['detail']}")
-    worst = max(row["exit_code"] for row in rows)
-    if as_json:
-        click.echo(json.dumps({"normfold_report": "fold-batch", "version": 1, "exit_code": worst, "models": rows},
-                              indent=2))
-        return worst
-    click.echo()
-    for line in render_table(FOLD_HEADER, [_fold_cells(row) for row in rows]):
-        click.echo(line)
-    click.echo(f"{sum(row['status'] == 'FOLDED' for row in rows)} of {len(rows)} model(s) folded and written")
-    return worst
+    return finish_batch(rows, as_json, "fold-batch", "models", FOLD_HEADER, _fold_cells,
+                        "{done} of {total} model(s) folded and written")
 
 
 def _fold_cells(row: dict[str, Any]) -> list[str]:

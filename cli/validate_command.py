@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
-from normfold.cli.batch import error_reason, failure_reason, figure, max_abs, run_batch, worst_comparison
-from normfold.cli.batch_table import render_table, shorten
+from normfold.cli.batch import (
+    error_reason, failure_reason, figure, finish_batch, max_abs, run_batch, worst_comparison,
+)
+from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.validate import ValidationReport, validate
@@ -60,16 +62,8 @@ def _validate_folders(reference: Path, candidate: Path, kwargs: dict[str, Any], 
         rows.append(row)
         if not as_json:
             click.echo(f"{row['status']:9} {row['reference']} -> {row['candidate']}: {row['detail']}")
-    worst = max(row["exit_code"] for row in rows)
-    if as_json:
-        click.echo(json.dumps({"normfold_report": "validate-batch", "version": 1, "exit_code": worst, "pairs": rows},
-                              indent=2))
-        return worst
-    click.echo()
-    for line in render_table(VALIDATE_HEADER, [_validate_cells(row) for row in rows]):
-        click.echo(line)
-    click.echo(f"{sum(row['status'] == 'PASSED' for row in rows)} of {len(rows)} pair(s) equivalent")
-    return worst
+    return finish_batch(rows, as_json, "validate-batch", "pairs", VALIDATE_HEADER, _validate_cells,
+                        "{done} of {total} pair(s) equivalent")
 
 
 def _validate_cells(row: dict[str, Any]) -> list[str]:

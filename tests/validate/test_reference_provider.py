@@ -31,16 +31,6 @@ def invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="normfold")
 
 
-@pytest.fixture()
-def resnet(tmp_path: Path) -> tuple[Path, Path]:
-    """resnet_block.onnx (float32) and its fold, in tmp_path."""
-    source = tmp_path / "resnet.onnx"
-    shutil.copy(MODELS / "resnet_block.onnx", source)
-    target = tmp_path / "resnet.folded.onnx"
-    save_model(fold(source).model, target)
-    return source, target
-
-
 def _scaled(source: Path, target: Path, prefix: str, factor: float) -> Path:
     """A copy of `source` whose first initializer named `prefix...` is multiplied by `factor` (in its dtype)."""
     model = onnx.load(source)

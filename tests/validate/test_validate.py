@@ -23,16 +23,6 @@ from normfold.validate.providers import cuda_usable
 CUDA_REASON = cuda_usable()
 
 
-@pytest.fixture()
-def resnet(tmp_path: Path) -> tuple[Path, Path]:
-    """resnet_block.onnx and its fold, in tmp_path."""
-    source = tmp_path / "resnet.onnx"
-    shutil.copy(MODELS / "resnet_block.onnx", source)
-    target = tmp_path / "resnet.folded.onnx"
-    save_model(fold(source).model, target)
-    return source, target
-
-
 def _perturbed(source: Path, target: Path, name_prefix: str, delta: float) -> Path:
     model = onnx.load(source)
     for tensor in model.graph.initializer:
