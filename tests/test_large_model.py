@@ -85,7 +85,7 @@ def test_fold_of_a_2gb_weight_never_holds_it_in_memory(big_model: tuple[Path, li
     fold_command = [sys.executable, "-c", "from normfold.cli import main; main()", "fold", str(source),
                     "-o", str(target), "--no-validate"]
     code, peak_kib, stderr = subprocess.run([sys.executable, "-c", PEAK_RSS, *fold_command], capture_output=True,
-                                            text=True, check=True).stdout.split(" ", 2)
+                                            text=True, check=True, cwd=source.parent).stdout.split(" ", 2)
     assert code == "0", stderr
     assert int(peak_kib) < 2**20, f"peak RSS {int(peak_kib) // 1024} MiB for a {K * N * 4 // 2**20} MiB weight"
     (gemm,) = list(ir.load(target).graph)
