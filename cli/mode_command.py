@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, load_model, save_model
+from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
 from normfold.lints import training_lints
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG
@@ -54,6 +54,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     target = output or model.with_name(f"{model.stem}.{suffix}{model.suffix or '.onnx'}")
     loaded = load_model(model)
     check_output_path(target, model, loaded)
+    input_files = model_files(model, loaded)
     lints = []
     if to_train:
         onnx_momentum = momentum if alpha is None else 1.0 - alpha
@@ -61,7 +62,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
         lints = training_lints(loaded)
     else:
         result = SetInferenceModePass(batch_stats)(loaded)
-    save_model(result.model, target, external_data=has_external_data(loaded))
+    save_model(result.model, target, external_data=has_external_data(loaded), protected=input_files)
     if as_json:
         document = {"normfold_report": "mode", "version": 1, "mode": suffix, "input": str(model),
                     "output": str(target), "nodes": [r.to_dict() for r in result.records],

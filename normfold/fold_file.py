@@ -47,7 +47,8 @@ def fold_file(
     """Fold `source` into `target`; with `validation` (validate()'s keyword arguments) check it first."""
     loaded = load_model(source)
     check_output_path(target, source, loaded, in_place=in_place)
-    old_files = model_files(source, loaded) - {source.resolve()} if in_place else set()
+    input_files = model_files(source, loaded)
+    old_files = input_files - {source.resolve()} if in_place else set()
     external = has_external_data(loaded)
     result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)
     outcome = FoldFileResult(result, None, source, target, written=False)
@@ -60,7 +61,7 @@ def fold_file(
                                   outcome, EXIT_MISMATCH)
 
     save_model(result.model, target, external_data=external,
-               verify=verify if validation is not None else None, replaced_files=old_files)
+               verify=verify if validation is not None else None, replaced_files=old_files, protected=input_files)
     outcome.written = True
     return outcome
 

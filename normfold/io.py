@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +36,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """
     path = Path(path)
     proto = _parse(path)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
         checked = pool.submit(_run_checker, path)
         try:
             model = serde.deserialize_model(proto)
@@ -43,8 +44,40 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
             checked.result()
             raise NormfoldError(f"{path}: the model cannot be read: {describe(error)}") from None
         checked.result()
+        held.pass_on()
     ir_external_data.set_base_dir(model.graph, str(path.parent))
     return model
+
+
+class _HeldLogs(logging.Handler):
+    """Hold a logger's records while onnx_ir reads a model the checker has not yet passed.
+
+    Its warnings about an invalid model would otherwise reach stderr before normfold's one-line error;
+    `pass_on()` hands them on once the model is known to be valid; otherwise they are dropped.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._logger, self._records = logging.getLogger(name), []
+
+    def __enter__(self) -> "_HeldLogs":
+        self._propagate, self._logger.propagate = self._logger.propagate, False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(record)
+
+    def pass_on(self) -> None:
+        """Stop holding and hand every held record to the logger's own handlers and ancestors."""
+        self.__exit__()
+        for record in self._records:
+            self._logger.handle(record)
+        self._records.clear()
 
 
 def _parse(path: Path) -> onnx.ModelProto:
@@ -163,6 +196,7 @@ def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: 
     """Refuse (usage error) an output that is not a plain file path, or that would overwrite the input's files."""
     if not target.name or str(target).endswith(os.sep) or target.is_dir():
         raise NormfoldError(f"{target}: not a file path (it names a folder)", exit_code=EXIT_USAGE)
+    _check_binary_name(target)
     if target.exists() and not target.is_file():
         raise NormfoldError(f"{target}: exists and is not a regular file; refusing to replace it", exit_code=EXIT_USAGE)
     inputs = model_files(source, model)
@@ -179,6 +213,7 @@ def save_model(
     external_data: bool = False,
     verify: Callable[[Path], None] | None = None,
     replaced_files: Iterable[Path] = (),
+    protected: Iterable[Path] = (),
 ) -> None:
     """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
@@ -186,13 +221,16 @@ def save_model(
     holds the input's own tensors, which must not be overwritten). The output is verified with
     `onnx.checker.check_model(full_check=True)`, then by `verify(staged_path)` (which raises to
     refuse it), before it replaces anything. `replaced_files` (an in-place input's old data files)
-    are deleted once the new model is in place.
+    are deleted once the new model is in place. The data file never takes the name of a file in
+    `protected` (the input's files), so a write never changes the input, even when no tensor of the
+    written model reads that file any more.
     """
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise NormfoldError(f"{path}: output folder '{folder}' does not exist")
-    data_name = _data_file_name(model, path) if external_data else None
+    _check_binary_name(path)
+    data_name = _data_file_name(model, path, protected) if external_data else None
     _materialize_attribute_tensors(model)
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
@@ -259,9 +297,17 @@ def _materialize_attribute_tensors(model: ir.Model) -> None:
                 node.attributes[name] = ir.AttrTensor(name, ir.tensor(attr.value.numpy(), name=attr.value.name))
 
 
-def _data_file_name(model: ir.Model, path: Path) -> str:
-    """`<name>.data`, unless the model's own tensors are read from that file."""
-    in_use = model_files(path, model) - {path.resolve()}
+def _check_binary_name(path: Path) -> None:
+    """normfold writes binary ONNX; a name onnx.load would read as another format (.json, .textproto) is refused."""
+    implied = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
+    if implied not in (None, "protobuf"):
+        raise NormfoldError(f"{path}: onnx reads a '{path.suffix}' file as {implied}, but normfold writes binary ONNX; "
+                            "name the output .onnx", exit_code=EXIT_USAGE)
+
+
+def _data_file_name(model: ir.Model, path: Path, protected: Iterable[Path] = ()) -> str:
+    """`<name>.data`, unless the model's own tensors are read from that file or it is protected."""
+    in_use = (model_files(path, model) - {path.resolve()}) | {Path(p).resolve() for p in protected}
     name, counter = f"{path.name}.data", 0
     while (path.parent / name).resolve() in in_use:
         counter += 1
