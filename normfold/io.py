@@ -255,11 +255,12 @@ def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: P
     """Serialize the model to `staged` and run onnx's full check on it.
 
     Without external data the checker reads the serialized bytes in a second thread while they
-    are written (it releases the GIL); with external data it reads the staged files afterwards.
+    are written (it releases the GIL); with external data (written now or referenced) it reads the
+    staged files afterwards.
     """
-    if data_name is not None:
+    if data_name is not None or has_external_data(model):
         _serialize(lambda: ir.save(model, staged, external_data=data_name), path)
-        _full_check(str(staged), path)
+        _full_check(str(staged), path)  # by path: the checker also finds the external data files
         return
     data = _serialize(lambda: serde.serialize_model(model).SerializeToString(), path)
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -78,3 +78,45 @@ def test_concurrent_folds_to_one_output_leave_one_valid_file(tmp_path: Path) -> 
     onnx.checker.check_model(str(target), full_check=True)
     assert [n.op_type for n in onnx.load(str(target)).graph.node] == ["Conv"] * 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
+
+
+def _streamed_model(path: Path) -> None:
+    """MatMul with a 64 MiB weight (the size from which the fold streams it), then BN; external data."""
+    g = np.random.default_rng(1)
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["N", 4096]))
+    w = ir.Value(name="w", const_value=ir.tensor(g.standard_normal((4096, 4096), dtype=np.float32), name="w"))
+    params = [ir.Value(name=f"p{k}", const_value=ir.tensor(a.astype(np.float32), name=f"p{k}"))
+              for k, a in enumerate((g.uniform(0.5, 1.5, 4096), g.normal(0, 0.2, 4096), g.normal(0, 0.5, 4096),
+                                     g.uniform(0.5, 2, 4096)))]
+    for v in (w, *params):
+        v.type, v.shape = ir.TensorType(ir.DataType.FLOAT), v.const_value.shape
+    matmul = ir.Node("", "MatMul", [x, w], name="mm")
+    bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *params], name="bn")
+    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["N", 4096])
+    graph = ir.Graph([x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[w, *params], opset_imports={"": 17},
+                     name="streamed")
+    ir.save(ir.Model(graph, ir_version=8), path, external_data=f"{path.name}.data")
+
+
+def test_streamed_fold_killed_at_any_moment_leaves_input_and_no_partial_output(tmp_path: Path) -> None:
+    source = tmp_path / "m.onnx"
+    _streamed_model(source)
+    before = (_digest(source), _digest(tmp_path / "m.onnx.data"))
+    target = tmp_path / "m.folded.onnx"
+    for delay in (0.4, 0.7, 0.9, 1.05, 1.2, 1.35):  # a whole fold takes about 1.3 s here
+        target.unlink(missing_ok=True)
+        (tmp_path / "m.folded.onnx.data").unlink(missing_ok=True)
+        process = subprocess.Popen([NORMFOLD, "fold", str(source), "--no-validate"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert b"Traceback" not in stderr, stderr
+        assert (_digest(source), _digest(tmp_path / "m.onnx.data")) == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], delay
+        if target.exists():
+            onnx.checker.check_model(str(target), full_check=True)
+    done = subprocess.run([NORMFOLD, "fold", str(source), "-o", str(target), "--no-validate"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert "FOLDED   BatchNormalization 'bn': into MatMul 'mm' (backward) (MatMul rewritten as Gemm)" in done.stdout.decode()
+    assert [n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node] == ["Gemm"]

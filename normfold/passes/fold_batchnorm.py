@@ -262,8 +262,12 @@ def _rounded(
 
 
 def _scaled_weight(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | FoldedTensor | None, str]:
-    """The folded weight, or why it cannot be rounded; from STREAM_BYTES on, computed only when written."""
-    if weight.nbytes < STREAM_BYTES:
+    """The folded weight, or why it cannot be rounded; from STREAM_BYTES on, computed only when written.
+
+    Only read-only weights (memory-mapped or parsed from the file) are streamed: a writable array
+    could change between the fold and the write.
+    """
+    if weight.nbytes < STREAM_BYTES or weight.flags.writeable:
         return scale_and_round(weight, factor, dtype)
     reason = check_scale(weight, factor, dtype)
     return (None, reason) if reason else (FoldedTensor(weight, factor, dtype), "")

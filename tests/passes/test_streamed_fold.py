@@ -133,3 +133,13 @@ def test_release_pages_ignores_arrays_that_are_not_mapped_read_only() -> None:
     assert int(view.sum()) == 7 * mmap.PAGESIZE * 2 and plain.sum() == 45.0
     del view
     writable.close()
+
+
+def test_writable_weights_are_folded_eagerly(stream_everything: None) -> None:
+    """A caller's writable array could change between fold and save: only read-only weights are streamed."""
+    model = ir.from_proto(_conv_bn())
+    weight = model.graph.initializers["w"]
+    weight.const_value = ir.tensor(np.array(weight.const_value.numpy()), name="w")
+    assert weight.const_value.numpy().flags.writeable
+    (conv,) = list(fold(model).model.graph)
+    assert not isinstance(conv.inputs[1].const_value, FoldedTensor)
