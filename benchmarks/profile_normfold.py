@@ -27,9 +27,9 @@ IMPORT_S = time.perf_counter() - start
 
 def phases(model: Path, output: Path) -> dict[str, float]:
     """Seconds per phase, with the checker runs and the serialization timed inside load_model and save_model."""
-    spent = {"import": IMPORT_S, "load: checker (beside deserialization)": 0.0,
+    spent = {"import": IMPORT_S, "load: checker (beside parsing)": 0.0,
              "save: serialize": 0.0, "save: full check (beside the write)": 0.0}
-    patched = {"_run_checker": "load: checker (beside deserialization)", "_serialize": "save: serialize",
+    patched = {"_run_checker": "load: checker (beside parsing)", "_serialize": "save: serialize",
                "_full_check": "save: full check (beside the write)"}
     real = {name: getattr(io, name) for name in patched}
 

@@ -31,13 +31,15 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError.
 
-    onnx's checker (C++, it releases the GIL) reads the file in a second thread while onnx_ir
-    deserializes the parsed proto; an invalid model is reported as invalid before anything else.
+    onnx's checker (C++, it releases the GIL) reads the file in a second thread while the file is
+    parsed, its tensors checked and the proto deserialized. Errors keep their order: an unreadable
+    file or escaping external data first, then an invalid model, then what onnx_ir cannot read.
     """
     path = Path(path)
-    proto = _parse(path)
+    _check_file(path)
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
         checked = pool.submit(_run_checker, path)
+        proto = _parse(path)
         try:
             model = serde.deserialize_model(proto)
         except Exception as error:  # corrupt fields the checker lets through
@@ -80,14 +82,18 @@ class _HeldLogs(logging.Handler):
         self._records.clear()
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise NormfoldError(f"{path}: no such file")
     if not path.is_file():
         raise NormfoldError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise NormfoldError(f"{path}: empty file, not an ONNX model")
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
+    _check_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for bad bytes
