@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from examples import MODELS
 from normfold import fold, save_model
@@ -19,3 +21,17 @@ def resnet(tmp_path: Path) -> tuple[Path, Path]:
     target = tmp_path / "resnet.folded.onnx"
     save_model(fold(source).model, target)
     return source, target
+
+
+@pytest.fixture()
+def expected_set(tmp_path: Path, resnet: tuple[Path, Path]) -> tuple[Path, np.ndarray]:
+    """A model-zoo test_data_set_0 folder: one seeded input and the reference's output on ONNX Runtime CPU."""
+    import onnxruntime as ort
+
+    folder = tmp_path / "test_data_set_0"
+    folder.mkdir()
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x, "input").SerializeToString())
+    y = ort.InferenceSession(str(resnet[0]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y, "logits").SerializeToString())
+    return folder, y

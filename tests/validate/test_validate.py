@@ -118,16 +118,9 @@ def test_different_graph_inputs_are_unusable(tmp_path: Path, resnet: tuple[Path,
         validate(source, other, providers=["cpu"])
 
 
-def test_expected_outputs_in_test_data_set_layout(tmp_path: Path, resnet: tuple[Path, Path]) -> None:
-    source, target = resnet
-    import onnxruntime as ort
-
-    folder = tmp_path / "test_data_set_0"
-    folder.mkdir()
-    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x, "input").SerializeToString())
-    y = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y, "logits").SerializeToString())
+def test_expected_outputs_in_test_data_set_layout(resnet: tuple[Path, Path], expected_set: tuple[Path, np.ndarray]) -> None:
+    _, target = resnet
+    folder, y = expected_set
     good = invoke("validate", target, "--expected", folder, "--provider", "cpu")
     assert good.exit_code == 0, good.output
     assert "PASSED | output 'logits' | cpu vs expected" in good.stdout
@@ -223,17 +216,18 @@ def test_random_nodes_are_seeded_identically_so_training_models_compare(tmp_path
     assert "validate: PASSED: equivalent" in folded.stdout
 
 
-def test_random_node_missing_from_candidate_is_not_comparable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["cpu", "reference"])
+def test_random_node_missing_from_candidate_is_not_comparable(tmp_path: Path, provider: str) -> None:
     source = tmp_path / "training.onnx"
     shutil.copy(MODELS / "training_export.onnx", source)
     model = onnx.load(source)
     next(n for n in model.graph.node if n.op_type == "Dropout").name = "renamed"
     onnx.save(model, tmp_path / "renamed.onnx")
-    result = invoke("validate", source, tmp_path / "renamed.onnx", "--provider", "cpu")
+    result = invoke("validate", source, tmp_path / "renamed.onnx", "--provider", provider)
     assert result.exit_code == 3
     assert result.stderr.strip().endswith("has no node matching the reference's random node(s) dropout14, "
                                           "so their random values cannot be made equal")
-    assert invoke("validate", source, "--expected", tmp_path, "--provider", "cpu").exit_code == 3
+    assert invoke("validate", source, "--expected", tmp_path, "--provider", provider).exit_code == 3
 
 
 def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Path, Path]) -> None:
