@@ -4,6 +4,7 @@ and the few facts about a validation or an error that both batch modes put in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -40,20 +41,42 @@ def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any
             yield item, result
 
 
-def finish_batch(rows: list[dict[str, Any]], as_json: bool, report: str, key: str, header: Sequence[str],
-                 cells: Callable[[dict[str, Any]], list[str]], count: str) -> int:
-    """Print a batch's end, the JSON document or the table and the count line; return the worst exit code.
+@dataclasses.dataclass(frozen=True)
+class BatchReport:
+    """How a batch reports: its progress label, a line per row, the JSON document, the table and the count.
 
     `count` is formatted with `done` (rows that exited 0) and `total`.
     """
+
+    label: str
+    line: Callable[[dict[str, Any]], str]
+    report: str
+    key: str
+    header: Sequence[str]
+    cells: Callable[[dict[str, Any]], list[str]]
+    count: str
+
+
+def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item], settings: Any, jobs: int,
+                   as_json: bool, how: BatchReport) -> int:
+    """Run the batch, print a line per row as it finishes, then the JSON document or the table and the count.
+
+    Returns the worst exit code.
+    """
+    rows: list[dict[str, Any]] = []
+    for _, row in run_batch(function, items, settings, jobs, how.label, not as_json):
+        rows.append(row)
+        if not as_json:
+            click.echo(how.line(row))
     worst = max(row["exit_code"] for row in rows)
     if as_json:
-        click.echo(json.dumps({"normfold_report": report, "version": 1, "exit_code": worst, key: rows}, indent=2))
+        click.echo(json.dumps({"normfold_report": how.report, "version": 1, "exit_code": worst, how.key: rows},
+                              indent=2))
         return worst
     click.echo()
-    for line in render_table(header, [cells(row) for row in rows]):
+    for line in render_table(how.header, [how.cells(row) for row in rows]):
         click.echo(line)
-    click.echo(count.format(done=sum(row["exit_code"] == 0 for row in rows), total=len(rows)))
+    click.echo(how.count.format(done=sum(row["exit_code"] == 0 for row in rows), total=len(rows)))
     return worst
 
 

@@ -9,7 +9,7 @@ import click
 
 from normfold.calibrate import METHODS, calibrate
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, load_model, model_files, read_model_proto, save_model
+from normfold.io import check_output_path, has_external_data, load_model, read_model_proto, save_model
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
 from normfold.validate.providers import resolve_providers
 
@@ -49,8 +49,7 @@ def calibrate_command(model: Path, data: Path, method: str, momentum: float | No
     if choice.note:
         click.echo(choice.note, err=True)
     loaded = load_model(model)
-    check_output_path(target, model, loaded)
-    input_files = model_files(model, loaded)
+    input_files = check_output_path(target, model, loaded)
     with click.progressbar(batches, label="calibrating", file=sys.stderr) as bar:
         result = calibrate(loaded, batches, method=method, momentum=onnx_momentum, provider=choice.key,
                            progress=lambda items: bar)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from normfold.cli.batch import (
-    error_reason, failure_reason, figure, finish_batch, max_abs, run_batch, worst_comparison,
+    BatchReport, error_reason, failure_reason, figure, max_abs, run_and_report, worst_comparison,
 )
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
@@ -113,13 +113,9 @@ FOLD_HEADER = ("MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VAL
 
 def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: bool) -> int:
     """One line per model as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
-    rows: list[dict[str, Any]] = []
-    for _, row in run_batch(_fold_quietly, files, settings, jobs, "folding", not as_json):
-        rows.append(row)
-        if not as_json:
-            click.echo(f"{row['status']:9} {row['path']}: {row['detail']}")
-    return finish_batch(rows, as_json, "fold-batch", "models", FOLD_HEADER, _fold_cells,
-                        "{done} of {total} model(s) folded and written")
+    how = BatchReport("folding", lambda row: f"{row['status']:9} {row['path']}: {row['detail']}", "fold-batch",
+                      "models", FOLD_HEADER, _fold_cells, "{done} of {total} model(s) folded and written")
+    return run_and_report(_fold_quietly, files, settings, jobs, as_json, how)
 
 
 def _fold_cells(row: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
+from normfold.io import check_output_path, has_external_data, load_model, save_model
 from normfold.lints import training_lints
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG
@@ -53,8 +53,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     suffix = "train" if to_train else "eval"
     target = output or model.with_name(f"{model.stem}.{suffix}{model.suffix or '.onnx'}")
     loaded = load_model(model)
-    check_output_path(target, model, loaded)
-    input_files = model_files(model, loaded)
+    input_files = check_output_path(target, model, loaded)
     lints = []
     if to_train:
         onnx_momentum = momentum if alpha is None else 1.0 - alpha

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from normfold.cli.batch import (
-    error_reason, failure_reason, figure, finish_batch, max_abs, run_batch, worst_comparison,
+    BatchReport, error_reason, failure_reason, figure, max_abs, run_and_report, worst_comparison,
 )
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_kwargs, validation_options
@@ -57,13 +57,10 @@ def _validate_folders(reference: Path, candidate: Path, kwargs: dict[str, Any], 
     pairs = [(path, candidate / path.relative_to(reference)) for path in sorted(reference.rglob("*.onnx"))]
     if not pairs:
         raise NormfoldError(f"{reference}: no .onnx files", exit_code=EXIT_USAGE)
-    rows: list[dict[str, Any]] = []
-    for _, row in run_batch(_validate_pair, pairs, kwargs, jobs, "validating", not as_json):
-        rows.append(row)
-        if not as_json:
-            click.echo(f"{row['status']:9} {row['reference']} -> {row['candidate']}: {row['detail']}")
-    return finish_batch(rows, as_json, "validate-batch", "pairs", VALIDATE_HEADER, _validate_cells,
-                        "{done} of {total} pair(s) equivalent")
+    how = BatchReport("validating", lambda row: f"{row['status']:9} {row['reference']} -> {row['candidate']}: "
+                                                f"{row['detail']}", "validate-batch", "pairs", VALIDATE_HEADER,
+                      _validate_cells, "{done} of {total} pair(s) equivalent")
+    return run_and_report(_validate_pair, pairs, kwargs, jobs, as_json, how)
 
 
 def _validate_cells(row: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from normfold.errors import EXIT_MISMATCH, NormfoldError
 from normfold.fold import FoldResult, fold
-from normfold.io import check_output_path, has_external_data, load_model, model_files, save_model
+from normfold.io import check_output_path, has_external_data, load_model, save_model
 
 if TYPE_CHECKING:
     from normfold.validate import ValidationReport
@@ -46,8 +46,7 @@ def fold_file(
 ) -> FoldFileResult:
     """Fold `source` into `target`; with `validation` (validate()'s keyword arguments) check it first."""
     loaded = load_model(source)
-    check_output_path(target, source, loaded, in_place=in_place)
-    input_files = model_files(source, loaded)
+    input_files = check_output_path(target, source, loaded, in_place=in_place)
     old_files = input_files - {source.resolve()} if in_place else set()
     external = has_external_data(loaded)
     result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)

@@ -36,7 +36,6 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     file or escaping external data first, then an invalid model, then what onnx_ir cannot read.
     """
     path = Path(path)
-    _check_file(path)
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
         checked = pool.submit(_run_checker, path)
         proto = _parse(path)
@@ -82,18 +81,14 @@ class _HeldLogs(logging.Handler):
         self._records.clear()
 
 
-def _check_file(path: Path) -> None:
+def _parse(path: Path) -> onnx.ModelProto:
+    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
     if not path.exists():
         raise NormfoldError(f"{path}: no such file")
     if not path.is_file():
         raise NormfoldError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise NormfoldError(f"{path}: empty file, not an ONNX model")
-
-
-def _parse(path: Path) -> onnx.ModelProto:
-    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
-    _check_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for bad bytes
@@ -198,8 +193,11 @@ def model_files(path: Path, model: ir.Model) -> set[Path]:
     return files
 
 
-def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: bool = False) -> None:
-    """Refuse (usage error) an output that is not a plain file path, or that would overwrite the input's files."""
+def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: bool = False) -> set[Path]:
+    """Refuse (usage error) an output that is not a plain file path, or that would overwrite the input's files.
+
+    Returns the input's files (the model and its external data files), which the write must not replace.
+    """
     if not target.name or str(target).endswith(os.sep) or target.is_dir():
         raise NormfoldError(f"{target}: not a file path (it names a folder)", exit_code=EXIT_USAGE)
     _check_binary_name(target)
@@ -210,6 +208,7 @@ def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: 
         what = "the input" if target.resolve() == source.resolve() else "an external data file of the input"
         hint = "; use --in-place" if what == "the input" else ""
         raise NormfoldError(f"{target}: refusing to overwrite {what}{hint}", exit_code=EXIT_USAGE)
+    return inputs
 
 
 def save_model(

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from examples import MODELS
-from normfold import fold, save_model
+from examples import shipped_and_folded
 
 
 @pytest.fixture()
 def resnet(tmp_path: Path) -> tuple[Path, Path]:
     """resnet_block.onnx (float32) and its fold, in tmp_path."""
-    source = tmp_path / "resnet.onnx"
-    shutil.copy(MODELS / "resnet_block.onnx", source)
-    target = tmp_path / "resnet.folded.onnx"
-    save_model(fold(source).model, target)
-    return source, target
+    return shipped_and_folded(tmp_path, "resnet_block.onnx", "resnet.onnx", "resnet.folded.onnx")
 
 
 @pytest.fixture()

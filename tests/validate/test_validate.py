@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from examples import MODELS
+from examples import MODELS, shipped_and_folded
 from normfold import NormfoldError, fold, save_model
 from normfold.cli import main
 from normfold.validate import Tolerance, validate
@@ -194,10 +194,7 @@ def test_fold_validates_by_default_and_reports_it(tmp_path: Path) -> None:
 @pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
 @pytest.mark.parametrize("name", ["resnet_block.onnx", "mlp.onnx", "torchvision_resnet_eval.onnx", "torchvision_mobilenetv3_eval.onnx"])
 def test_cuda_fp32_comparison_on_shipped_models(tmp_path: Path, name: str) -> None:
-    source = tmp_path / name
-    shutil.copy(MODELS / name, source)
-    target = tmp_path / "folded.onnx"
-    save_model(fold(source).model, target)
+    source, target = shipped_and_folded(tmp_path, name)
     report = validate(source, target, providers=["cuda"], cross_provider=True)
     assert report.providers == ["cuda"]
     assert report.passed, "\n".join(report.lines())
@@ -254,10 +251,7 @@ def test_float64_reference_is_automatic_by_size(resnet: tuple[Path, Path], monke
 @pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
 @pytest.mark.parametrize("name", ["resnet_block.onnx", "torchvision_mobilenetv3_eval.onnx"])
 def test_cuda_fp16_comparison_on_shipped_models(tmp_path: Path, name: str) -> None:
-    source = tmp_path / name
-    shutil.copy(MODELS / name, source)
-    target = tmp_path / "folded.onnx"
-    save_model(fold(source).model, target)
+    source, target = shipped_and_folded(tmp_path, name)
     report = validate(source, target, providers=["cuda"], fp16=True)
     assert [c.section for c in report.comparisons] == ["cuda", "cuda fp16"]
     assert report.passed, "\n".join(report.lines())
@@ -289,10 +283,7 @@ SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx") if ".folded." not in p.na
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_model_validates_against_its_fold_on_cpu(tmp_path: Path, name: str) -> None:
-    source = tmp_path / name
-    shutil.copy(MODELS / name, source)
-    target = tmp_path / "folded.onnx"
-    save_model(fold(source).model, target)
+    source, target = shipped_and_folded(tmp_path, name)
     report = validate(source, target, providers=["cpu"], samples=2)
     assert report.passed, "\n".join(report.lines())
     seeded = any(note.startswith("random nodes seeded identically") for note in report.notes)
@@ -312,10 +303,7 @@ def test_misspelled_tol_and_dim_names_are_usage_errors(resnet: tuple[Path, Path]
 
 def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> None:
     """onnx's own BatchNormalization-9 kernel blends batch statistics; normfold's float64 kernel does not."""
-    source = tmp_path / "mlp.onnx"
-    shutil.copy(MODELS / "mlp.onnx", source)
-    target = tmp_path / "folded.onnx"
-    save_model(fold(source).model, target)
+    source, target = shipped_and_folded(tmp_path, "mlp.onnx")
     report = validate(source, target, providers=["cpu"])
     (comparison,) = report.comparisons
     assert comparison.reference_vs_float64 is not None and comparison.reference_vs_float64 < 1e-5
