@@ -9,6 +9,8 @@ committed PyTorch exports from `models/`.
 - mobilenetv2:         inverted residuals with depthwise Conv+BN, Clip(0, 6), Dropout before the Gemm.
 - vgg16_bn:            13 Conv-BN-ReLU, then Gemm-ReLU-Dropout twice and a Gemm: 553 MB, external data.
 - unet:                encoder / decoder, ConvTranspose+BN+ReLU upsampling, skip Concats, 3x128x128.
+- deeplab:             DeepLabV3-MobileNetV3-Large shape: stride-16 depthwise backbone to 960 channels at
+                       20x20, ASPP with dilations 12/24/36 and a global-pool branch, Resize to 3x320x320.
 - mlp:                 MatMul+Add -> BN (2-D), Gemm -> BN, Dropouts.
 - stack{N}:            N x (Conv 3x3 8->8 + BN + ReLU) on 8x16x16; each layer contracts (BN scale
                        0.15-0.3, positive shift), so a 5000-layer stack neither overflows nor vanishes
@@ -56,13 +58,16 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, [f"{name}_out"], name=name, **attrs))
         return f"{name}_out"
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, bias: bool = False) -> str:
+    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, bias: bool = False,
+             dilation: int = 1) -> str:
         fan_in = c_in // group * k * k
         w = self.rng.standard_normal((c_out, c_in // group, k, k), dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
         inputs = [x, self.const(w, "w")]
         if bias:
             inputs.append(self.const(self.rng.normal(0, 0.1, c_out).astype(np.float32), "b"))
-        return self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+        dilated = {"dilations": [dilation, dilation]} if dilation != 1 else {}
+        return self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[dilation * (k // 2)] * 4,
+                         group=group, **dilated)
 
     def conv_transpose(self, x: str, c_in: int, c_out: int) -> str:
         w = self.rng.standard_normal((c_in, c_out, 2, 2), dtype=np.float32) * np.float32(np.sqrt(1 / c_in))
@@ -75,8 +80,9 @@ class Builder:
         names = [self.const(p.astype(np.float32), n) for p, n in zip((scale, bias, mean, var), ("s", "bb", "m", "v"))]
         return self.node("BatchNormalization", [x, *names], epsilon=1e-5)
 
-    def conv_bn(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, act: str | None = "Relu") -> str:
-        y = self.batchnorm(self.conv(x, c_in, c_out, k, stride, group), c_out)
+    def conv_bn(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, act: str | None = "Relu",
+                dilation: int = 1) -> str:
+        y = self.batchnorm(self.conv(x, c_in, c_out, k, stride, group, dilation=dilation), c_out)
         if act == "Relu":
             return self.node("Relu", [y])
         if act == "Relu6":
@@ -90,6 +96,11 @@ class Builder:
 
     def dropout(self, x: str) -> str:
         return self.node("Dropout", [x, self.const(np.float32(0.5), "ratio")])
+
+    def upsample(self, x: str, factor: int) -> str:
+        """Bilinear Resize by `factor` in H and W (half_pixel: PyTorch's interpolate with align_corners=False)."""
+        scales = self.const(np.array([1, 1, factor, factor], dtype=np.float32), "scales")
+        return self.node("Resize", [x, "", scales], mode="linear")
 
     def model(self, name: str, x_shape: list[int | str], out: str, out_shape: list[int | str]) -> onnx.ModelProto:
         graph = helper.make_graph(
@@ -180,6 +191,23 @@ def unet(base: int = 32, levels: int = 4) -> onnx.ModelProto:
     return b.model("unet", ["batch", 3, 128, 128], out, ["batch", 2, 128, 128])
 
 
+def deeplab(classes: int = 21) -> onnx.ModelProto:
+    """torchvision's DeepLabV3-MobileNetV3-Large shape, 320x320: a stride-16 backbone (depthwise-separable
+    Conv+BN+ReLU) to 960 channels at 20x20, ASPP (1x1, 3x3 dilated 12/24/36, global pool -> 1x1 -> Resize;
+    256 each), Concat, 1x1 projection + Dropout, 3x3 head, 1x1 classifier, bilinear Resize to 320x320."""
+    b = Builder(21)
+    x, c_in = b.conv_bn("input", 3, 16, 3, 2), 16
+    for c, stride in [(24, 2), (40, 2), (80, 2), (112, 1), (160, 1)]:
+        x = b.conv_bn(x, c_in, c_in, 3, stride, group=c_in)
+        x, c_in = b.conv_bn(x, c_in, c, 1, act=None), c
+    x = b.conv_bn(x, c_in, 960, 1)
+    branches = [b.conv_bn(x, 960, 256, 1)] + [b.conv_bn(x, 960, 256, 3, dilation=d) for d in (12, 24, 36)]
+    branches.append(b.upsample(b.conv_bn(b.node("GlobalAveragePool", [x]), 960, 256, 1), 20))
+    x = b.dropout(b.conv_bn(b.node("Concat", branches, axis=1), 5 * 256, 256, 1))
+    x = b.conv(b.conv_bn(x, 256, 256, 3), 256, classes, 1, bias=True)
+    return b.model("deeplab", ["batch", 3, 320, 320], b.upsample(x, 16), ["batch", classes, 320, 320])
+
+
 def mlp() -> onnx.ModelProto:
     """784 -> 1024 -> 1024 -> 10: MatMul+Add -> BN -> ReLU -> Dropout, Gemm -> BN -> ReLU -> Dropout, Gemm."""
     b = Builder(3)
@@ -230,6 +258,7 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "mobilenetv2": mobilenetv2,
     "vgg16_bn": vgg16_bn,
     "unet": unet,
+    "deeplab": deeplab,
     "mlp": mlp,
     "stack100": lambda: stack(100),
     "stack1000": lambda: stack(1000),

@@ -11,6 +11,14 @@ MiB = 2**20
 PEER_NAMES = ("onnxscript", "onnxoptimizer", "onnxsim", "onnxslim", "ort-basic", "aimet")
 FOLD_SPEEDUP_MODELS = ("resnet50", "stack1000")
 RSS_TARGET_MIN_BYTES = 400 * 10**6
+# (label, numerator, denominator, field, limit): the default (validating) fold against --no-validate in time,
+# and against a process that only creates an ONNX Runtime session and runs it once in peak RSS.
+DEFAULT_FOLD_TARGETS = (
+    ("6. default fold time <= 2x --no-validate", "normfold-default", "normfold", "seconds", 2.0),
+    ("7. default fold peak RSS <= 2x ONNX Runtime session peak", "normfold-default", "ort-session", "rss", 2.0),
+)
+DEFAULT_FOLD_NAMES = {"normfold-default": "default fold", "normfold": "--no-validate", "ort-session": "ORT session"}
+LABELS = {"io": "I/O limit", "normfold-default": "normfold default (validated)", "ort-session": "ORT session"}
 
 
 def _table(head: list[str], rows: list[list[object]]) -> list[str]:
@@ -49,7 +57,7 @@ def model_rows(results: list[dict]) -> list[str]:
     for r in results:
         original = r["checks"].get("original", {})
         bn, dropout, nodes = _ops(original)
-        f64 = _e(original.get("float64_error")) if r["float64"] else "skipped (> 200 MiB)"
+        f64 = _e(original.get("float64_error")) if r["float64"] else (r.get("float64_note") or "skipped (> 200 MiB)")
         rows.append([r["name"], f"{r['bytes'] / MiB:.1f}", "yes" if r["external"] else "no", bn, dropout, nodes, f64])
     return _table(["model", "MiB", "external data", "BN", "Dropout", "nodes", "original's max error vs float64"], rows)
 
@@ -62,12 +70,13 @@ def tool_rows(results: list[dict], tools: list[str]) -> list[str]:
             timing = r["timings"].get(tool)
             if timing is None:
                 continue
+            label = LABELS.get(tool, tool)
             if timing["error"]:
-                rows.append([r["name"], tool, "FAILED", "-", "-", "-", "-", timing["error"].replace("|", "/"), "-"])
+                rows.append([r["name"], label, "FAILED", "-", "-", "-", "-", timing["error"].replace("|", "/"), "-"])
                 continue
             check = r["checks"].get(tool, {})
-            if tool == "io":
-                rows.append([r["name"], "I/O limit", _s(timing["seconds"]), _mib(timing["rss"]), "", "", "", "", ""])
+            if tool in ("io", "ort-session"):
+                rows.append([r["name"], label, _s(timing["seconds"]), _mib(timing["rss"]), "", "", "", "", ""])
                 continue
             bn, dropout, nodes = _ops(check)
             if "error" in check:
@@ -75,7 +84,7 @@ def tool_rows(results: list[dict], tools: list[str]) -> list[str]:
             else:
                 verdict = f"{'yes' if check.get('equivalent') else 'NO'} ({_e(check.get('max_abs_diff'))})"
             f64 = f"{_e(check.get('float64_error'))} (orig {_e(original_f64)})" if "float64_error" in check else "-"
-            rows.append([r["name"], tool, _s(timing["seconds"]), _mib(timing["rss"]), bn, dropout, nodes, verdict, f64])
+            rows.append([r["name"], label, _s(timing["seconds"]), _mib(timing["rss"]), bn, dropout, nodes, verdict, f64])
     head = ["model", "tool", "time s", "peak RSS MiB", "BN left", "Dropout left", "nodes", "equivalent (max abs diff)",
             "max error vs float64"]
     return _table(head, rows)
@@ -90,6 +99,41 @@ def io_rows(results: list[dict]) -> list[str]:
                      f"{r['bytes'] / MiB:.1f}", rss_ratio])
     head = ["model", "I/O limit s", "normfold s", "normfold / I/O", "I/O RSS MiB", "normfold RSS MiB", "model MiB",
             "normfold RSS / model size"]
+    return _table(head, rows)
+
+
+def _timing(result: dict, tool: str) -> dict | None:
+    """A tool's timing; None when it was not run (e.g. results saved before it was measured)."""
+    return result["timings"].get(tool)
+
+
+def _failed(timing: dict | None) -> str:
+    return "not run" if timing is None else "FAILED: " + timing["error"].replace("|", "/")
+
+
+def _ratio(result: dict, numerator: str, denominator: str, field: str) -> tuple[float | None, str | None]:
+    """One tool's `field` (seconds, rss) over another's on a model, or why it cannot be computed."""
+    for tool in (numerator, denominator):
+        timing = _timing(result, tool)
+        if timing is None or timing["error"]:
+            return None, f"{DEFAULT_FOLD_NAMES[tool]} {_failed(timing)}"
+    return _timing(result, numerator)[field] / _timing(result, denominator)[field], None
+
+
+def _time_rss(timing: dict | None) -> list[str]:
+    if timing is None or timing["error"]:
+        return [_failed(timing), "-"]
+    return [_s(timing["seconds"]), _mib(timing["rss"])]
+
+
+def default_fold_rows(results: list[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        time_ratio, rss_ratio = (_ratio(r, *target[1:4])[0] for target in DEFAULT_FOLD_TARGETS)
+        rows.append([r["name"], *_time_rss(_timing(r, "normfold")), *_time_rss(_timing(r, "normfold-default")),
+                     _s(time_ratio), *_time_rss(_timing(r, "ort-session")), _s(rss_ratio)])
+    head = ["model", "--no-validate s", "--no-validate RSS MiB", "default s", "default RSS MiB",
+            "default / --no-validate time", "ORT session s", "ORT session RSS MiB", "default RSS / ORT session RSS"]
     return _table(head, rows)
 
 
@@ -129,7 +173,7 @@ def layer_rows(results: list[dict]) -> list[str]:
 
 
 def targets(results: list[dict]) -> list[tuple[str, str, str]]:
-    """(target, PASS/MISS/n/a, measured) for issue 5's five targets."""
+    """(target, PASS/MISS/n/a, measured) for issue 5's five targets and the default fold's two."""
     out = []
     ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
     over = {k: v for k, v in ratios.items() if v > 1.3}
@@ -179,6 +223,24 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
                 left.append(f"{r['name']}: normfold leaves BN {nf_bn} / Dropout {nf_drop}, {tool} {bn} / {drop}")
     out.append(("5. no BN/Dropout left that an (equivalent) peer removes", "MISS" if left else "PASS",
                 "; ".join(left) or "normfold leaves no more BN or Dropout than any peer whose output is equivalent"))
+    out += default_fold_targets(results)
+    return out
+
+
+def default_fold_targets(results: list[dict]) -> list[tuple[str, str, str]]:
+    """Targets 6 and 7: a failed or killed default fold is a miss, with its reason."""
+    measured = [r for r in results if _timing(r, "normfold-default") is not None]
+    out = []
+    for label, numerator, denominator, field, limit in DEFAULT_FOLD_TARGETS:
+        ratios = {r["name"]: _ratio(r, numerator, denominator, field) for r in measured}
+        values = {name: value for name, (value, _) in ratios.items() if value is not None}
+        failed = [f"{name}: {why}" for name, (_, why) in ratios.items() if why]
+        over = {name: value for name, value in values.items() if value > limit}
+        worst = max(values, key=values.get) if values else None
+        text = [f"worst {worst} {values[worst]:.2f}x",
+                f"over {limit:g}x: " + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none")] if worst else []
+        result = "n/a" if not measured else ("MISS" if over or failed else "PASS")
+        out.append((label, result, "; ".join(text + failed).replace("|", "/") or "not measured in this run"))
     return out
 
 
@@ -239,6 +301,11 @@ def render(results: list[dict], header: list[str], notes: list[str], profiles: l
               "original model evaluated in float64, with the original's own error beside it.", ""]
     lines += tool_rows(results, tools)
     lines += ["## normfold against the I/O limit (onnx_ir.load + onnx_ir.save)", ""] + io_rows(results)
+    lines += ["## normfold's default fold (validation on) against --no-validate and an ONNX Runtime session", "",
+              "Default: `normfold fold MODEL -o OUT` (validation on, float64 reference as by default). ORT session: a "
+              "process that only creates an ONNX Runtime CPU session (ORT_DISABLE_ALL, as normfold validates) on the "
+              "original model and runs it once on seeded random inputs. Time: whole process, median; RSS: peak.", ""]
+    lines += default_fold_rows(results)
     lines += ["## Inference latency on ONNX Runtime CPU (batch 1, median)", ""] + latency_rows(results)
     lines += ["## Fold time per layer (Conv+BN+ReLU stacks)", ""] + layer_rows(results)
     if profiles:

@@ -1,16 +1,22 @@
 """Issue 5's benchmark: normfold against the I/O limit and the peer tools, one table per question.
 
-    python benchmarks/run.py [--quick] [--big] [--runs N] [--markdown benchmarks/RESULTS.md]
+    python benchmarks/run.py [--quick] [--big] [--models NAME,...] [--runs N] [--markdown benchmarks/RESULTS.md]
 
 Every transform runs in a fresh process: whole-process wall time (median of --runs), peak RSS of
-that process (os.wait4's rusage). Then one evaluation process per model checks every output
-(benchmarks/evaluate.py). Peers that are not importable are skipped with the reason; AIMET runs in
-the interpreter given by --aimet-python (or $NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch.
+that process (os.wait4's rusage). normfold runs twice: `--no-validate`, and as users run it by
+default (validation on, float64 reference included), the latter killed past --default-fold-timeout
+or --rss-limit and then shown as failed. Beside them, a process that only creates an ONNX Runtime
+CPU session (ORT_DISABLE_ALL, as normfold validates) and runs it once, as the memory yardstick of
+validation. Then one evaluation process per model checks every output (benchmarks/evaluate.py); when
+its float64 reference runs past those limits, it runs again without it. Peers that are not importable
+are skipped with the reason; AIMET runs in the interpreter given by --aimet-python (or
+$NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +50,47 @@ PEERS = {  # tool -> module that must be importable
 }
 FLOAT64_LIMIT = 200 * 2**20
 SLOW_RUN_S = 10.0
+GiB = 2**30
+BASELINES = ("normfold", "normfold-default", "io", "ort-session")  # measured --runs times on every model
+NOT_EVALUATED = ("io", "ort-session")  # they write no model
+# Starts a measured command as its child and writes the child's pid, then its wall seconds and peak RSS,
+# to the file named first. Measured processes are not started from this one: Linux carries the RSS
+# high-water mark of the address space an exec replaces into ru_maxrss, so every child of this process
+# (which has imported numpy and onnx and built the models) would report at least this process's RSS.
+SPAWN = """\
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+report = open(sys.argv[1], "w")
+report.write(f"{pid}\\n")
+report.flush()
+_, status, usage = os.wait4(pid, 0)
+report.write(f"{time.perf_counter() - start} {usage.ru_maxrss * 1024}\\n")
+report.close()
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+# The memory yardstick of validation: an ONNX Runtime CPU session as normfold's validation creates it
+# (ORT_DISABLE_ALL), run once on seeded random inputs, symbolic dimensions 1.
+ORT_SESSION = """\
+import sys
+import numpy as np
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(0)
+dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(dtypes[i.type])
+         for i in session.get_inputs()}
+session.run(None, feeds)
+"""
 BIG_NEEDS_DISK, BIG_NEEDS_MEMORY = 30 * 2**30, 20 * 2**30
 
 
@@ -56,22 +104,61 @@ class Timing:
     runs: list[float] = dataclasses.field(default_factory=list)
 
 
-def run_once(command: list[str], timeout: float, log: Path) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS bytes and exit status of one process (killed after `timeout`)."""
+def run_once(command: list[str], timeout: float, log: Path,
+             rss_limit: int | None = None) -> tuple[float, int, int, str | None]:
+    """Wall seconds, peak RSS bytes and exit status of one process, and why it was killed if it was:
+    after `timeout`, or (polled every 50 ms) once its RSS passes `rss_limit` bytes. The process is
+    started by SPAWN, which reports its wall time and peak RSS (the exit status is SPAWN's, the same)."""
+    killed: list[str] = []
+    finished = threading.Event()
+    report_file = log.with_suffix(".spawn")
+    report_file.unlink(missing_ok=True)
     with open(log, "wb") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
+        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", SPAWN, str(report_file), *command],
+                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+        def kill(reason: str) -> None:
+            if not killed and not finished.is_set():
+                killed.append(reason)
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill, [f"timeout after {timeout:.0f} s"])
         timer.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
+        if rss_limit is not None:
+            threading.Thread(target=_watch_rss, args=(report_file, rss_limit, start, finished, kill), daemon=True).start()
+        _, status, _ = os.wait4(process.pid, 0)
+        finished.set()
+        wall, rss = time.perf_counter() - start, 0
         timer.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss * 1024, process.returncode
+    reported = report_file.read_text().split() if report_file.exists() else []
+    if len(reported) == 3:
+        wall, rss = float(reported[1]), int(reported[2])
+    return wall, rss, process.returncode, (killed or [None])[0]
 
 
-def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_slow: bool = True) -> Timing:
-    """Median wall time over `runs` (one run only when it takes over SLOW_RUN_S and not `repeat_slow`)."""
+def _watch_rss(report_file: Path, limit: int, start: float, finished: threading.Event,
+               kill: Callable[[str], None]) -> None:
+    """Kill the process SPAWN started (its pid is the report's first line) once its RSS passes `limit`."""
+    page, pid = os.sysconf("SC_PAGE_SIZE"), None
+    while not finished.wait(0.05):
+        try:
+            if pid is None:
+                pid = int(report_file.read_text().split("\n")[0])
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):  # the report not written yet, or the process gone
+            continue
+        if rss > limit:
+            kill(f"killed at {rss / GiB:.1f} GiB RSS (limit {limit / GiB:g} GiB) after {time.perf_counter() - start:.0f} s")
+            return
+
+
+def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_slow: bool = True,
+            rss_limit: int | None = None) -> Timing:
+    """Median wall time over `runs` (one run only when it takes over SLOW_RUN_S and not `repeat_slow`);
+    the first failed run (or one killed past `timeout` or `rss_limit`) makes the result a failure."""
     timing, peak = Timing(), 0
     log = output.with_suffix(".log")
     for _ in range(runs):
@@ -79,10 +166,9 @@ def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_
             break
         for stale in (output, output.with_name(f"{output.name}.data")):
             stale.unlink(missing_ok=True)
-        wall, rss, code = run_once(command, timeout, log)
+        wall, rss, code, killed = run_once(command, timeout, log, rss_limit)
         if code != 0:
-            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-            reason = f"timeout after {timeout:.0f} s" if wall >= timeout else (lines[-1] if lines else f"exit {code}")
+            reason = killed or _last_line(log, code)
             return Timing(error=reason[:160])
         timing.runs.append(wall)
         peak = max(peak, rss)
@@ -90,10 +176,16 @@ def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_
     return timing
 
 
+def _last_line(log: Path, code: int) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {code}"
+
+
 def available_tools(aimet_python: str | None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Command prefix per tool (input, output, mode appended), and the reason for each skipped peer."""
     normfold_cli = shutil.which("normfold", path=str(Path(sys.executable).parent)) or shutil.which("normfold")
-    commands = {"normfold": [normfold_cli, "fold"], "io": [sys.executable, str(HERE / "tools.py"), "io"]}
+    commands = {"normfold": [normfold_cli, "fold"], "normfold-default": [normfold_cli, "fold"],
+                "io": [sys.executable, str(HERE / "tools.py"), "io"], "ort-session": [sys.executable, "-c", ORT_SESSION]}
     skipped = {}
     for tool, module in PEERS.items():
         python = sys.executable
@@ -114,20 +206,27 @@ def available_tools(aimet_python: str | None) -> tuple[dict[str, list[str]], dic
 def tool_command(tool: str, prefix: list[str], model: Path, output: Path, external: bool) -> list[str]:
     if tool == "normfold":
         return [*prefix, str(model), "-o", str(output), "--no-validate"]
+    if tool == "normfold-default":
+        return [*prefix, str(model), "-o", str(output)]
+    if tool == "ort-session":
+        return [*prefix, str(model)]
     return [*prefix, str(model), str(output), "external" if external else "inline"]
 
 
-def evaluate(model: Path, outputs: dict[str, Path], float64: bool, folder: Path) -> dict:
+def evaluate(model: Path, outputs: dict[str, Path], float64: bool, folder: Path, timeout: float,
+             rss_limit: int | None) -> tuple[dict, str | None]:
+    """The checks of every output, and why the evaluation process was killed (timeout, RSS), if it was."""
     job = {"original": str(model), "candidates": {k: str(v) for k, v in outputs.items()}, "float64": float64,
            "latency": ["normfold"]}
     job_file, result_file = folder / "evaluate.job.json", folder / "evaluate.result.json"
     job_file.write_text(json.dumps(job))
     result_file.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, str(HERE / "evaluate.py"), str(job_file), str(result_file)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(result_file.read_text())
+    log = folder / "evaluate.log"
+    _, _, code, killed = run_once([sys.executable, str(HERE / "evaluate.py"), str(job_file), str(result_file)],
+                                  timeout, log, rss_limit)
+    if code != 0:
+        return {"error": killed or _last_line(log, code)}, killed
+    return json.loads(result_file.read_text()), None
 
 
 def bench_model(name: str, args: argparse.Namespace, commands: dict[str, list[str]]) -> dict:
@@ -136,19 +235,27 @@ def bench_model(name: str, args: argparse.Namespace, commands: dict[str, list[st
     folder = args.workdir / "out" / name
     folder.mkdir(parents=True, exist_ok=True)
     timings, outputs = {}, {}
+    rss_limit = int(args.rss_limit * GiB)
     for tool, prefix in commands.items():
         output = folder / f"{tool}.onnx"
-        ours = tool in ("normfold", "io")
+        ours = tool in BASELINES
         runs = args.runs if ours or name in report.FOLD_SPEEDUP_MODELS else args.peer_runs
         timeout = args.timeout * 10 if ours else args.timeout
-        timings[tool] = measure(tool_command(tool, prefix, path, output, external), output, runs, timeout, ours)
-        if timings[tool].error is None and tool != "io":
+        limit = None
+        if tool == "normfold-default":
+            timeout, limit = args.default_fold_timeout, rss_limit
+        timings[tool] = measure(tool_command(tool, prefix, path, output, external), output, runs, timeout, ours, limit)
+        if timings[tool].error is None and tool not in NOT_EVALUATED:
             outputs[tool] = output
         status = f"{timings[tool].seconds:.2f} s" if timings[tool].error is None else f"FAILED: {timings[tool].error}"
-        print(f"  {name:28} {tool:14} {status}", flush=True)
-    float64 = size <= FLOAT64_LIMIT
-    checks = evaluate(path, outputs, float64, folder)
-    result = {"name": name, "bytes": size, "external": external, "float64": float64,
+        print(f"  {name:28} {tool:16} {status}", flush=True)
+    float64, float64_note = size <= FLOAT64_LIMIT, None
+    checks, killed = evaluate(path, outputs, float64, folder, args.timeout * 10, rss_limit if float64 else None)
+    if killed and float64:
+        float64, float64_note = False, f"skipped: with it the evaluation was {killed}"
+        print(f"  {name:28} {'evaluation':16} float64 reference {float64_note}", flush=True)
+        checks, _ = evaluate(path, outputs, False, folder, args.timeout * 10, None)
+    result = {"name": name, "bytes": size, "external": external, "float64": float64, "float64_note": float64_note,
               "timings": {k: dataclasses.asdict(v) for k, v in timings.items()}, "checks": checks}
     (folder / "result.json").write_text(json.dumps(result))
     return result
@@ -198,13 +305,22 @@ def big_fits(workdir: Path) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(models.QUICK)}, one run each")
+    parser.add_argument("--models", type=lambda text: [n for n in text.split(",") if n], metavar="NAME,...",
+                        help=f"only these models (of {', '.join(models.model_names(False, False))}), in this order")
     parser.add_argument("--big", action="store_true", help="also a >2 GB model with external data (off by default: "
                         "needs ~30 GiB disk and ~20 GiB memory)")
     parser.add_argument("--runs", type=int, default=None,
-                        help="runs per normfold / I/O measurement, and per peer on resnet50 and stack1000 (default 3, --quick 1)")
+                        help="runs per normfold (both ways), I/O and ORT session measurement, and per peer on "
+                        "resnet50 and stack1000 (default 3, --quick 1)")
     parser.add_argument("--peer-runs", type=int, default=None, help="runs per peer on the other models (default 1)")
     parser.add_argument("--timeout", type=float, default=60,
-                        help="seconds before one peer run is killed (normfold and I/O: 10x this)")
+                        help="seconds before one peer run is killed (normfold --no-validate, I/O, the ORT session "
+                        "and the evaluation: 10x this)")
+    parser.add_argument("--default-fold-timeout", type=float, default=300,
+                        help="seconds before one default (validating) normfold fold is killed")
+    parser.add_argument("--rss-limit", type=float, default=8,
+                        help="GiB of RSS at which a default normfold fold, or an evaluation with the float64 reference, "
+                        "is killed (the evaluation then runs again without float64)")
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "normfold-bench")
     parser.add_argument("--aimet-python", default=os.environ.get("NORMFOLD_BENCH_AIMET_PYTHON"),
                         help="a Python with aimet-onnx (and torch) installed, if not this one")
@@ -215,6 +331,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse per-model results already in WORKDIR")
     parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
     args = parser.parse_args()
+    unknown = [n for n in args.models or [] if n not in models.model_names(False, False)]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names(False, False))}")
     args.runs = args.runs or (1 if args.quick else 3)
     args.peer_runs = args.peer_runs or 1
     if args.report_only:
@@ -226,7 +345,7 @@ def main() -> None:
     for tool in args.skip:
         commands.pop(tool, None)
         skipped[tool] = "left out with --skip"
-    names = models.model_names(args.quick, False)
+    names = args.models or models.model_names(args.quick, False)
     notes = [f"skipped peer {tool}: {why}" for tool, why in skipped.items()]
     if args.big:
         why_not = big_fits(args.workdir)
@@ -234,12 +353,17 @@ def main() -> None:
         notes += [f"skipped big model: {why_not}"] if why_not else []
     else:
         notes.append("big (>2 GB, external data) model not run: pass --big (needs ~30 GiB disk, ~20 GiB memory)")
-    notes.append(f"a peer run is killed after {args.timeout:.0f} s (normfold and I/O after {10 * args.timeout:.0f} s)")
+    notes.append(f"a peer run is killed after {args.timeout:.0f} s (normfold --no-validate, I/O and the ORT session after "
+                 f"{10 * args.timeout:.0f} s); a default (validating) normfold fold after {args.default_fold_timeout:.0f} s "
+                 f"or at {args.rss_limit:g} GiB RSS, and then shown as failed")
+    notes.append("ORT session: a process that only creates an ONNX Runtime CPU InferenceSession (ORT_DISABLE_ALL, as "
+                 "normfold validates) on the original model and runs it once on seeded random inputs (symbolic dims 1)")
     notes.append(f"float64 reference skipped for models over {FLOAT64_LIMIT / 2**20:.0f} MiB "
                  "(onnx's reference evaluator holds a float64 copy of every weight)")
-    notes.append(f"runs: normfold and I/O median of {args.runs}; peers median of {args.runs} on "
-                 f"{' and '.join(report.FOLD_SPEEDUP_MODELS)}, {args.peer_runs} elsewhere, and one run when it takes over "
-                 f"{SLOW_RUN_S:.0f} s (AIMET: torch import); time is the whole process (interpreter start and imports included)")
+    notes.append(f"runs: normfold (--no-validate and default), I/O and ORT session median of {args.runs}; peers median "
+                 f"of {args.runs} on {' and '.join(report.FOLD_SPEEDUP_MODELS)}, {args.peer_runs} elsewhere, and one run "
+                 f"when it takes over {SLOW_RUN_S:.0f} s (AIMET: torch import); time is the whole process (interpreter "
+                 "start and imports included)")
     for line in header + notes:
         print(line, flush=True)
     started = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from normfold.calibrate import METHODS, calibrate
+from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import check_output_path, has_external_data, load_model, read_model_proto, save_model
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
@@ -20,9 +21,9 @@ from normfold.validate.providers import resolve_providers
               help="Calibration batches: .npz (one array per graph input, leading axis = batches) or a test_data_set folder.")
 @click.option("--method", type=click.Choice(METHODS), default="cumulative", show_default=True,
               help="cumulative: exact statistics of all the data; running: the running-average update per batch.")
-@click.option("--momentum", type=click.FloatRange(0, 1),
+@click.option("--momentum", type=FiniteFloat(0, 1),
               help="With --method running: ONNX momentum, the weight of the OLD value [default: 0.9].")
-@click.option("--alpha", type=click.FloatRange(0, 1),
+@click.option("--alpha", type=FiniteFloat(0, 1),
               help="With --method running: PyTorch/seed momentum, the weight of the NEW batch (= 1 - ONNX momentum).")
 @click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
               help="Execution provider: auto is CUDA when it really runs, else CPU.")

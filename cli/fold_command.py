@@ -12,7 +12,7 @@ from normfold.cli.batch import (
     BatchReport, error_reason, failure_reason, figure, max_abs, run_and_report, worst_comparison,
 )
 from normfold.cli.batch_table import shorten
-from normfold.cli.validation_options import validation_kwargs, validation_options
+from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
 
@@ -56,7 +56,7 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
     if batch_stats and not eval_mode:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     settings = {"in_place": in_place, "simplify": simplify, "eval_mode": eval_mode, "batch_stats": batch_stats,
-                "validation": validation_kwargs(options) if check else None}
+                "validation": validation_config(options) if check else None}
     files = _expand(models)
     if len(files) == 1 and not models[0].is_dir():
         _fold_one(files[0], output, settings, as_json)

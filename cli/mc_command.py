@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import load_model, read_model_proto
+from normfold.io import load_model_file
 from normfold.monte_carlo import monte_carlo
 from normfold.validate.inputs import input_specs, load_npz_inputs, parse_dims, random_inputs
 from normfold.validate.providers import resolve_providers
@@ -32,7 +32,8 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
 
     BN runs in inference mode and every Dropout samples masks (seed 2.2, keep probability 1 - ratio).
     """
-    specs = input_specs(read_model_proto(model))
+    loaded = load_model_file(model)
+    specs = input_specs(loaded.proto)
     if inputs is not None:
         feeds = load_npz_inputs(inputs, specs, parse_dims(dims))
         if len(feeds) != 1:
@@ -40,7 +41,7 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
     else:
         feeds = random_inputs(specs, dims=parse_dims(dims), seed=seed)
     choice = resolve_providers((provider,), model)[0]
-    result = monte_carlo(load_model(model), feeds[0], passes=samples, seed=seed, provider=choice.key)
+    result = monte_carlo(loaded.model, feeds[0], passes=samples, seed=seed, provider=choice.key)
     click.echo(f"{samples} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
                f"{', '.join(result.dropouts)}")
     for name in result.mean:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import check_output_path, has_external_data, load_model, save_model
 from normfold.lints import training_lints
@@ -24,9 +25,9 @@ from normfold.passes.set_training_mode import DEFAULT_FLAG
 @click.option("--batch-stats", is_flag=True,
               help="With --eval: where running statistics are unusable, compute batch statistics instead.")
 @click.option("--flag", default=DEFAULT_FLAG, show_default=True, help="With --train: name of the boolean input.")
-@click.option("--momentum", type=click.FloatRange(0, 1),
+@click.option("--momentum", type=FiniteFloat(0, 1),
               help="With --train: ONNX momentum, the weight of the OLD running value (running = m*running + (1-m)*batch).")
-@click.option("--alpha", type=click.FloatRange(0, 1),
+@click.option("--alpha", type=FiniteFloat(0, 1),
               help="With --train: PyTorch/seed momentum, the weight of the NEW batch statistic (= 1 - ONNX momentum).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write (default: MODEL.train.onnx or MODEL.eval.onnx beside MODEL).")

@@ -12,9 +12,9 @@ from normfold.cli.batch import (
     BatchReport, error_reason, failure_reason, figure, max_abs, run_and_report, worst_comparison,
 )
 from normfold.cli.batch_table import shorten
-from normfold.cli.validation_options import validation_kwargs, validation_options
+from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.validate import ValidationReport, validate
+from normfold.validate import ValidationConfig, ValidationReport, validate
 
 
 @click.command("validate")
@@ -35,12 +35,12 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
     CANDIDATE, one line per pair. Exit codes: 0 equivalent, 1 not equivalent, 2 usage error,
     3 unusable input or provider.
     """
-    kwargs = validation_kwargs(options)
+    config = validation_config(options)
     if reference.is_dir():
         if candidate is None or not candidate.is_dir() or expected is not None:
             raise NormfoldError("a REFERENCE folder needs a CANDIDATE folder (and no --expected)", exit_code=EXIT_USAGE)
-        ctx.exit(_validate_folders(reference, candidate, kwargs, jobs, as_json))
-    report = validate(reference, candidate, expected=expected, **kwargs)
+        ctx.exit(_validate_folders(reference, candidate, config, jobs, as_json))
+    report = validate(reference, candidate, expected=expected, config=config)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -52,7 +52,7 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
 VALIDATE_HEADER = ("REFERENCE", "CANDIDATE", "STATUS", "MAX ABS", "WORST OUTPUT", "PROVIDERS", "EXIT", "REASON")
 
 
-def _validate_folders(reference: Path, candidate: Path, kwargs: dict[str, Any], jobs: int, as_json: bool) -> int:
+def _validate_folders(reference: Path, candidate: Path, config: ValidationConfig, jobs: int, as_json: bool) -> int:
     """One line per pair as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
     pairs = [(path, candidate / path.relative_to(reference)) for path in sorted(reference.rglob("*.onnx"))]
     if not pairs:
@@ -60,7 +60,7 @@ def _validate_folders(reference: Path, candidate: Path, kwargs: dict[str, Any], 
     how = BatchReport("validating", lambda row: f"{row['status']:9} {row['reference']} -> {row['candidate']}: "
                                                 f"{row['detail']}", "validate-batch", "pairs", VALIDATE_HEADER,
                       _validate_cells, "{done} of {total} pair(s) equivalent")
-    return run_and_report(_validate_pair, pairs, kwargs, jobs, as_json, how)
+    return run_and_report(_validate_pair, pairs, config, jobs, as_json, how)
 
 
 def _validate_cells(row: dict[str, Any]) -> list[str]:
@@ -71,12 +71,12 @@ def _validate_cells(row: dict[str, Any]) -> list[str]:
             str(row["exit_code"]), shorten(row["reason"] or "")]
 
 
-def _validate_pair(pair: tuple[Path, Path], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _validate_pair(pair: tuple[Path, Path], config: ValidationConfig) -> dict[str, Any]:
     """One pair of a folder comparison as a plain (picklable) row; a user error becomes the row, never an exception."""
     reference, candidate = pair
     row = {"reference": str(reference), "candidate": str(candidate)}
     try:
-        report = validate(reference, candidate, **kwargs)
+        report = validate(reference, candidate, config=config)
     except NormfoldError as error:
         return row | {"status": "UNUSABLE", "detail": str(error), "exit_code": error.exit_code, "providers": None,
                       "outputs_compared": None, "worst_output": None, "worst_section": None, "max_abs": None,

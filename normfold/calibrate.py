@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from normfold.errors import NormfoldError, describe
+from normfold.finite import require_finite
 from normfold.fold import as_ir_model
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused
 from normfold.graph_walk import Scope, node_label
@@ -71,11 +72,13 @@ def calibrate(
 ) -> CalibrationResult:
     """Estimate running mean/variance of every main-graph BN from `batches` and write them into the model.
 
-    `model` is a path, an onnx.ModelProto or an onnx_ir.Model (which is not modified).
+    `model` is a path, an onnx.ModelProto or an onnx_ir.Model (which is not modified). `momentum` (ONNX's,
+    used by method "running") must be finite and in [0, 1], whatever the method.
     """
     model = as_ir_model(model)
     if method not in METHODS:
         raise NormfoldError(f"unknown method '{method}' (choose from {', '.join(METHODS)})", exit_code=2)
+    momentum = require_finite("momentum", momentum, low=0.0, high=1.0)
     if not batches:
         raise NormfoldError("no calibration batches")
     bns = [n for n in model.graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from normfold.errors import EXIT_MISMATCH, NormfoldError
 from normfold.fold import FoldResult, fold
-from normfold.io import check_output_path, has_external_data, load_model, save_model
+from normfold.io import LoadedModel, check_output_path, has_external_data, load_model_file, save_model
 
 if TYPE_CHECKING:
-    from normfold.validate import ValidationReport
+    from normfold.validate import ValidationConfig, ValidationReport
 
 
 @dataclasses.dataclass
@@ -42,18 +42,23 @@ def fold_file(
     simplify: bool = False,
     eval_mode: bool = False,
     batch_stats: bool = False,
-    validation: dict[str, Any] | None = None,
+    validation: ValidationConfig | None = None,
 ) -> FoldFileResult:
-    """Fold `source` into `target`; with `validation` (validate()'s keyword arguments) check it first."""
-    loaded = load_model(source)
-    input_files = check_output_path(target, source, loaded, in_place=in_place)
+    """Fold `source` into `target`; with a `validation` configuration check it first.
+
+    The input is read and checked once: the fold rewrites the onnx_ir model in place while validation
+    reads the input file and the proto it was parsed from, which the fold leaves as it was.
+    """
+    loaded = load_model_file(source)
+    input_files = check_output_path(target, source, loaded.model, in_place=in_place)
     old_files = input_files - {source.resolve()} if in_place else set()
-    external = has_external_data(loaded)
-    result = fold(loaded, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)
+    external = has_external_data(loaded.model)
+    result = fold(loaded.model, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)
     outcome = FoldFileResult(result, None, source, target, written=False)
 
     def verify(staged: Path) -> None:
-        outcome.validation = _validate(source, staged, result, external, validation or {}, outcome)
+        assert validation is not None
+        outcome.validation = _validate(loaded, staged, result, external, validation, outcome)
         if not outcome.validation.passed:
             worst = outcome.validation.failures[0]
             raise NotWrittenError(f"the folded model differs from {source}; nothing written ({worst.to_line()})",
@@ -65,11 +70,12 @@ def fold_file(
     return outcome
 
 
-def _validate(source: Path, staged: Path, result: FoldResult, external: bool, kwargs: dict[str, Any],
+def _validate(source: LoadedModel, staged: Path, result: FoldResult, external: bool, config: ValidationConfig,
               outcome: FoldFileResult) -> ValidationReport:
     """Validate the staged output against the input (or, after --eval, against the input in inference mode).
 
-    Imported here: with validation off, `normfold fold` never loads the validation code.
+    Imported here: with validation off, `normfold fold` never loads the validation code. ONNX Runtime reads
+    files, so an --eval reference is written once to a temporary folder; nothing is read back.
     """
     from normfold.validate import validate
     from normfold.validate.stochastic import NotComparableError
@@ -77,14 +83,15 @@ def _validate(source: Path, staged: Path, result: FoldResult, external: bool, kw
     with tempfile.TemporaryDirectory(prefix="normfold-eval-") as folder:
         reference = source
         if result.inference_model is not None:
-            reference = Path(folder) / f"{source.stem}.eval.onnx"
-            save_model(result.inference_model, reference, external_data=external)
+            path = Path(folder) / f"{source.path.stem}.eval.onnx"
+            save_model(result.inference_model, path, external_data=external, check=False)
+            reference = LoadedModel(path, result.inference_model)
         try:
-            report = validate(reference, staged, **kwargs)
+            report = validate(reference, LoadedModel(staged, result.model), config=config)
         except NotComparableError as error:
             raise NotWrittenError(f"cannot validate the folded model, so nothing was written ({error}); "
                                   "--no-validate writes it without validation", outcome, 3) from None
     if result.inference_model is not None:
-        report.notes.insert(0, f"reference: {source} switched to inference mode (--eval)")
-        report.reference = f"{source} (inference mode)"
+        report.notes.insert(0, f"reference: {source.path} switched to inference mode (--eval)")
+        report.reference = f"{source.path} (inference mode)"
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -28,8 +29,35 @@ def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return proto
 
 
+@dataclasses.dataclass
+class LoadedModel:
+    """A model file read and checked once: its path (ONNX Runtime reads the file), the onnx_ir model, and the
+    ModelProto it was parsed from (external data not loaded; None for a model built in memory).
+
+    The proto stays as it was read while passes rewrite `model` in place, so it is the input as it was.
+    """
+
+    path: Path
+    model: ir.Model
+    proto: onnx.ModelProto | None = None
+
+    def full_proto(self) -> onnx.ModelProto:
+        """The ModelProto with every tensor's data in memory (for onnx's reference evaluator and converters)."""
+        if self.proto is None:
+            return serde.serialize_model(self.model)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        onnx.external_data_helper.load_external_data_for_model(proto, str(self.path.parent))
+        return proto
+
+
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
-    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError.
+    """Read an ONNX file into onnx_ir, external data memory-mapped; any problem is a NormfoldError."""
+    return load_model_file(path).model
+
+
+def load_model_file(path: str | os.PathLike[str]) -> LoadedModel:
+    """Read and check an ONNX file once: onnx_ir model (external data memory-mapped) and the parsed proto.
 
     onnx's checker (C++, it releases the GIL) reads the file in a second thread while the file is
     parsed, its tensors checked and the proto deserialized. Errors keep their order: an unreadable
@@ -47,7 +75,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         checked.result()
         held.pass_on()
     ir_external_data.set_base_dir(model.graph, str(path.parent))
-    return model
+    return LoadedModel(path, model, proto)
 
 
 class _HeldLogs(logging.Handler):
@@ -219,6 +247,7 @@ def save_model(
     verify: Callable[[Path], None] | None = None,
     replaced_files: Iterable[Path] = (),
     protected: Iterable[Path] = (),
+    check: bool = True,
 ) -> None:
     """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
@@ -228,7 +257,8 @@ def save_model(
     refuse it), before it replaces anything. `replaced_files` (an in-place input's old data files)
     are deleted once the new model is in place. The data file never takes the name of a file in
     `protected` (the input's files), so a write never changes the input, even when no tensor of the
-    written model reads that file any more.
+    written model reads that file any more. `check=False` skips onnx's full check, for temporary files
+    normfold derived from a checked model and only hands to ONNX Runtime.
     """
     path = Path(path)
     folder = path.parent
@@ -240,7 +270,7 @@ def save_model(
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
             staged = Path(staging) / path.name
-            _write_checked(model, staged, data_name, path)
+            _write_checked(model, staged, data_name, path, check)
             if verify is not None:
                 verify(staged)
             os.chmod(staged, 0o666 & ~_umask())
@@ -256,7 +286,7 @@ def save_model(
             old.unlink(missing_ok=True)
 
 
-def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: Path) -> None:
+def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: Path, check: bool = True) -> None:
     """Serialize the model to `staged` and run onnx's full check on it.
 
     Without external data the checker reads the serialized bytes in a second thread while they
@@ -265,9 +295,13 @@ def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: P
     """
     if data_name is not None or has_external_data(model):
         _serialize(lambda: ir.save(model, staged, external_data=data_name), path)
-        _full_check(str(staged), path)  # by path: the checker also finds the external data files
+        if check:
+            _full_check(str(staged), path)  # by path: the checker also finds the external data files
         return
     data = _serialize(lambda: serde.serialize_model(model).SerializeToString(), path)
+    if not check:
+        staged.write_bytes(data)
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
         checked = pool.submit(_full_check, data, path)
         staged.write_bytes(data)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
+from normfold.finite import require_finite
 from normfold.graph_edit import NameSource, take_over
 from normfold.graph_walk import node_label
 from normfold.modes import bn_training_form
@@ -28,12 +29,16 @@ DEFAULT_FLAG = "training"
 
 
 class SetTrainingModePass(ir.passes.FunctionalPass):
-    """Returns a copy of the model with a `flag` input switching all BN and Dropout nodes of the main graph."""
+    """Returns a copy of the model with a `flag` input switching all BN and Dropout nodes of the main graph.
+
+    `momentum` (ONNX's: the weight of the old running value) must be finite and in [0, 1]; None keeps each
+    BN's own attribute.
+    """
 
     def __init__(self, flag: str = DEFAULT_FLAG, momentum: float | None = None) -> None:
         super().__init__()
         self.flag = flag
-        self.momentum = momentum
+        self.momentum = None if momentum is None else require_finite("momentum", momentum, low=0.0, high=1.0)
 
     def call(self, model: ir.Model) -> RewriteResult:
         opset = model.opset_imports.get("", 1)

@@ -1,9 +1,27 @@
-"""Numeric equivalence of two models on ONNX Runtime execution providers, with a float64 reference."""
+"""Numeric equivalence of two models on ONNX Runtime execution providers, with a float64 reference.
+
+The names below are imported on first use, so that `normfold.validate.config` (which every command's
+options read) does not load the validation engine.
+"""
 
 from __future__ import annotations
 
-from normfold.validate.compare import Tolerance, default_tolerance
-from normfold.validate.report import OutputComparison, ValidationReport
-from normfold.validate.runner import validate
+import importlib
+from typing import Any
 
-__all__ = ["OutputComparison", "Tolerance", "ValidationReport", "default_tolerance", "validate"]
+_EXPORTS = {
+    "LoadedModel": "normfold.io",
+    "OutputComparison": "normfold.validate.report",
+    "Tolerance": "normfold.validate.compare",
+    "ValidationConfig": "normfold.validate.config",
+    "ValidationReport": "normfold.validate.report",
+    "default_tolerance": "normfold.validate.compare",
+    "validate": "normfold.validate.engine",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'normfold.validate' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,9 +1,9 @@
 """Comparing one output of two models: error figures, NaN/Inf agreement, and per-dtype tolerances.
 
 An output passes when shapes and dtypes agree, NaN and ±Inf sit at the same positions, and every
-finite element satisfies |candidate - reference| <= atol + rtol * |reference|. Unless given, atol is
-rtol times the output's largest magnitude: rounding errors scale with the output, not with each
-element, so an element near zero in a large output is not held to a tighter bound than its neighbours.
+finite element satisfies |candidate - reference| <= atol + rtol * |reference|. Which atol and rtol are in
+force is the tolerance policy's decision (policy.py); a Tolerance without atol means rtol times the
+output's largest magnitude.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import ml_dtypes
 import numpy as np
 
-from normfold.errors import EXIT_USAGE, NormfoldError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +30,6 @@ class Tolerance:
         """The atol in force for an output whose largest magnitude is `scale`."""
         return self.rtol * scale if self.atol is None else self.atol
 
-    def describe(self, scale: float) -> str:
-        """'atol 3e-05 (rtol x max|ref|) rtol 0.0001' for reports."""
-        how = " (rtol x max|ref|)" if self.atol is None else ""
-        return f"atol {self.absolute(scale):.3g}{how} rtol {self.rtol:g}"
-
 
 # Defaults by dtype: a fold is rounding-level, so these are several hundred ulps of the output's scale.
 DEFAULT_TOLERANCES = {
@@ -50,21 +44,6 @@ EXACT = Tolerance(0.0, 0.0)
 def default_tolerance(dtype: np.dtype) -> Tolerance:
     """The documented default for a dtype; integers and bools must match exactly."""
     return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT)
-
-
-def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
-    """'NAME=ATOL,RTOL' -> (NAME, Tolerance); anything else is a usage error."""
-    name, sep, values = text.rpartition("=")
-    parts = values.split(",")
-    try:
-        if not sep or not name or len(parts) != 2:
-            raise ValueError
-        atol, rtol = float(parts[0]), float(parts[1])
-        if atol < 0 or rtol < 0:
-            raise ValueError
-    except ValueError:
-        raise NormfoldError(f"--tol '{text}': expected NAME=ATOL,RTOL with non-negative numbers", exit_code=EXIT_USAGE) from None
-    return name, Tolerance(atol, rtol, explicit=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +66,20 @@ def is_float(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind == "f" or np.dtype(dtype) == ml_dtypes.bfloat16
 
 
-def _eps(dtype: np.dtype) -> float:
+def eps_of(dtype: np.dtype) -> float:
+    """Machine epsilon of a float dtype (bfloat16 included); 0 for integers and bools."""
     if np.dtype(dtype) == ml_dtypes.bfloat16:
         return float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps)
     return float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
+
+
+def structural_problem(reference: np.ndarray, candidate: np.ndarray) -> str:
+    """What makes two arrays incomparable (shape or dtype), or ''."""
+    if reference.shape != candidate.shape:
+        return f"shape {list(candidate.shape)} != reference {list(reference.shape)}"
+    if reference.dtype != candidate.dtype:
+        return f"dtype {candidate.dtype} != reference {reference.dtype}"
+    return ""
 
 
 def compare_arrays(
@@ -100,10 +89,9 @@ def compare_arrays(
 
     `precision` is the dtype the models computed in (eps units), when it differs from the outputs'.
     """
-    if reference.shape != candidate.shape:
-        return None, f"shape {list(candidate.shape)} != reference {list(reference.shape)}"
-    if reference.dtype != candidate.dtype:
-        return None, f"dtype {candidate.dtype} != reference {reference.dtype}"
+    problem = structural_problem(reference, candidate)
+    if problem:
+        return None, problem
     if not is_float(reference.dtype):
         diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)) if reference.dtype != bool else (reference != candidate).astype(np.float64)
         violations = int((diff > (tolerance.atol or 0.0)).sum())
@@ -117,26 +105,13 @@ def compare_arrays(
     magnitude = np.abs(r[finite])
     scale = _max(magnitude)
     atol = tolerance.absolute(scale)
-    meaningful = magnitude > max(atol, _eps(reference.dtype) * scale)
+    meaningful = magnitude > max(atol, eps_of(reference.dtype) * scale)
     max_rel = _max(diff[meaningful] / magnitude[meaningful]) if meaningful.any() else 0.0
     violations = int((diff > atol + tolerance.rtol * magnitude).sum())
-    eps = _eps(precision if precision is not None else reference.dtype)
+    eps = eps_of(precision if precision is not None else reference.dtype)
     eps_units = _max(diff) / (eps * scale) if scale > 0 else 0.0
     metrics = Metrics(_max(diff), max_rel, scale, _mean(diff), _median(diff), eps_units, violations, nan_mismatch, inf_mismatch)
     return metrics, ""
-
-
-ROUNDING_FACTOR = 4.0
-ROUNDING_FLOOR_EPS = 16.0
-
-
-def at_rounding_level(reference_error: float, candidate_error: float, scale: float, precision: np.dtype) -> bool:
-    """Whether the candidate is no further from float64 than rounding allows.
-
-    Its max error against float64 may exceed the reference's own by ROUNDING_FACTOR, plus
-    ROUNDING_FLOOR_EPS epsilons of the output's scale; a wrong rewrite is orders of magnitude beyond.
-    """
-    return candidate_error <= ROUNDING_FACTOR * reference_error + ROUNDING_FLOOR_EPS * _eps(precision) * scale
 
 
 def max_abs_error(values: np.ndarray, exact: np.ndarray) -> float:

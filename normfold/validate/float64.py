@@ -1,15 +1,85 @@
-"""The float64 truth: the model with every float tensor, type and Cast made double, run by onnx's
-reference evaluator. It tells whether a difference between two float32 models is rounding."""
+"""The float64 truth: the model with every float tensor, type and Cast made double, evaluated node by node.
+It tells whether a difference between two float32 models is rounding.
+
+The main graph runs in topological order and drops each tensor after its last use (graph outputs are
+kept). Conv, ConvTranspose, Gemm, MatMul and BatchNormalization run on normfold's chunked float64 kernels
+(float64_kernels); every other node runs on onnx's reference evaluator, one cached evaluator per distinct
+node (op, attributes, input types) built from a one-node model with the model's opsets and IR version.
+A budget (memory alive at once, flops) is checked against a static estimate (float64_cost) before the run
+and against the live tensors during it; when the reference cannot or should not run, Float64Unavailable
+says why in one line. Exceptions from normfold's own kernels are bugs and keep their traceback.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import helper, numpy_helper
 
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+from normfold.errors import NormfoldError, describe
+from normfold.validate.float64_cost import (
+    CONTRACTIONS, FLOAT_TYPES, Float64Cost, estimate_cost, format_bytes, kernel_flops, schedule,
+)
+from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel
+
+if TYPE_CHECKING:
+    from normfold.io import LoadedModel
+
+__all__ = ["FLOAT_TYPES", "Float64Budget", "Float64Unavailable", "check_estimate", "run_float64", "run_float64_samples",
+           "to_float64"]
+
+DEFAULT_MAX_BYTES = 2 << 30
+# 2e11 flops (2 per multiply-add of the contractions): numpy's float64 matmul does roughly 5-50 GFLOP/s on
+# the one or two cores a validation gets, so a run stays within about a minute. ResNet-50 at 224x224 needs
+# 8e9 a sample, so real models pass; what is refused is pathological (towers of wide convolutions at full
+# resolution), where the float64 check would cost far more than the validation it supports.
+DEFAULT_MAX_FLOPS = 2e11
+BUDGET_OPTION = "--float64-budget"
+
+
+class Float64Unavailable(NormfoldError):
+    """The float64 reference cannot or should not run this model: a one-line reason and a stable `code`.
+
+    Codes: over-memory, over-flops (the estimate, before running), runtime-memory, runtime-flops (the guard,
+    while running), no-kernel (an op onnx's evaluator lacks), evaluator-failed (it raised on an op or dtype),
+    missing-input (a node reads a tensor nothing gives).
+    """
+
+    def __init__(self, reason: str, *, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def default_max_bytes() -> int:
+    """2 GiB, or a quarter of the memory available now when that is less: the reference must not swap."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            available = next(int(line.split()[1]) << 10 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    return min(DEFAULT_MAX_BYTES, available // 4) if available > 0 else DEFAULT_MAX_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class Float64Budget:
+    """What the float64 reference may use: bytes of float64 tensors alive at once (widened weights included)
+    and flops of contractions. Kernel scratch, at most `chunk_bytes` per temporary, comes on top."""
+
+    max_bytes: int = dataclasses.field(default_factory=default_max_bytes)
+    max_flops: float = DEFAULT_MAX_FLOPS
+
+    @property
+    def chunk_bytes(self) -> int:
+        """The kernels' bound on one temporary: a sixteenth of max_bytes, between 4 KiB and 32 MiB."""
+        return max(4 << 10, min(CHUNK_BYTES, self.max_bytes // 16))
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -27,7 +97,7 @@ def _graph_to_float64(graph: onnx.GraphProto) -> None:
         _tensor_to_float64(tensor)
     for info in [*graph.input, *graph.output, *graph.value_info]:
         if info.type.tensor_type.elem_type in FLOAT_TYPES:
-            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+            info.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
     for node in graph.node:
         _node_to_float64(node)
 
@@ -42,75 +112,311 @@ def _node_to_float64(node: onnx.NodeProto) -> None:
             for graph in attr.graphs:
                 _graph_to_float64(graph)
         elif node.op_type == "Cast" and attr.name == "to" and attr.i in FLOAT_TYPES:
-            attr.i = TensorProto.DOUBLE
+            attr.i = onnx.TensorProto.DOUBLE
 
 
 def _tensor_to_float64(tensor: onnx.TensorProto) -> None:
     if tensor.data_type in FLOAT_TYPES:
-        array = numpy_helper.to_array(tensor).astype(np.float64)
-        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+        tensor.CopyFrom(numpy_helper.from_array(_widen(numpy_helper.to_array(tensor)), tensor.name))
 
 
-def run_float64(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the model evaluated in float64 by onnx's reference evaluator (float inputs widened).
+def _widen(value: Any) -> Any:
+    """Float arrays (bfloat16 included) as float64, exactly; anything else unchanged."""
+    if isinstance(value, np.ndarray) and (value.dtype.kind == "f" or value.dtype.name == "bfloat16"):
+        return value.astype(np.float64, copy=False)
+    return value
 
-    BatchNormalization is evaluated by normfold's own kernel: onnx's BatchNormalization-9 (opsets 9-13)
-    blends batch statistics into inference, and its versions 6/7 fail to run. Grouped ConvTranspose
-    runs group by group: onnx's kernel reshapes a grouped weight wrongly.
+
+def run_float64(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
+                budget: Float64Budget | None = None) -> list[np.ndarray]:
+    """Outputs of the model evaluated in float64 (float inputs widened), within `budget` (default
+    Float64Budget()); Float64Unavailable when it is over budget or onnx's evaluator cannot run an op.
+
+    BatchNormalization is normfold's kernel: onnx's BatchNormalization-9 (opsets 9-13) blends batch
+    statistics into inference and its versions 6/7 fail to run. ConvTranspose is normfold's too: onnx's
+    reshapes a grouped weight wrongly. Models whose main graph has subgraphs (If, Loop, Scan) or calls
+    model-local functions run on onnx's whole-model evaluator with normfold's Conv, ConvTranspose and
+    BatchNormalization, keeping every tensor to the end (the estimate checks that total).
     """
+    return _run_samples(model, [feeds], budget or Float64Budget())[0]
+
+
+def run_float64_samples(model: onnx.ModelProto | LoadedModel, samples: Sequence[Mapping[str, np.ndarray]],
+                        max_bytes: int | None, *, max_flops: float = DEFAULT_MAX_FLOPS) -> list[list[np.ndarray]]:
+    """run_float64 for several samples, planning the model once; `max_bytes` None: no memory bound."""
+    proto = model if isinstance(model, onnx.ModelProto) else model.full_proto()
+    budget = Float64Budget(max_bytes=sys.maxsize if max_bytes is None else max_bytes, max_flops=max_flops)
+    return _run_samples(proto, samples, budget)
+
+
+def _run_samples(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
+                 budget: Float64Budget) -> list[list[np.ndarray]]:
+    """Each sample's outputs; the estimate checked once per distinct set of input shapes."""
+    whole = _needs_whole_model(model)
+    executor = None if whole else _Executor(model, budget)
+    plan = schedule(model.graph) if executor is None else executor.plan
+    checked = set()
+    results = []
+    with np.errstate(all="ignore"):  # IEEE results (an exp overflowing in a saturated sigmoid) are the truth
+        for feeds in samples:
+            wide = {name: _widen(value) for name, value in feeds.items()}
+            shapes = tuple(sorted((name, getattr(value, "shape", None)) for name, value in wide.items()))
+            if shapes not in checked:
+                check_estimate(estimate_cost(model, wide, plan=plan), budget, whole=whole)
+                checked.add(shapes)
+            results.append(_run_whole_model(model, wide, budget) if executor is None else executor.run(wide))
+    return results
+
+
+def check_estimate(cost: Float64Cost, budget: Float64Budget, *, whole: bool = False) -> None:
+    """Float64Unavailable when the estimated memory (`whole`: every tensor kept) or flops pass the budget."""
+    needed = cost.total_bytes if whole else cost.peak_bytes
+    if needed > budget.max_bytes:
+        held = "kept to the end (subgraphs or functions: onnx's evaluator runs it whole)" if whole else "alive at once"
+        raise Float64Unavailable(
+            f"needs {format_bytes(needed)} of float64 tensors {held}, over the {format_bytes(budget.max_bytes)} "
+            f"budget ({BUDGET_OPTION})", code="over-memory")
+    if cost.flops > budget.max_flops:
+        raise Float64Unavailable(
+            f"needs {cost.flops:.3g} floating-point operations in float64, over the budget of "
+            f"{budget.max_flops:.3g}", code="over-flops")
+
+
+def _needs_whole_model(model: onnx.ModelProto) -> bool:
+    """Whether a main-graph node carries a subgraph or calls a model-local function."""
+    functions = {(f.domain, f.name) for f in model.functions}
+    return any((node.domain, node.op_type) in functions
+               or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+               for node in model.graph.node)
+
+
+@dataclasses.dataclass
+class _Step:
+    """One node as the executor runs it: its kernel (None: onnx's evaluator) and parsed attributes."""
+
+    node: onnx.NodeProto
+    kernel: Kernel | None
+    attributes: dict[str, Any]
+    key: bytes | None = None  # the canonical node's bytes, for the evaluator cache (made on first use)
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto) -> _Step:
+        kernel = KERNELS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        return cls(node, kernel, _attributes(node) if kernel else {})
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """The node's attributes as Python values (strings decoded)."""
+    values = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        values[attr.name] = value.decode() if isinstance(value, bytes) else value
+    return values
+
+
+class _Executor:
+    """Runs a model's main graph in float64, node by node, dropping each tensor after its last use."""
+
+    def __init__(self, model: onnx.ModelProto, budget: Float64Budget) -> None:
+        self.plan = schedule(model.graph)
+        self.budget = budget
+        self.steps = [_Step.of(node) for node in self.plan.order]
+        self.evaluators = _NodeEvaluators(model)
+        self.values: dict[str, Any] = {}
+        self.live = 0
+        self.flops = 0.0
+
+    def run(self, feeds: Mapping[str, Any]) -> list[Any]:
+        """The graph outputs for these (widened) feeds."""
+        self.values, self.live, self.flops = {}, 0, 0.0
+        for name, value in feeds.items():
+            if name in self.plan.used:
+                self._keep(name, value)
+        for step, drops in zip(self.steps, self.plan.drops):
+            node = step.node
+            inputs = [self._read(name, node) if name else None for name in node.input]
+            if step.kernel is not None and _all_float64(inputs):
+                outputs = self._run_kernel(step, inputs)
+            else:
+                outputs = self.evaluators.run(step, inputs)
+            for name, value in zip(node.output, outputs):
+                if name:
+                    self._keep(name, value)
+            if self.live > self.budget.max_bytes:
+                self._over_memory(node, 0)
+            for name in drops:
+                self.live -= _nbytes(self.values.pop(name, None))
+        outputs = [self._read(name, None) for name in self.plan.outputs]
+        self.values = {}
+        return outputs
+
+    def _keep(self, name: str, value: Any) -> None:
+        self.live += _nbytes(value)
+        self.values[name] = value
+
+    def _read(self, name: str, node: onnx.NodeProto | None) -> Any:
+        """A tensor's value; an initializer is widened on its first read and held until its last."""
+        value = self.values.get(name)
+        if value is not None or name in self.values:
+            return value
+        if name in self.plan.initializers:
+            value = _widen(numpy_helper.to_array(self.plan.initializers[name]))
+            if node is not None:
+                self._keep(name, value)
+            return value
+        reader = f"node '{node.name or node.op_type}'" if node is not None else "the graph's outputs"
+        raise Float64Unavailable(f"{reader} reads '{name}', which no input, initializer or node gives",
+                                 code="missing-input")
+
+    def _run_kernel(self, step: _Step, inputs: list[Any]) -> tuple[np.ndarray, ...]:
+        """The node on normfold's kernel, after checking its outputs and flops against the budget."""
+        node, count = step.node, len(step.node.output)
+        shapes = [None if value is None else value.shape for value in inputs]
+        produced = step.kernel.output_shapes(shapes, step.attributes, count)
+        needed = ITEM * sum(math.prod(shape) for shape in produced)
+        if self.live + needed > self.budget.max_bytes:
+            self._over_memory(node, needed)
+        if node.op_type in CONTRACTIONS:
+            self.flops += kernel_flops(node.op_type, shapes, produced)
+            if self.flops > self.budget.max_flops:
+                raise Float64Unavailable(
+                    f"stopped at node '{node.name or node.op_type}' ({node.op_type}): {self.flops:.3g} "
+                    f"floating-point operations so far, over the budget of {self.budget.max_flops:.3g}",
+                    code="runtime-flops")
+        return step.kernel.run(inputs, step.attributes, count, self.budget.chunk_bytes)
+
+    def _over_memory(self, node: onnx.NodeProto, needed: int) -> None:
+        """Float64Unavailable: the node's outputs (`needed` bytes yet to come) bring the live tensors over budget."""
+        total = self.live + needed
+        raise Float64Unavailable(
+            f"stopped at node '{node.name or node.op_type}' ({node.op_type}): its outputs bring the float64 "
+            f"tensors alive to {format_bytes(total)}, over the {format_bytes(self.budget.max_bytes)} budget "
+            f"({BUDGET_OPTION})", code="runtime-memory")
+
+
+def _all_float64(inputs: list[Any]) -> bool:
+    first = inputs[0] if inputs else None
+    return isinstance(first, np.ndarray) and first.dtype == np.float64
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes a value holds: arrays, sequences of arrays (others count 0)."""
+    if isinstance(value, list):
+        return sum(_nbytes(item) for item in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+class _NodeEvaluators:
+    """onnx's reference evaluator for single nodes: one per distinct canonical node (op, attributes widened,
+    inputs and outputs renamed i0.., o0..) and input types, built from a one-node model that carries the
+    model's opsets and IR version."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.opsets = list(model.opset_import)
+        self.ir_version = model.ir_version
+        self.cache: dict[tuple[bytes, tuple[Any, ...]], Any] = {}
+
+    def run(self, step: _Step, inputs: list[Any]) -> list[Any]:
+        """The node's outputs, aligned with node.output (None where it names none)."""
+        if step.key is None:
+            step.key = _canonical(step.node).SerializeToString()
+        types = tuple(_type_key(value) for value in inputs)
+        evaluator = self.cache.get((step.key, types))
+        if evaluator is None:
+            evaluator = self.cache[step.key, types] = self._build(step.node, inputs)
+        feeds = {f"i{k}": value for k, (name, value) in enumerate(zip(step.node.input, inputs)) if name}
+        try:
+            results = iter(evaluator.run(None, feeds))
+        except Exception as error:  # an op or dtype onnx's evaluator cannot run: the reference is unusable
+            raise Float64Unavailable(f"onnx's reference evaluator failed on {_op_name(step.node)} node "
+                                     f"'{step.node.name}': {describe(error, 300)}", code="evaluator-failed") from error
+        return [next(results) if name else None for name in step.node.output]
+
+    def _build(self, node: onnx.NodeProto, inputs: list[Any]) -> Any:
+        from onnx.reference import ReferenceEvaluator
+
+        canonical = _canonical(node)
+        graph_inputs = [_value_info(f"i{k}", value) for k, (name, value) in enumerate(zip(node.input, inputs)) if name]
+        graph_outputs = [onnx.ValueInfoProto(name=name) for name in canonical.output if name]
+        graph = helper.make_graph([canonical], node.op_type, graph_inputs, graph_outputs)
+        model = helper.make_model(graph, opset_imports=self.opsets, ir_version=self.ir_version)
+        try:
+            return ReferenceEvaluator(model)
+        except Exception as error:  # no implementation for this op (custom domain, unknown op, bad attributes)
+            raise Float64Unavailable(f"onnx's reference evaluator has no kernel for {_op_name(node)} "
+                                     f"({describe(error, 200)})", code="no-kernel") from error
+
+
+def _canonical(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The node with inputs i0.., outputs o0.. (empty names kept empty) and float attributes widened."""
+    canonical = onnx.NodeProto(op_type=node.op_type, domain=node.domain, name=node.op_type)
+    canonical.input.extend(f"i{k}" if name else "" for k, name in enumerate(node.input))
+    canonical.output.extend(f"o{k}" if name else "" for k, name in enumerate(node.output))
+    canonical.attribute.extend(node.attribute)
+    _node_to_float64(canonical)
+    return canonical
+
+
+def _type_key(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.dtype
+    if isinstance(value, list):
+        return "sequence", value[0].dtype if value and isinstance(value[0], np.ndarray) else None
+    return type(value)
+
+
+def _value_info(name: str, value: Any) -> onnx.ValueInfoProto:
+    """A graph input typed like the value (no shape); untyped when onnx has no element type for it."""
+    array = value[0] if isinstance(value, list) and value else value
+    if not isinstance(array, np.ndarray):
+        return onnx.ValueInfoProto(name=name)
+    try:
+        elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+    except (KeyError, TypeError, ValueError):
+        return onnx.ValueInfoProto(name=name)
+    if isinstance(value, list):
+        return helper.make_tensor_sequence_value_info(name, elem, None)
+    return helper.make_tensor_value_info(name, elem, None)
+
+
+def _op_name(node: onnx.NodeProto) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+class _KernelBug(Exception):
+    """Carries an exception of normfold's own kernel out of onnx's evaluator, to be re-raised as it was."""
+
+
+def _run_whole_model(model: onnx.ModelProto, feeds: Mapping[str, Any], budget: Float64Budget) -> list[Any]:
+    """The whole float64 copy on onnx's evaluator with normfold's Conv, ConvTranspose and BatchNormalization
+    (float-only ops, so always float64 here): for subgraphs and model-local functions. Nothing is freed early."""
     from onnx.reference import ReferenceEvaluator
 
-    wide = {k: v.astype(np.float64) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(to_float64(model), new_ops=[_batchnorm_kernel(), _grouped_conv_transpose_kernel()]).run(
-        None, wide)
+    ops = [_kernel_op(op, budget.chunk_bytes) for op in ("Conv", "ConvTranspose", "BatchNormalization")]
+    try:
+        evaluator = ReferenceEvaluator(to_float64(model), new_ops=ops)
+    except Exception as error:  # an op onnx's evaluator has no implementation for
+        raise Float64Unavailable(f"onnx's reference evaluator cannot load the model: {describe(error, 300)}",
+                                 code="no-kernel") from error
+    try:
+        return evaluator.run(None, dict(feeds))
+    except _KernelBug as bug:
+        raise bug.__cause__ from None
+    except Exception as error:  # an op or dtype onnx's evaluator cannot run
+        raise Float64Unavailable(f"onnx's reference evaluator failed: {describe(error, 300)}",
+                                 code="evaluator-failed") from error
 
 
-def _batchnorm_kernel() -> type:
-    """A reference-evaluator kernel for every BatchNormalization version, inference and training."""
+def _kernel_op(op_type: str, chunk_bytes: int) -> type:
+    """An onnx reference-evaluator op class running normfold's kernel for `op_type`."""
     from onnx.reference.op_run import OpRun
 
-    class BatchNormalization(OpRun):
-        op_domain = ""
+    kernel = KERNELS[op_type]
 
-        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None,  # noqa: PLR0913
-                 training_mode=None, is_test=None, consumed_inputs=None):
-            eps = 1e-5 if epsilon is None else epsilon
-            shape = (1, -1) + (1,) * (x.ndim - 2) if scale.ndim == 1 else (1, *scale.shape)
-            outputs = len(self.onnx_node.output)
-            if not training_mode and outputs == 1:
-                y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
-                return (y.astype(x.dtype),)
-            axes = (0, *range(2, x.ndim))
-            batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
-            y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps) * scale.reshape(shape)
-            y = y + bias.reshape(shape)
-            m = 0.9 if momentum is None else momentum
-            result = (y.astype(x.dtype), mean * m + batch_mean * (1 - m), var * m + batch_var * (1 - m),
-                      batch_mean, batch_var)
-            return result[:outputs]
+    def _run(self: OpRun, *inputs: Any, **attributes: Any) -> tuple[np.ndarray, ...]:
+        try:
+            return tuple(kernel.run(list(inputs), attributes, len(self.onnx_node.output), chunk_bytes))
+        except Exception as error:
+            raise _KernelBug from error
 
-    return BatchNormalization
-
-
-def _grouped_conv_transpose_kernel() -> type:
-    """onnx's ConvTranspose, applied one group at a time when group > 1."""
-    from onnx.reference.ops.op_conv_transpose import ConvTranspose as Reference
-
-    class ConvTranspose(Reference):
-        op_domain = ""
-
-        def _run(self, X, W, B=None, **attributes):  # noqa: N803 - ONNX's input names
-            group = attributes.get("group") or 1
-            if group == 1:
-                return super()._run(X, W, B, **attributes)
-            attributes = {**attributes, "group": 1}
-            c_in, c_out = X.shape[1] // group, W.shape[1]
-            parts = [
-                super(ConvTranspose, self)._run(
-                    X[:, i * c_in:(i + 1) * c_in], W[i * c_in:(i + 1) * c_in],
-                    None if B is None else B[i * c_out:(i + 1) * c_out], **attributes)[0]
-                for i in range(group)
-            ]
-            return (np.concatenate(parts, axis=1),)
-
-    return ConvTranspose
+    return type(op_type, (OpRun,), {"op_domain": "", "_run": _run})

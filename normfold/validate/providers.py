@@ -39,6 +39,7 @@ class ProviderChoice:
 
     key: str
     note: str = ""
+    session: object | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def ort_name(self) -> str:
@@ -106,7 +107,7 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable", *,
         with _quiet_stdout(provider != "cpu"):
             session = ort.InferenceSession(str(model_path), options, providers=[name])
     except Exception as error:
-        text = describe(error, 300)
+        text = describe(error, 2000)
         missing = suggest_reference and _kernel_missing(error)
         if provider == "cpu":
             advice = "--no-validate skips validation" + (f"; {REFERENCE_HINT}" if missing else "")
@@ -156,19 +157,17 @@ def provider_failure_reason(provider: str) -> str:
     return "the provider loaded but the session fell back to CPU (unsupported GPU, or CUDA/cuDNN versions that do not match)"
 
 
-def resolve_providers(requested: tuple[str, ...], probe_model: Path) -> list[ProviderChoice]:
+def resolve_providers(requested: tuple[str, ...], probe_model: Path, opt_level: str = "disable") -> list[ProviderChoice]:
     """Turn --provider values into the providers to run; `auto` is CUDA when it really runs, else CPU.
 
-    `reference` is taken only when asked for: auto never picks it.
+    Whether CUDA runs is first decided without a session where that is certain (no CUDA in this build,
+    no NVIDIA driver); otherwise a CUDA session on `probe_model` decides, and it is kept in the choice for
+    the run itself. `reference` is taken only when asked for: auto never picks it.
     """
     chosen: list[ProviderChoice] = []
     for key in requested or ("auto",):
         if key == "auto":
-            try:
-                open_session(probe_model, "cuda")
-                choice = ProviderChoice("cuda", "auto: CUDA runs here")
-            except NormfoldError as error:
-                choice = ProviderChoice("cpu", f"auto: CPU, because {error}")
+            choice = _auto(probe_model, opt_level)
         elif key in PROVIDER_NAMES:
             choice = ProviderChoice(key)
         elif key == REFERENCE:
@@ -180,6 +179,21 @@ def resolve_providers(requested: tuple[str, ...], probe_model: Path) -> list[Pro
         if choice.key not in [c.key for c in chosen]:
             chosen.append(choice)
     return chosen
+
+
+def _auto(probe_model: Path, opt_level: str) -> ProviderChoice:
+    """CUDA with its session when a CUDA session really runs `probe_model`, else CPU with the reason."""
+    name = PROVIDER_NAMES["cuda"]
+    if name not in _ort().get_available_providers():
+        return ProviderChoice("cpu", f"auto: CPU, because {name} is not in this onnxruntime build ({_ort().__version__})")
+    if _driver_missing():
+        return ProviderChoice("cpu", f"auto: CPU, because {name} was requested but does not run here: "
+                                     f"{provider_failure_reason('cuda')}")
+    try:
+        session = open_session(probe_model, "cuda", opt_level, suggest_reference=True)
+    except NormfoldError as error:
+        return ProviderChoice("cpu", f"auto: CPU, because {error}")
+    return ProviderChoice("cuda", "auto: CUDA runs here", session)
 
 
 @functools.cache

@@ -16,18 +16,19 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from normfold.errors import NormfoldError, describe
+from normfold.errors import NormfoldError
 from normfold.validate.compare import is_float
-from normfold.validate.float64 import run_float64
+from normfold.validate.float64 import Float64Unavailable, run_float64_samples
 
 
-def run_reference(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    """The model's outputs per sample, float outputs as float64; an error if the evaluator cannot run it."""
-    model = onnx.load(str(path))
+def run_reference(path: Path, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                  max_bytes: int) -> list[list[np.ndarray]]:
+    """The model's (read from `path`) outputs per sample, float outputs as float64, within `max_bytes`; an error
+    when the evaluator cannot run it or it is over budget (the whole choice is then unusable)."""
     try:
-        return [widen(run_float64(model, feed)) for feed in feeds]
-    except Exception as error:  # an op or dtype onnx's evaluator lacks: the whole choice is unusable
-        raise NormfoldError(f"{path}: onnx's reference evaluator cannot run the model: {describe(error, 300)}") from None
+        return [widen(outputs) for outputs in run_float64_samples(model, feeds, max_bytes)]
+    except Float64Unavailable as error:
+        raise NormfoldError(f"{path}: --provider reference cannot run the model: {error}") from None
 
 
 def widen(outputs: list[np.ndarray]) -> list[np.ndarray]:

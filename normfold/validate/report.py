@@ -23,6 +23,8 @@ class OutputComparison:
     problem: str = ""
     reference_vs_float64: float | None = None
     candidate_vs_float64: float | None = None
+    atol_in_force: float | None = None
+    basis: str = "given"
 
     def to_line(self) -> str:
         """PASSED | output 'y' | cpu | max abs 3.1e-07 | ... (Polygraphy-style)."""
@@ -42,8 +44,15 @@ class OutputComparison:
             parts.append(f"vs float64: reference {self.reference_vs_float64:.3g}, candidate {self.candidate_vs_float64:.3g}")
         if self.problem:
             parts.append(self.problem)
-        parts.append(self.tolerance.describe(m.scale))
+        parts.append(self.describe_tolerance())
         return " | ".join(parts)
+
+    def describe_tolerance(self) -> str:
+        """'atol 3e-07 (rounding) rtol 0.0001': the bound applied and what it rests on."""
+        scale = self.metrics.scale if self.metrics is not None else 0.0
+        atol = self.tolerance.absolute(scale) if self.atol_in_force is None else self.atol_in_force
+        basis = {"rounding": " (rounding)", "output scale": " (rtol x max|ref|)"}.get(self.basis, "")
+        return f"atol {atol:.3g}{basis} rtol {self.tolerance.rtol:g}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the JSON report."""
@@ -63,6 +72,7 @@ class ValidationReport:
     samples: int
     inputs: str
     comparisons: list[OutputComparison]
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -102,4 +112,5 @@ class ValidationReport:
             "passed": self.passed,
             "return_code": self.return_code,
             "outputs": [c.to_dict() for c in self.comparisons],
+            "config": self.config,
         }

@@ -24,10 +24,10 @@ class NotComparableError(NormfoldError):
     """The models cannot be compared exactly: their random nodes cannot be matched."""
 
 
-def random_nodes(model: onnx.ModelProto) -> dict[str, str]:
+def random_nodes(model: ir.Model) -> dict[str, str]:
     """Unseeded random nodes and training-mode Dropouts, in every graph: {node key: description}."""
     found = {}
-    for scope in iter_scopes(ir.from_proto(model)):
+    for scope in iter_scopes(model):
         for node in scope.body:
             seeded = "seed" in node.attributes
             key = node.name or node.outputs[0].name or ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,12 +70,14 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     assert ok.exit_code == 0, ok.output
     document = json.loads(ok.stdout)
     assert set(document) == {"normfold_report", "version", "reference", "candidate", "providers", "notes", "samples",
-                             "inputs", "passed", "return_code", "outputs"}
+                             "inputs", "passed", "return_code", "outputs", "config"}
+    assert document["config"]["providers"] == ["cpu"] and document["config"]["float64_budget"] == 2 << 30
     assert document["normfold_report"] == "validate" and document["version"] == 1 and document["passed"] is True
     assert document["return_code"] == 0 and document["providers"] == ["cpu"] and document["samples"] == 1
     (entry,) = document["outputs"]
     assert set(entry) == {"output", "section", "passed", "status", "tolerance", "metrics", "problem",
-                          "reference_vs_float64", "candidate_vs_float64"}
+                          "reference_vs_float64", "candidate_vs_float64", "atol_in_force", "basis"}
+    assert entry["basis"] == "rounding" and entry["atol_in_force"] > 0
     assert set(entry["metrics"]) == {"max_abs", "max_rel", "scale", "mean_abs", "median_abs", "eps_units", "violations",
                                      "nan_mismatch", "inf_mismatch"}
     assert entry["tolerance"] == {"atol": None, "rtol": 1e-4, "explicit": False}
@@ -87,7 +90,7 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     assert missing.exit_code == 3 and missing.stderr.strip() == f"normfold: error: {tmp_path / 'nope.onnx'}: no such file"
     usage = invoke("validate", source, target, "--tol", "logits=abc")
     assert usage.exit_code == 2
-    assert usage.stderr.strip() == "normfold: error: --tol 'logits=abc': expected NAME=ATOL,RTOL with non-negative numbers"
+    assert usage.stderr.strip() == "normfold: error: --tol 'logits=abc': expected NAME=ATOL,RTOL with finite non-negative numbers"
 
 
 def test_tolerances_decide_the_verdict(resnet: tuple[Path, Path], tmp_path: Path) -> None:
@@ -237,13 +240,13 @@ def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Pat
     assert half.metrics.eps_units < 10
 
 
-def test_float64_reference_is_automatic_by_size(resnet: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = importlib.import_module("normfold.validate.runner")
-    monkeypatch.setattr(runner, "FLOAT64_AUTO_LIMIT", 1000)
-    report = validate(*resnet, providers=["cpu"])
-    assert report.comparisons[0].candidate_vs_float64 is None
-    assert report.notes[-1].startswith("float64 reference skipped: the model holds 0 MiB (automatic up to 0 MiB)")
-    forced = validate(*resnet, providers=["cpu"], float64=True)
+def test_float64_reference_runs_within_its_budget(resnet: tuple[Path, Path]) -> None:
+    report = validate(*resnet, providers=["cpu"], float64_budget=1000)
+    assert report.comparisons[0].candidate_vs_float64 is None and report.comparisons[0].basis == "output scale"
+    assert report.notes[-1].startswith("float64 reference not run: ")
+    assert report.notes[-1].endswith("; outputs are judged against rtol x max|ref| instead")
+    assert "1000 B" in report.notes[-1]
+    forced = validate(*resnet, providers=["cpu"], float64=True, float64_budget=1000)
     assert forced.comparisons[0].candidate_vs_float64 is not None
 
 
@@ -313,7 +316,8 @@ def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> No
     onnx.save(model, tmp_path / "scaled.onnx")
     scaled = validate(source, tmp_path / "scaled.onnx", providers=["cpu"], samples=4)
     assert not scaled.passed
-    assert scaled.comparisons[0].problem.endswith("x further from float64 than the reference")
+    assert re.fullmatch(r"candidate is \d+x further from float64 than the reference \(rounding allows [0-9.e-]+\)",
+                        scaled.comparisons[0].problem)
 
 
 @pytest.mark.skipif(not CUDA_REASON, reason="CUDA runs here, so TensorRT may too")
