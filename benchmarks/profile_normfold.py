@@ -19,7 +19,7 @@ from pathlib import Path
 start = time.perf_counter()
 import normfold.cli.fold_command  # noqa: E402,F401  (the CLI's imports, as `normfold fold` pays them)
 from normfold import io  # noqa: E402
-from normfold.fold import fold  # noqa: E402
+from normfold.folding import fold  # noqa: E402
 from normfold.io import has_external_data, load_model, save_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 from typing import Any
@@ -40,8 +41,7 @@ class _Group(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
     def invoke(self, ctx: click.Context) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _exit_on_signal)
+        install_signal_handlers()
         try:
             return super().invoke(ctx)
         except NormfoldError as error:
@@ -49,8 +49,31 @@ class _Group(click.Group):
             ctx.exit(error.exit_code)
 
 
+# Seconds the unwinding after SIGTERM/SIGINT may take (removing temporary files) before the process ends
+# regardless: a worker thread blocked in C code (onnx's checker, ONNX Runtime) would otherwise keep the
+# interpreter from exiting.
+UNWIND_SECONDS = 5.0
+_SIGNALLED = threading.Event()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT unwind with a deadline (see _exit_on_signal); only the main thread can install them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        signal.signal(signal.SIGINT, _exit_on_signal)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    """Unwind like Ctrl-C (temporary files removed on the way out), with a deadline; a second signal ends at
+    once."""
+    code = 128 + signum
+    if _SIGNALLED.is_set():
+        os._exit(code)
+    _SIGNALLED.set()
+    deadline = threading.Timer(UNWIND_SECONDS, os._exit, args=(code,))
+    deadline.daemon = True
+    deadline.start()
+    raise SystemExit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,3 +85,9 @@ def main() -> None:
     """
 
 
+
+
+def run() -> None:
+    """The console script: signal handlers before anything heavy is imported, then the command."""
+    install_signal_handlers()
+    main()

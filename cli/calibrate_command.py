@@ -10,7 +10,8 @@ import click
 from normfold.calibrate import METHODS, calibrate
 from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, load_model, read_model_proto, save_model
+from normfold.io import check_output_path, has_external_data, is_folder, load_model, read_model_proto, save_model
+from normfold.memory import available_memory
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
 from normfold.validate.providers import resolve_providers
 
@@ -45,7 +46,10 @@ def calibrate_command(model: Path, data: Path, method: str, momentum: float | No
     onnx_momentum = 0.9 if momentum is None and alpha is None else (momentum if alpha is None else 1.0 - alpha)
     target = output or model.with_name(f"{model.stem}.calibrated{model.suffix or '.onnx'}")
     specs = input_specs(read_model_proto(model))
-    batches = load_test_data_sets(data, specs)[0] if data.is_dir() else load_npz_inputs(data, specs, parse_dims(dims))
+    if is_folder(data):
+        batches = load_test_data_sets(data, specs)[0]
+    else:
+        batches = load_npz_inputs(data, specs, parse_dims(dims), available_memory() // 2)
     choice = resolve_providers((provider,), model)[0]
     if choice.note:
         click.echo(choice.note, err=True)

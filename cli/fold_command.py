@@ -15,6 +15,7 @@ from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
+from normfold.io import is_folder
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison
@@ -58,7 +59,7 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
     settings = {"in_place": in_place, "simplify": simplify, "eval_mode": eval_mode, "batch_stats": batch_stats,
                 "validation": validation_config(options) if check else None}
     files = _expand(models)
-    if len(files) == 1 and not models[0].is_dir():
+    if len(files) == 1 and not is_folder(models[0]):
         _fold_one(files[0], output, settings, as_json)
         return
     if output is not None:
@@ -70,7 +71,7 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
 def _expand(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if is_folder(path):
             files += sorted(p for p in path.rglob("*.onnx") if ".folded." not in p.name)
         else:
             files.append(path)

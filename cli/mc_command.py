@@ -10,7 +10,8 @@ import click
 import numpy as np
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import load_model_file
+from normfold.io import is_folder, load_model_file, require_name_fits
+from normfold.memory import available_memory
 from normfold.monte_carlo import monte_carlo
 from normfold.validate.inputs import input_specs, load_npz_inputs, parse_dims, random_inputs
 from normfold.validate.providers import resolve_providers
@@ -35,7 +36,7 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
     loaded = load_model_file(model)
     specs = input_specs(loaded.proto)
     if inputs is not None:
-        feeds = load_npz_inputs(inputs, specs, parse_dims(dims))
+        feeds = load_npz_inputs(inputs, specs, parse_dims(dims), available_memory() // 2)
         if len(feeds) != 1:
             raise NormfoldError(f"{inputs}: give one set of inputs (found {len(feeds)} samples)", exit_code=EXIT_USAGE)
     else:
@@ -57,9 +58,10 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Atomic .npz write: a temporary file beside the target, then rename."""
     folder = path.parent
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise NormfoldError(f"{path}: output folder '{folder}' does not exist")
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".npz")
+    require_name_fits(path)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name[:32]}.", suffix=".npz")
     os.close(handle)
     try:
         np.savez(temp, **arrays)

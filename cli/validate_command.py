@@ -14,6 +14,7 @@ from normfold.cli.batch import (
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.io import is_folder
 from normfold.validate import ValidationConfig, ValidationReport, validate
 
 
@@ -36,8 +37,8 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
     3 unusable input or provider.
     """
     config = validation_config(options)
-    if reference.is_dir():
-        if candidate is None or not candidate.is_dir() or expected is not None:
+    if is_folder(reference):
+        if candidate is None or not is_folder(candidate) or expected is not None:
             raise NormfoldError("a REFERENCE folder needs a CANDIDATE folder (and no --expected)", exit_code=EXIT_USAGE)
         ctx.exit(_validate_folders(reference, candidate, config, jobs, as_json))
     report = validate(reference, candidate, expected=expected, config=config)

@@ -1,11 +1,27 @@
-"""normfold: fold BatchNormalization and strip Dropout in ONNX models, exactly."""
+"""normfold: fold BatchNormalization and strip Dropout in ONNX models, exactly.
+
+The names below are imported on first use, so that the `normfold` command can install its signal handlers
+before onnx and onnx_ir load.
+"""
 
 from __future__ import annotations
 
-from normfold.errors import NormfoldError
-from normfold.fold import FoldResult, fold
-from normfold.io import load_model, save_model
-from normfold.records import NodeRecord
+import importlib
+from typing import Any
 
-__all__ = ["FoldResult", "NodeRecord", "NormfoldError", "fold", "load_model", "save_model"]
+_EXPORTS = {
+    "FoldResult": "normfold.folding",
+    "NodeRecord": "normfold.records",
+    "NormfoldError": "normfold.errors",
+    "fold": "normfold.folding",
+    "load_model": "normfold.io",
+    "save_model": "normfold.io",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'normfold' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -23,9 +23,9 @@ import onnx_ir as ir
 
 from normfold.errors import NormfoldError, describe
 from normfold.finite import require_finite
-from normfold.fold import as_ir_model
+from normfold.folding import as_ir_model
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused
-from normfold.graph_walk import Scope, node_label
+from normfold.graph_walk import Scope, is_op, node_label
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.set_training_mode import SetTrainingModePass
 from normfold.passes.strip_dropout import StripDropoutPass
@@ -81,7 +81,7 @@ def calibrate(
     momentum = require_finite("momentum", momentum, low=0.0, high=1.0)
     if not batches:
         raise NormfoldError("no calibration batches")
-    bns = [n for n in model.graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]
+    bns = [n for n in model.graph if is_op(n, "BatchNormalization")]
     if not bns:
         raise NormfoldError("the model has no BatchNormalization in its main graph: nothing to calibrate")
     probe = SetTrainingModePass(momentum=0.0)(StripDropoutPass()(SetInferenceModePass()(model).model).model)
@@ -146,7 +146,7 @@ def _write(model: ir.Model, bns: list[ir.Node], stats, method: str, batches: int
     copy = model.clone()
     names = NameSource(copy)
     scope = Scope("main", copy.graph, copy.opset_imports.get("", 1))
-    copied = [n for n in copy.graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]
+    copied = [n for n in copy.graph if is_op(n, "BatchNormalization")]
     records, statistics, replaced = [], {}, []
     for bn, (mean, var) in zip(copied, stats):
         label = node_label(bn)

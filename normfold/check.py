@@ -18,8 +18,8 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_edit import constant_array
-from normfold.graph_walk import iter_scopes, node_label
-from normfold.io import load_model
+from normfold.graph_walk import is_op, iter_scopes, node_label
+from normfold.io import is_folder, load_model
 from normfold.lints import training_lints
 from normfold.modes import bn_training_form, dropout_training_form
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
@@ -36,7 +36,7 @@ RULES = {
     "bn-fp16-overflow": "a float16/bfloat16 BatchNormalization whose fold would overflow the dtype",
     "dropout-before-bn": "a Dropout feeding a BatchNormalization directly (seed 1.9)",
     "high-drop-ratio": "a Dropout ratio above 0.7 (seed 2.9)",
-    "bn-batch-below-2": "batch statistics over a static batch below 2 (seed 1.9)",
+    "bn-batch-below-2": "a training-mode BatchNormalization over a static batch below 2 (seed 1.9)",
 }
 
 
@@ -95,16 +95,19 @@ def _findings(model: ir.Model, path: str) -> list[Finding]:
         elif "overflow" in record.detail:
             found.append(Finding("bn-fp16-overflow", record.node, record.detail,
                                  "keep it unfolded, or fold in float32 and convert to float16 afterwards"))
+    training = set()
     for scope in iter_scopes(model):
         for node in scope.body:
-            if node.op_type == "BatchNormalization" and (form := bn_training_form(scope.opset, node)):
+            if is_op(node, "BatchNormalization") and (form := bn_training_form(scope.opset, node)):
+                training.add(node_label(node))
                 found.append(Finding("training-bn", node_label(node),
                                      f"{form}: normalizes with batch statistics; TensorRT refuses training-mode "
                                      "BatchNormalization", eval_fix))
-            elif node.op_type == "Dropout" and (form := dropout_training_form(scope.opset, node)):
+            elif is_op(node, "Dropout") and (form := dropout_training_form(scope.opset, node)):
                 found.append(Finding("training-dropout", node_label(node), form, eval_fix))
     for lint in training_lints(model):
-        if lint.rule == "non-positive-epsilon":
+        # epsilon is judged above; batch statistics (and so a batch below 2) exist only in training mode
+        if lint.rule == "non-positive-epsilon" or (lint.rule == "bn-batch-below-2" and lint.node not in training):
             continue
         found.append(Finding(lint.rule, lint.node, lint.message, "change the architecture and re-export"))
     return found
@@ -114,7 +117,7 @@ def _parameter_findings(model: ir.Model) -> list[Finding]:
     found = []
     for scope in iter_scopes(model):
         for bn in scope.body:
-            if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            if not is_op(bn, "BatchNormalization"):
                 continue
             label = node_label(bn)
             arrays = [constant_array(v) for v in bn.inputs[1:5]]
@@ -137,5 +140,5 @@ def model_files(paths: Iterable[Path]) -> list[Path]:
     """The given files, and every *.onnx below the given folders, sorted."""
     files: list[Path] = []
     for path in paths:
-        files += sorted(path.rglob("*.onnx")) if path.is_dir() else [path]
+        files += sorted(path.rglob("*.onnx")) if is_folder(path) else [path]
     return files

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from normfold.check import RULES, ModelCheck
+from normfold.errors import EXIT_USAGE, NormfoldError, describe
 
 FORMATS = ("text", "json", "github", "sarif")
 REPORT_VERSION = 1
@@ -49,15 +50,22 @@ def _github(checks: Sequence[ModelCheck]) -> str:
     lines = []
     for check in checks:
         if check.error:
-            lines.append(f"::error file={_escape(check.path)},title=normfold unusable model::{_escape(check.error)}")
+            lines.append(f"::error file={_escape_property(check.path)},title=normfold unusable model::"
+                         f"{_escape(check.error)}")
         for f in check.findings:
-            lines.append(f"::error file={_escape(check.path)},title=normfold {f.rule}::"
+            lines.append(f"::error file={_escape_property(check.path)},title=normfold {f.rule}::"
                          f"{_escape(f'{f.node}: {f.message}. Fix: {f.fix}')}")
     return "\n".join(lines)
 
 
 def _escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(",", "%2C").replace("::", "%3A%3A")
+    """A workflow command's message: only %, CR and LF are escaped (GitHub shows the rest as written)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """A workflow command's property value (file=, title=): also ':' and ',', which end a property."""
+    return _escape(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def _sarif(checks: Sequence[ModelCheck]) -> str:
@@ -88,7 +96,25 @@ def disabled_in_pyproject(start: Path) -> list[str]:
     for folder in [start, *start.parents]:
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
-            with candidate.open("rb") as handle:
-                config = tomllib.load(handle)
-            return list(config.get("tool", {}).get("normfold", {}).get("disable", []))
+            try:
+                with candidate.open("rb") as handle:
+                    config = tomllib.load(handle)
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+                raise NormfoldError(f"{candidate}: not readable TOML ({describe(error)})", exit_code=EXIT_USAGE) from None
+            return _disable_list(candidate, config)
     return []
+
+
+def _disable_list(source: Path, config: dict[str, Any]) -> list[str]:
+    """`[tool.normfold] disable`, which must be a list of strings; any other shape is a usage error."""
+    section: Any = config
+    for key in ("tool", "normfold"):
+        section = section.get(key, {})
+        if not isinstance(section, dict):
+            raise NormfoldError(f"{source}: [tool{'.normfold' if key == 'normfold' else ''}] must be a table, "
+                                f"got {section!r}", exit_code=EXIT_USAGE)
+    disable = section.get("disable", [])
+    if not isinstance(disable, list) or not all(isinstance(rule, str) for rule in disable):
+        raise NormfoldError(f"{source}: [tool.normfold] disable must be a list of rule names, got {disable!r}",
+                            exit_code=EXIT_USAGE)
+    return disable

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normfold.errors import EXIT_MISMATCH, NormfoldError
-from normfold.fold import FoldResult, fold
+from normfold.folding import FoldResult, fold
 from normfold.io import LoadedModel, check_output_path, has_external_data, load_model_file, save_model
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from normfold.graph_walk import Scope, iter_scopes
+from normfold.graph_walk import Scope, is_op, iter_scopes
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -15,14 +15,16 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
 
     An initializer that is also a graph input is not constant: callers may feed a different tensor.
     """
+    while value is not None and not value.is_graph_input():
+        producer = value.producer()
+        if producer is None or not is_op(producer, "Identity"):
+            break
+        value = producer.inputs[0]  # a loop, not recursion: exporters chain Identity nodes by the thousand
     if value is None or value.is_graph_input():
         return None
     producer = value.producer()
-    if producer is not None and producer.domain in ("", "ai.onnx"):
-        if producer.op_type == "Identity":
-            return constant_array(producer.inputs[0])
-        if producer.op_type == "Constant":
-            return _constant_node_array(producer)
+    if producer is not None and is_op(producer, "Constant"):
+        return _constant_node_array(producer)
     tensor = value.const_value
     return None if tensor is None else tensor.numpy()
 
@@ -119,8 +121,10 @@ def take_over(old: ir.Value, new: ir.Value) -> None:
 
 
 def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
-    """Remove initializers and Constant nodes that a rewrite left without any consumer."""
-    for value in values:
+    """Remove initializers, Constant nodes and Identity chains that a rewrite left without any consumer."""
+    pending = list(values)
+    while pending:  # a work list, not recursion: Identity chains may be thousands of nodes long
+        value = pending.pop()
         if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
             continue
         owner = value.graph
@@ -128,7 +132,7 @@ def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
             del owner.initializers[value.name]
             continue
         producer = value.producer()
-        if producer is not None and producer.op_type in ("Constant", "Identity") and producer.graph is not None:
+        if producer is not None and is_op(producer, "Constant", "Identity") and producer.graph is not None:
             upstream = producer.inputs[0] if producer.op_type == "Identity" else None
             producer.graph.remove(producer, safe=True)
-            drop_if_unused([upstream])
+            pending.append(upstream)

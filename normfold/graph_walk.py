@@ -8,6 +8,12 @@ from collections.abc import Iterator
 import onnx_ir as ir
 
 DEFAULT_OPSET = 1
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: ir.Node, *op_types: str) -> bool:
+    """The node is one of these operators of the default ONNX domain (a custom domain's namesake is not)."""
+    return node.domain in STANDARD_DOMAINS and node.op_type in op_types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +45,20 @@ _CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 def _with_subgraphs(scope: Scope) -> Iterator[Scope]:
-    yield scope
+    """The scope, then its subgraphs depth-first in node order (an explicit stack, so any nesting depth).
+
+    A scope's subgraphs are listed after the caller has seen the scope, so they reflect its rewrites."""
+    stack = [scope]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(list(_subgraph_scopes(current))))
+
+
+def _subgraph_scopes(scope: Scope) -> Iterator[Scope]:
+    """The scopes of the graphs held by the nodes of `scope` itself (one level down)."""
     for node in list(scope.body):
-        if not node.attributes or (node.domain in ("", "ai.onnx") and node.op_type not in _CONTROL_FLOW):
+        if not node.attributes or (node.domain in STANDARD_DOMAINS and node.op_type not in _CONTROL_FLOW):
             continue
         for attr in node.attributes.values():
             if attr.is_ref():
@@ -54,8 +71,7 @@ def _with_subgraphs(scope: Scope) -> Iterator[Scope]:
                 continue
             for index, graph in enumerate(graphs):
                 suffix = f"[{index}]" if attr.type == ir.AttributeType.GRAPHS else ""
-                name = f"{scope.name}/{node_label(node)}.{attr.name}{suffix}"
-                yield from _with_subgraphs(Scope(name, graph, scope.opset))
+                yield Scope(f"{scope.name}/{node_label(node)}.{attr.name}{suffix}", graph, scope.opset)
 
 
 def node_label(node: ir.Node) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,7 @@ def load_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     file or escaping external data first, then an invalid model, then what onnx_ir cannot read.
     """
     path = Path(path)
+    require_regular_file(path)  # before the checker's thread opens it: a FIFO would block that thread for ever
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
         checked = pool.submit(_run_checker, path)
         proto = _parse(path)
@@ -111,10 +114,7 @@ class _HeldLogs(logging.Handler):
 
 def _parse(path: Path) -> onnx.ModelProto:
     """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
-    if not path.exists():
-        raise NormfoldError(f"{path}: no such file")
-    if not path.is_file():
-        raise NormfoldError(f"{path}: not a file")
+    require_regular_file(path)
     if path.stat().st_size == 0:
         raise NormfoldError(f"{path}: empty file, not an ONNX model")
     try:
@@ -125,6 +125,18 @@ def _parse(path: Path) -> onnx.ModelProto:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
     _check_tensors(proto, path)
     return proto
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse a path that is missing or not a regular file (a FIFO, a device, a folder) before anything opens it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise NormfoldError(f"{path}: no such file") from None
+    except OSError as error:  # a name over the file system's limit, a loop of links, no permission
+        raise NormfoldError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise NormfoldError(f"{path}: not a regular file")
 
 
 def _run_checker(path: Path) -> None:
@@ -140,10 +152,9 @@ def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
     Inline tensors must hold exactly the bytes their shape needs (onnx's checker does not look);
     external ones must stay inside the model's folder and fit in their file.
     """
-    folder = path.parent.resolve()
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in _proto_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _check_external_tensor(tensor, path, folder)
+            check_external_tensor(tensor, path)
         elif tensor.HasField("raw_data"):
             expected = _stored_bytes(tensor)
             if expected and len(tensor.raw_data) != expected:
@@ -153,21 +164,66 @@ def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
                 )
 
 
-def _check_external_tensor(tensor: onnx.TensorProto, path: Path, folder: Path) -> None:
-    info = onnx.external_data_helper.ExternalDataInfo(tensor)
-    location = info.location
-    target = (path.parent / location).resolve()
+def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers and attribute tensors of every graph, subgraph and function
+    (an explicit stack, so any nesting depth)."""
+    graphs: list[onnx.GraphProto] = [proto.graph]
+    nodes: list[onnx.NodeProto] = [node for function in proto.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            yield from (sparse.values for sparse in graph.sparse_initializer)
+            nodes.extend(graph.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
+
+
+def external_data_entries(tensor: onnx.TensorProto, owner: Path) -> tuple[str, int, int | None]:
+    """A tensor's external-data location, offset and length (None: to the end), each checked: a location with
+    no NUL byte, offsets and lengths written as non-negative integers. `owner` is the file naming the tensor."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    if not location or "\0" in location:
+        raise NormfoldError(f"{owner}: tensor '{tensor.name}' has no usable external data location "
+                            f"({location!r})")
+    numbers = {}
+    for key in ("offset", "length"):
+        value = entries.get(key, "")
+        if value and not (value.isascii() and value.isdigit()):
+            raise NormfoldError(f"{owner}: tensor '{tensor.name}' has external data {key} '{value}', "
+                                "not a non-negative integer")
+        numbers[key] = int(value) if value else None
+    return location, numbers["offset"] or 0, numbers["length"]
+
+
+def check_external_tensor(tensor: onnx.TensorProto, owner: Path) -> None:
+    """Refuse external data that is malformed, outside the folder of `owner` (the file naming it), not a regular
+    file, or too short for the tensor, before anything reads it."""
+    location, offset, length = external_data_entries(tensor, owner)
+    folder = owner.parent.resolve()
+    target = (owner.parent / location).resolve()
     if os.path.isabs(location) or not target.is_relative_to(folder):
         raise NormfoldError(
-            f"{path}: tensor '{tensor.name}' points outside the model's folder for its data ('{location}')"
+            f"{owner}: tensor '{tensor.name}' points outside the model's folder for its data ('{location}')"
         )
+    if not target.exists():
+        raise NormfoldError(f"{owner}: external data file '{location}' of tensor '{tensor.name}' is missing")
     if not target.is_file():
-        raise NormfoldError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing")
-    offset = int(info.offset or 0)
-    length = int(info.length) if info.length else _stored_bytes(tensor)
-    if offset + length > target.stat().st_size:
+        raise NormfoldError(f"{owner}: external data '{location}' of tensor '{tensor.name}' is not a regular file")
+    needed = _stored_bytes(tensor)
+    if length is not None and needed and length != needed:
+        raise NormfoldError(f"{owner}: tensor '{tensor.name}' has external data length {length} but its shape "
+                            f"{list(tensor.dims)} needs {needed} bytes")
+    if offset + (needed if length is None else length) > target.stat().st_size:
         raise NormfoldError(
-            f"{path}: external data file '{location}' is too short for tensor '{tensor.name}'"
+            f"{owner}: external data file '{location}' is too short for tensor '{tensor.name}'"
         )
 
 
@@ -226,7 +282,8 @@ def check_output_path(target: Path, source: Path, model: ir.Model, *, in_place: 
 
     Returns the input's files (the model and its external data files), which the write must not replace.
     """
-    if not target.name or str(target).endswith(os.sep) or target.is_dir():
+    require_name_fits(target)
+    if not target.name or str(target).endswith(os.sep) or is_folder(target):
         raise NormfoldError(f"{target}: not a file path (it names a folder)", exit_code=EXIT_USAGE)
     _check_binary_name(target)
     if target.exists() and not target.is_file():
@@ -268,7 +325,8 @@ def save_model(
     data_name = _data_file_name(model, path, protected) if external_data else None
     _materialize_attribute_tensors(model)
     try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.", suffix=".tmp") as staging:
+        # the staging folder's name stays short whatever the output's: the output's own name must fit inside it
+        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name[:32]}.", suffix=".tmp") as staging:
             staged = Path(staging) / path.name
             _write_checked(model, staged, data_name, path, check)
             if verify is not None:
@@ -348,11 +406,38 @@ def _check_binary_name(path: Path) -> None:
 def _data_file_name(model: ir.Model, path: Path, protected: Iterable[Path] = ()) -> str:
     """`<name>.data`, unless the model's own tensors are read from that file or it is protected."""
     in_use = (model_files(path, model) - {path.resolve()}) | {Path(p).resolve() for p in protected}
-    name, counter = f"{path.name}.data", 0
+    limit = name_limit(path.parent)
+    base = path.name if len(os.fsencode(path.name)) + 16 <= limit else hashlib.sha256(os.fsencode(path.name)).hexdigest()
+    name, counter = f"{base}.data", 0
     while (path.parent / name).resolve() in in_use:
         counter += 1
-        name = f"{path.name}.{counter}.data"
+        name = f"{base}.{counter}.data"
     return name
+
+
+def require_name_fits(target: Path) -> None:
+    """Refuse (usage error) an output whose file name is longer than its file system accepts."""
+    length, limit = len(os.fsencode(target.name)), name_limit(target.parent)
+    if length > limit:
+        raise NormfoldError(f"{target}: the file name is {length} bytes, over this file system's limit of {limit}; "
+                            "choose a shorter one with -o", exit_code=EXIT_USAGE)
+
+
+def is_folder(path: Path) -> bool:
+    """The path names a folder; False also when it cannot be looked at (a name too long, a loop of links), so
+    that the error comes from the one place that opens it."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name, in bytes, the file system holding `folder` accepts (255 where it cannot say)."""
+    try:
+        return os.pathconf(folder if str(folder) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def _umask() -> int:

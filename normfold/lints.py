@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_edit import constant_array
-from normfold.graph_walk import iter_scopes, node_label
+from normfold.graph_walk import is_op, iter_scopes, node_label
 
 HIGH_DROP_RATIO = 0.7
 
@@ -31,11 +31,9 @@ def training_lints(model: ir.Model) -> list[Lint]:
     lints = []
     for scope in iter_scopes(model):
         for node in scope.body:
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            if node.op_type == "BatchNormalization":
+            if is_op(node, "BatchNormalization"):
                 lints += _batchnorm_lints(node)
-            elif node.op_type == "Dropout":
+            elif is_op(node, "Dropout"):
                 lints += _dropout_lints(node)
     return lints
 
@@ -52,7 +50,7 @@ def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
                           f"static batch size {batch}: batch statistics of one sample are degenerate in training "
                           "mode (seed 1.9: keep the batch at 32 or more, or use Group/Layer Norm)"))
     producer = x.producer() if x is not None else None
-    if producer is not None and producer.op_type == "Dropout":
+    if producer is not None and is_op(producer, "Dropout"):
         found.append(Lint("dropout-before-bn", label,
                           f"Dropout '{node_label(producer)}' feeds it directly: Dropout's variance shift corrupts the "
                           "batch statistics (seed 1.4, 1.9: put Dropout after BN)"))

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from normfold.errors import NormfoldError
 from normfold.graph_edit import constant_array, take_over
-from normfold.graph_walk import node_label
+from normfold.graph_walk import is_op, node_label
 from normfold.passes.set_inference_mode import SetInferenceModePass
 
 ONNX_DEFAULT_RATIO = 0.5
@@ -50,7 +50,7 @@ def masked_model(model: ir.Model) -> tuple[ir.Model, ir.Model, list[_Site]]:
     inference = SetInferenceModePass()(model).model
     probe = inference.clone()
     sites = []
-    for node in [n for n in inference.graph if n.op_type == "Dropout" and n.domain in ("", "ai.onnx")]:
+    for node in [n for n in inference.graph if is_op(n, "Dropout")]:
         label = node_label(node)
         ratio_value = node.inputs[1] if len(node.inputs) > 1 else None
         ratio = ONNX_DEFAULT_RATIO if ratio_value is None else constant_array(ratio_value)

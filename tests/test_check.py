@@ -62,7 +62,7 @@ TRIPS = {
     "bn-fp16-overflow": {"dtype": onnx.TensorProto.FLOAT16, "var": 1e-7, "epsilon": 1e-7, "weight": 60000.0},
     "dropout-before-bn": {"dropout": "before-bn"},
     "high-drop-ratio": {"dropout": "inference", "ratio": 0.8},
-    "bn-batch-below-2": {"batch": 1},
+    "bn-batch-below-2": {"batch": 1, "training": True},
 }
 
 

@@ -58,7 +58,10 @@ def test_fold_killed_at_any_moment_leaves_input_and_no_partial_output(tmp_path: 
         time.sleep(delay)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
-        assert b"Traceback" not in stderr or sig == signal.SIGINT, stderr
+        assert b"Traceback" not in stderr, stderr
+        # finished, unwound by normfold's handler, or (during interpreter shutdown, where Python has put the
+        # default handlers back) ended by the signal itself
+        assert process.returncode in (0, 128 + sig, -sig), (delay, process.returncode)
         assert _digest(source) == before
         leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
         assert leftovers == [], (delay, leftovers)

@@ -21,7 +21,7 @@ from normfold.bn_math import (
 from normfold.errors import NormfoldError
 from normfold.folded_tensor import STREAM_BYTES, FoldedTensor
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over, why_not_constant
-from normfold.graph_walk import Scope, iter_scopes, node_label
+from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.modes import bn_training_form
 from normfold.ranks import RankOracle
@@ -71,7 +71,7 @@ class FoldBatchNormPass(CopyOrInPlacePass):
 
 
 def _is_batchnorm(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
+    return is_op(node, "BatchNormalization")
 
 
 def _fold_one(scope: Scope, bn: ir.Node, ranks: RankOracle, names: NameSource) -> NodeRecord:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_edit import NameSource, drop_if_unused, take_over
-from normfold.graph_walk import Scope, iter_scopes, node_label
+from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.modes import dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
@@ -30,7 +30,7 @@ class StripDropoutPass(CopyOrInPlacePass):
         records = []
         for scope in iter_scopes(model):
             for node in list(scope.body):
-                if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
+                if is_op(node, "Dropout"):
                     records.append(_strip_one(scope, node, names))
         return RewriteResult(model, any(r.action == "stripped" for r in records), records)
 

@@ -9,10 +9,13 @@ output's largest magnitude.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
 
+# Elements per block of the float64 figures: their temporaries stay a few MiB whatever the output's size.
+BLOCK = 1 << 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,28 +100,62 @@ def compare_arrays(
         violations = int((diff > (tolerance.atol or 0.0)).sum())
         scale = _max(np.abs(reference.astype(np.float64)))
         return Metrics(_max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0), ""
-    r, c = reference.astype(np.float64), candidate.astype(np.float64)
-    nan_mismatch = int((np.isnan(r) != np.isnan(c)).sum())
-    inf_mismatch = int(((np.isinf(r) | np.isinf(c)) & (r != c)).sum())
-    finite = np.isfinite(r) & np.isfinite(c)
-    diff = np.abs(c[finite] - r[finite])
-    magnitude = np.abs(r[finite])
-    scale = _max(magnitude)
+    return _float_metrics(reference, candidate, tolerance, precision), ""
+
+
+def _blocks(*arrays: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """The arrays' elements in BLOCK-sized flat slices, as float64."""
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, flat[0].size, BLOCK):
+        yield [f[start:start + BLOCK].astype(np.float64) for f in flat]
+
+
+def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
+                   precision: np.dtype | None) -> Metrics:
+    """The figures of two float outputs, computed block by block (one float64 array of differences is kept,
+    for the median)."""
+    nan_mismatch = inf_mismatch = 0
+    scale = 0.0
+    for r, c in _blocks(reference, candidate):
+        nan_mismatch += int((np.isnan(r) != np.isnan(c)).sum())
+        inf_mismatch += int(((np.isinf(r) | np.isinf(c)) & (r != c)).sum())
+        scale = max(scale, _max(np.abs(r[np.isfinite(r) & np.isfinite(c)])))
     atol = tolerance.absolute(scale)
-    meaningful = magnitude > max(atol, eps_of(reference.dtype) * scale)
-    max_rel = _max(diff[meaningful] / magnitude[meaningful]) if meaningful.any() else 0.0
-    violations = int((diff > atol + tolerance.rtol * magnitude).sum())
+    floor = max(atol, eps_of(reference.dtype) * scale)
+    diffs = np.empty(reference.size, np.float64)
+    count = violations = 0
+    max_rel = 0.0
+    for r, c in _blocks(reference, candidate):
+        finite = np.isfinite(r) & np.isfinite(c)
+        diff, magnitude = np.abs(c[finite] - r[finite]), np.abs(r[finite])
+        diffs[count:count + diff.size] = diff
+        count += diff.size
+        meaningful = magnitude > floor
+        max_rel = max(max_rel, _max(diff[meaningful] / magnitude[meaningful]))
+        violations += int((diff > atol + tolerance.rtol * magnitude).sum())
+    diffs = diffs[:count]
+    largest, mean = _max(diffs), _mean(diffs)
+    median = float(np.median(diffs, overwrite_input=True)) if count else 0.0  # diffs is ours: sorted in place
     eps = eps_of(precision if precision is not None else reference.dtype)
-    eps_units = _max(diff) / (eps * scale) if scale > 0 else 0.0
-    metrics = Metrics(_max(diff), max_rel, scale, _mean(diff), _median(diff), eps_units, violations, nan_mismatch, inf_mismatch)
-    return metrics, ""
+    eps_units = largest / (eps * scale) if scale > 0 else 0.0
+    return Metrics(largest, max_rel, scale, mean, median, eps_units, violations, nan_mismatch, inf_mismatch)
+
+
+def largest_magnitude(array: np.ndarray) -> float:
+    """Largest finite |element| (0 for none)."""
+    largest = 0.0
+    for (a,) in _blocks(array):
+        largest = max(largest, _max(np.abs(a[np.isfinite(a)])))
+    return largest
 
 
 def max_abs_error(values: np.ndarray, exact: np.ndarray) -> float:
     """Largest finite |values - exact| (for the float64 columns)."""
-    v, e = values.astype(np.float64), exact.astype(np.float64)
-    finite = np.isfinite(v) & np.isfinite(e)
-    return _max(np.abs(v[finite] - e[finite]))
+    largest = 0.0
+    for v, e in _blocks(values, exact):
+        finite = np.isfinite(v) & np.isfinite(e)
+        largest = max(largest, _max(np.abs(v[finite] - e[finite])))
+    return largest
 
 
 def _max(array: np.ndarray) -> float:

@@ -20,7 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from normfold.errors import EXIT_UNUSABLE_INPUT, EXIT_USAGE, NormfoldError
-from normfold.io import load_model_file
+from normfold.io import is_folder, load_model_file
 from normfold.validate.compare import Tolerance, default_tolerance, is_float, structural_problem
 from normfold.validate.config import ValidationConfig
 from normfold.validate.float64 import Float64Unavailable
@@ -278,9 +278,9 @@ def _feeds(specs: list[InputSpec], expected: str | os.PathLike[str] | None,
         return inputs, None, "the caller"
     if inputs is not None:
         path = Path(inputs)
-        if path.is_dir():
+        if is_folder(path):
             return load_test_data_sets(path, specs)[0], None, str(path)
-        return load_npz_inputs(path, specs, settings.dims), None, str(path)
+        return load_npz_inputs(path, specs, settings.dims, settings.memory_budget), None, str(path)
     feeds = random_inputs(specs, dims=settings.dims, samples=settings.samples, seed=settings.seed,
                           memory_budget=settings.memory_budget)
     return feeds, None, f"random inputs (seed {settings.seed})"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from normfold.errors import NormfoldError, describe
+from normfold.memory import available_memory
 from normfold.validate.float64_cost import (
     CONTRACTIONS, FLOAT_TYPES, Float64Cost, estimate_cost, format_bytes, kernel_flops, schedule,
 )
@@ -60,11 +60,7 @@ class Float64Unavailable(NormfoldError):
 
 def default_max_bytes() -> int:
     """2 GiB, or a quarter of the memory available now when that is less: the reference must not swap."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            available = next(int(line.split()[1]) << 10 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    available = available_memory()
     return min(DEFAULT_MAX_BYTES, available // 4) if available > 0 else DEFAULT_MAX_BYTES
 
 

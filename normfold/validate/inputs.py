@@ -21,6 +21,7 @@ import dataclasses
 import math
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
+from normfold.io import check_external_tensor, require_regular_file
 
 DEFAULT_DIM: int = 1
 DEFAULT_MEMORY_BUDGET: int = 1 << 30
@@ -209,14 +211,16 @@ def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, .
     return rng.integers(low, high, size=shape, dtype=np.int64).astype(dtype)
 
 
-def load_npz_inputs(path: Path, specs: Sequence[InputSpec], dims: Mapping[str, int] | None = None) -> list[Feeds]:
+def load_npz_inputs(path: Path, specs: Sequence[InputSpec], dims: Mapping[str, int] | None = None,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[Feeds]:
     """Feeds from an .npz holding one array per graph input, keyed by input name.
 
     If every array has one more dimension than its input's rank, axis 0 indexes samples; otherwise the file
-    is one sample. Arrays are checked against the specs' dtypes, fixed dims and the symbolic dims in `dims`.
+    is one sample. Arrays are checked against the specs' dtypes, fixed dims and the symbolic dims in `dims`;
+    their headers against `memory_budget` before any array is read.
     """
     source = str(path)
-    arrays = _read_npz(Path(path))
+    arrays = _read_npz(Path(path), memory_budget)
     _check_names(source, arrays, specs)
     stacked = _has_samples_axis(source, arrays, specs)
     count = _sample_count(source, arrays) if stacked else 1
@@ -226,13 +230,21 @@ def load_npz_inputs(path: Path, specs: Sequence[InputSpec], dims: Mapping[str, i
     return [{name: array[k] for name, array in arrays.items()} for k in range(count)]
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the archive, without unpickling anything."""
+def _read_npz(path: Path, budget: int) -> dict[str, np.ndarray]:
+    """Every array of the archive, without unpickling anything, once their headers fit the budget."""
     magic = _read_start(path, 6)
     if magic.startswith(b"\x93NUMPY"):
         raise NormfoldError(f"{path}: a single .npy array, not an .npz archive of arrays named after the inputs")
     if not magic.startswith(b"PK"):
         raise NormfoldError(f"{path}: not an .npz archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(_member_bytes(path, archive, info) for info in archive.infolist())
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise NormfoldError(f"{path}: not a readable .npz archive ({describe(error)})") from None
+    if total > budget:
+        raise NormfoldError(f"{path}: its arrays need {_size(total)} but the budget is {_size(budget)} "
+                            "(raise --max-input-bytes)")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -241,11 +253,27 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: _read_member(path, archive, key) for key in archive.files}
 
 
+def _member_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The bytes an archive member's array takes, from its .npy header alone; an error for anything else."""
+    key = info.filename.removesuffix(".npy")
+    if not info.filename.endswith(".npy"):
+        raise NormfoldError(f"{path}: member '{info.filename}' is not an .npy array")
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+        except ValueError as error:
+            raise NormfoldError(f"{path}: array '{key}' has no valid .npy header ({describe(error)})") from None
+    if dtype.hasobject:
+        raise NormfoldError(f"{path}: cannot read array '{key}' (Object arrays cannot be loaded when "
+                            "allow_pickle=False)")
+    return math.prod(shape) * dtype.itemsize
+
+
 def _read_start(path: Path, count: int) -> bytes:
-    if not path.exists():
-        raise NormfoldError(f"{path}: no such file")
-    if not path.is_file():
-        raise NormfoldError(f"{path}: not a file")
+    require_regular_file(path)
     try:
         with path.open("rb") as stream:
             return stream.read(count)
@@ -425,6 +453,8 @@ def _read_tensor(file: Path) -> onnx.TensorProto:
 
 
 def _tensor_array(file: Path, tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        check_external_tensor(tensor, file)
     try:
         return numpy_helper.to_array(tensor, base_dir=str(file.parent))
     except (OSError, ValueError, TypeError, KeyError) as error:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from normfold.validate.compare import Metrics, Tolerance, compare_arrays, eps_of, is_float, max_abs_error
+from normfold.validate.compare import (
+    Metrics, Tolerance, compare_arrays, eps_of, is_float, largest_magnitude, max_abs_error, structural_problem,
+)
 from normfold.validate.report import OutputComparison
 
 ROUNDING_FACTOR = 4.0
@@ -40,7 +42,7 @@ def rounding_allowance(reference_error: float, truth_scale: float, precision: np
 def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, truth: np.ndarray | None,
                  tolerance: Tolerance, precision: np.dtype) -> OutputComparison:
     """One output's verdict over all samples (arrays concatenated), with its figures and the tolerance in force."""
-    structural = compare_arrays(refs, cands, tolerance)[1]
+    structural = structural_problem(refs, cands)
     if structural:
         return OutputComparison(name, section, False, tolerance, None, structural)
     ref_f64 = cand_f64 = None
@@ -48,8 +50,8 @@ def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, t
     if truth is not None and is_float(refs.dtype):
         ref_f64, cand_f64 = max_abs_error(refs, truth), max_abs_error(cands, truth)
         if not tolerance.explicit:
-            allowance = rounding_allowance(ref_f64, _largest(truth), precision)
-            atol = max(tolerance.absolute(_largest(refs)), ref_f64 + allowance)
+            allowance = rounding_allowance(ref_f64, largest_magnitude(truth), precision)
+            atol = max(tolerance.absolute(largest_magnitude(refs)), ref_f64 + allowance)
             in_force, basis = Tolerance(atol, tolerance.rtol), BASIS_ROUNDING
     metrics, _ = compare_arrays(refs, cands, in_force, precision)
     assert metrics is not None
@@ -65,9 +67,3 @@ def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, t
 
 def _elementwise_pass(metrics: Metrics) -> bool:
     return metrics.violations == 0 and metrics.nan_mismatch == 0 and metrics.inf_mismatch == 0
-
-
-def _largest(array: np.ndarray) -> float:
-    values = np.abs(array.astype(np.float64, copy=False))
-    finite = values[np.isfinite(values)]
-    return float(finite.max()) if finite.size else 0.0

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from normfold.errors import NormfoldError
-from normfold.graph_walk import iter_scopes
+from normfold.graph_walk import is_op, iter_scopes
 from normfold.modes import dropout_training_form
 
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -33,7 +33,7 @@ def random_nodes(model: ir.Model) -> dict[str, str]:
             key = node.name or node.outputs[0].name or ""
             if node.op_type in RANDOM_OPS and not seeded:
                 found[key] = f"{node.op_type} '{key}'"
-            elif node.op_type == "Dropout" and not seeded and dropout_training_form(scope.opset, node):
+            elif is_op(node, "Dropout") and not seeded and dropout_training_form(scope.opset, node):
                 found[key] = f"Dropout '{key}' in training mode"
     return found
 
@@ -70,11 +70,13 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 
 def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graph_nodes(sub)
+    """Every node of the graph and of its subgraphs (an explicit stack, so any nesting depth)."""
+    stack = [graph]
+    while stack:
+        for node in stack.pop().node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)

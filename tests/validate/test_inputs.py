@@ -292,7 +292,7 @@ def test_npz_refuses_unreadable_files(tmp_path: Path) -> None:
     np.save(tmp_path / "one.npy", np.zeros(2))
     cases = {
         tmp_path / "absent.npz": "no such file",
-        tmp_path: "not a file",
+        tmp_path: "not a regular file",
         _write_bytes(tmp_path / "array.npz", (tmp_path / "one.npy").read_bytes()):
             "a single .npy array, not an .npz archive of arrays named after the inputs",
         _write_bytes(tmp_path / "text.npz", b"x,ids\n1,2\n"): "not an .npz archive",
