@@ -21,7 +21,7 @@ from normfold.graph_edit import constant_array
 from normfold.graph_walk import is_op, iter_scopes, node_label
 from normfold.io import is_folder, load_model
 from normfold.lints import training_lints
-from normfold.modes import bn_training_form, dropout_training_form
+from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
 from normfold.passes.strip_dropout import StripDropoutPass
 
@@ -129,7 +129,7 @@ def _parameter_findings(model: ir.Model) -> list[Finding]:
                 found.append(Finding("bn-negative-variance", label,
                                      f"{int((var.astype(np.float64) < 0).sum())} channel(s) have a negative variance",
                                      "re-estimate statistics with normfold calibrate"))
-            epsilon = bn.attributes.get_float("epsilon", 1e-5)
+            epsilon = bn_epsilon(bn)
             if epsilon <= 0:
                 found.append(Finding("non-positive-epsilon", label,
                                      f"epsilon={epsilon:g}: a zero variance divides by zero", "set epsilon > 0"))

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from normfold.graph_walk import Scope, is_op, iter_scopes
+from normfold.graph_walk import NOT_CONSTANT, STANDARD_DOMAINS, Scope, is_op, iter_scopes
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -26,7 +26,11 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if producer is not None and is_op(producer, "Constant"):
         return _constant_node_array(producer)
     tensor = value.const_value
-    return None if tensor is None else tensor.numpy()
+    if tensor is None:
+        from normfold.constant_cone import evaluate_cone
+
+        return evaluate_cone(value)
+    return tensor.numpy()
 
 
 def _constant_node_array(node: ir.Node) -> np.ndarray | None:
@@ -121,7 +125,8 @@ def take_over(old: ir.Value, new: ir.Value) -> None:
 
 
 def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
-    """Remove initializers, Constant nodes and Identity chains that a rewrite left without any consumer."""
+    """Remove what a rewrite left without any consumer: initializers, and the nodes that computed the dropped
+    value from constants (Constant, Identity chains, a parameter's cone), back to the next value still in use."""
     pending = list(values)
     while pending:  # a work list, not recursion: Identity chains may be thousands of nodes long
         value = pending.pop()
@@ -132,7 +137,15 @@ def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
             del owner.initializers[value.name]
             continue
         producer = value.producer()
-        if producer is not None and is_op(producer, "Constant", "Identity") and producer.graph is not None:
-            upstream = producer.inputs[0] if producer.op_type == "Identity" else None
-            producer.graph.remove(producer, safe=True)
-            pending.append(upstream)
+        if producer is None or producer.graph is None or not _removable(producer):
+            continue
+        upstream = list(producer.inputs)
+        producer.graph.remove(producer, safe=True)
+        pending.extend(upstream)
+
+
+def _removable(node: ir.Node) -> bool:
+    """A deterministic standard-domain node none of whose outputs is used any more."""
+    if node.domain not in STANDARD_DOMAINS or node.op_type in NOT_CONSTANT:
+        return False
+    return not any(out.uses() or out.is_graph_output() for out in node.outputs)

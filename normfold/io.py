@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from google.protobuf.message import DecodeError
 from onnx_ir import serde
 from onnx_ir import external_data as ir_external_data
 
@@ -300,7 +301,7 @@ def save_model(
     model: ir.Model,
     path: str | os.PathLike[str],
     *,
-    external_data: bool = False,
+    external_data: bool | None = None,
     verify: Callable[[Path], None] | None = None,
     replaced_files: Iterable[Path] = (),
     protected: Iterable[Path] = (),
@@ -308,40 +309,116 @@ def save_model(
 ) -> None:
     """Write the model atomically: into a temporary folder beside the target, checked, then renamed.
 
-    With `external_data`, tensors go to `<name>.data` beside the model (another name if that file
-    holds the input's own tensors, which must not be overwritten). The output is verified with
-    `onnx.checker.check_model(full_check=True)`, then by `verify(staged_path)` (which raises to
-    refuse it), before it replaces anything. `replaced_files` (an in-place input's old data files)
-    are deleted once the new model is in place. The data file never takes the name of a file in
-    `protected` (the input's files), so a write never changes the input, even when no tensor of the
-    written model reads that file any more. `check=False` skips onnx's full check, for temporary files
-    normfold derived from a checked model and only hands to ONNX Runtime.
+    With `external_data` (default: when the model has external tensors), tensors go to a data file beside
+    the model: `<name>.data`, or `<name>.1.data`, ... when that name is taken (by the input, by the model
+    being replaced, by anything), claimed exclusively just before the renames. The data file is renamed
+    into place first and the model last, so a crash between them, or another process writing the same
+    output, never pairs a model with data it was not written with. The output is verified with
+    `onnx.checker.check_model(full_check=True)`, then by `verify(staged_path)` (which raises to refuse
+    it), before it replaces anything. Once the model is in place, the data files of the model it
+    replaced, and `replaced_files` (an in-place input's), are deleted unless another model in that folder
+    reads them; files in `protected` (the input's) are never deleted unless listed in `replaced_files`.
+    `check=False` skips onnx's full check, for temporary files normfold derived from a checked model.
     """
     path = Path(path)
     folder = path.parent
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise NormfoldError(f"{path}: output folder '{folder}' does not exist")
     _check_binary_name(path)
-    data_name = _data_file_name(model, path, protected) if external_data else None
+    if external_data is None:
+        external_data = has_external_data(model)
+    staged_data = _data_base_name(path) + ".data" if external_data else None
     _materialize_attribute_tensors(model)
     try:
         # the staging folder's name stays short whatever the output's: the output's own name must fit inside it
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name[:32]}.", suffix=".tmp") as staging:
             staged = Path(staging) / path.name
-            _write_checked(model, staged, data_name, path, check)
+            _write_checked(model, staged, staged_data, path, check)
             if verify is not None:
                 verify(staged)
             os.chmod(staged, 0o666 & ~_umask())
-            if data_name is not None:
-                os.chmod(Path(staging) / data_name, 0o666 & ~_umask())
-                os.replace(Path(staging) / data_name, folder / data_name)
+            replaced = _data_files_read_by(path)
+            kept = {path.resolve()}
+            if staged_data is not None:
+                kept.add(_move_data_file(staged, staged_data, path).resolve())
             os.replace(staged, path)
     except OSError as error:
         raise NormfoldError(f"cannot write {path}: {error.strerror or error}") from None
-    kept = {path.resolve()} | ({(folder / data_name).resolve()} if data_name else set())
-    for old in replaced_files:
-        if old.resolve() not in kept:
-            old.unlink(missing_ok=True)
+    doomed = (replaced - {Path(p).resolve() for p in protected}) | {Path(p).resolve() for p in replaced_files}
+    for old in doomed - kept - _data_files_read_by_others(folder, path):
+        old.unlink(missing_ok=True)
+
+
+def _data_base_name(path: Path) -> str:
+    """The stem of the output's data file names: the output's name, or its hash when a suffix would not fit."""
+    if len(os.fsencode(path.name)) + 16 <= name_limit(path.parent):
+        return path.name
+    return hashlib.sha256(os.fsencode(path.name)).hexdigest()
+
+
+def _claim_data_file(path: Path) -> Path:
+    """Create, exclusively, the first free name of `<base>.data`, `<base>.1.data`, ...: a name no existing file
+    (the input's data, the replaced model's data, another writer's) has."""
+    base, counter = _data_base_name(path), 0
+    while True:
+        candidate = path.parent / (f"{base}.data" if counter == 0 else f"{base}.{counter}.data")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return candidate
+        except FileExistsError:
+            counter += 1
+
+
+def _move_data_file(staged: Path, staged_data: str, path: Path) -> Path:
+    """Move the staged data file to a freshly claimed name beside `path` (the staged model follows it)."""
+    claimed = _claim_data_file(path)
+    try:
+        if claimed.name != staged_data:
+            _rename_data_file(staged, staged_data, claimed.name)
+        os.chmod(staged.parent / claimed.name, 0o666 & ~_umask())
+        os.replace(staged.parent / claimed.name, claimed)
+    except BaseException:
+        claimed.unlink(missing_ok=True)
+        raise
+    return claimed
+
+
+def _rename_data_file(staged: Path, old: str, new: str) -> None:
+    """Point the staged model's external tensors at the data file's final name (only the small .onnx changes)."""
+    proto = onnx.load(str(staged), load_external_data=False)
+    for tensor in _proto_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(proto, str(staged))
+    os.replace(staged.parent / old, staged.parent / new)
+
+
+# Models at most this big are read to learn which data files they use; an .onnx with its weights outside
+# is small, and one with weights inside has no data files to protect.
+_SCAN_BYTES = 64 << 20
+
+
+def _data_files_read_by(model_path: Path) -> set[Path]:
+    """The external data files an existing model file reads (resolved); empty when it is not one."""
+    try:
+        if not model_path.is_file() or model_path.stat().st_size > _SCAN_BYTES:
+            return set()
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except (OSError, DecodeError, ValueError):  # not an ONNX file: it reads no data files
+        return set()
+    files = set()
+    for tensor in _proto_tensors(proto):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and location and "\0" not in location:
+            files.add((model_path.parent / location).resolve())
+    return files
+
+
+def _data_files_read_by_others(folder: Path, written: Path) -> set[Path]:
+    """The data files that the other models (*.onnx) in `folder` read."""
+    others = [p for p in folder.glob("*.onnx") if p.resolve() != written.resolve()]
+    return set().union(*(_data_files_read_by(other) for other in others))
 
 
 def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: Path, check: bool = True) -> None:
@@ -401,18 +478,6 @@ def _check_binary_name(path: Path) -> None:
     if implied not in (None, "protobuf"):
         raise NormfoldError(f"{path}: onnx reads a '{path.suffix}' file as {implied}, but normfold writes binary ONNX; "
                             "name the output .onnx", exit_code=EXIT_USAGE)
-
-
-def _data_file_name(model: ir.Model, path: Path, protected: Iterable[Path] = ()) -> str:
-    """`<name>.data`, unless the model's own tensors are read from that file or it is protected."""
-    in_use = (model_files(path, model) - {path.resolve()}) | {Path(p).resolve() for p in protected}
-    limit = name_limit(path.parent)
-    base = path.name if len(os.fsencode(path.name)) + 16 <= limit else hashlib.sha256(os.fsencode(path.name)).hexdigest()
-    name, counter = f"{base}.data", 0
-    while (path.parent / name).resolve() in in_use:
-        counter += 1
-        name = f"{base}.{counter}.data"
-    return name
 
 
 def require_name_fits(target: Path) -> None:

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from normfold.bn_math import in_channels, out_channels
 from normfold.graph_edit import constant_array, why_not_constant
-from normfold.graph_walk import node_label
+from normfold.graph_walk import is_op, node_label
 from normfold.ranks import RankOracle
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -54,7 +54,7 @@ class LinearLayer:
 def read_linear_layer(node: ir.Node, ranks: RankOracle) -> LinearLayer | str:
     """The node as a LinearLayer, or the reason it cannot be one."""
     label = f"{node.op_type} '{node_label(node)}'"
-    if node.domain not in ("", "ai.onnx") or node.op_type not in LINEAR_OPS:
+    if not is_op(node, *LINEAR_OPS):
         return f"{label} is not a Conv, ConvTranspose, Gemm or MatMul"
     if len(node.inputs) < 2 or node.inputs[0] is None:
         return f"{label} has no activation input"

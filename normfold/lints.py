@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from normfold.graph_edit import constant_array
 from normfold.graph_walk import is_op, iter_scopes, node_label
+from normfold.modes import bn_epsilon
 
 HIGH_DROP_RATIO = 0.7
 
@@ -40,7 +41,7 @@ def training_lints(model: ir.Model) -> list[Lint]:
 
 def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
     label, found = node_label(bn), []
-    epsilon = bn.attributes.get_float("epsilon", 1e-5)
+    epsilon = bn_epsilon(bn)
     if epsilon <= 0:
         found.append(Lint("non-positive-epsilon", label, f"epsilon={epsilon:g}: a zero batch variance divides by zero"))
     x = bn.inputs[0]

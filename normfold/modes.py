@@ -13,6 +13,15 @@ import onnx_ir as ir
 from normfold.graph_edit import constant_array
 
 
+# ONNX's default epsilon is the float32 attribute value 1e-5, i.e. 9.99999974737875e-06 (not the double 1e-5).
+DEFAULT_BN_EPSILON = float(np.float32(1e-5))
+
+
+def bn_epsilon(bn: ir.Node) -> float:
+    """A BatchNormalization's epsilon exactly as ONNX Runtime and onnx's evaluator apply it (a float32)."""
+    return bn.attributes.get_float("epsilon", DEFAULT_BN_EPSILON)
+
+
 def bn_training_form(opset: int, bn: ir.Node) -> str:
     """'' for an inference BN, else how it is marked as training (for reports)."""
     if opset >= 14 and bn.attributes.get_int("training_mode", 0):
@@ -37,3 +46,22 @@ def dropout_training_form(opset: int, node: ir.Node) -> str:
     if bool(np.asarray(flag).reshape(-1)[0]):
         return "training_mode is constant true: it samples a new mask on every run"
     return ""
+
+
+DEFAULT_DROPOUT_RATIO = 0.5
+
+
+def dropout_ratio(node: ir.Node, opset: int) -> float | None:
+    """A Dropout's drop probability: the `ratio` attribute before opset 12, the `ratio` input from 12 on.
+
+    Either defaults to 0.5 when absent; None when the input is not a constant scalar (set at run time).
+    """
+    if opset < 12:
+        return node.attributes.get_float("ratio", DEFAULT_DROPOUT_RATIO)
+    value = node.inputs[1] if len(node.inputs) > 1 else None
+    if value is None:
+        return DEFAULT_DROPOUT_RATIO
+    array = constant_array(value)
+    if array is None or array.size != 1:
+        return None
+    return float(array.reshape(-1)[0])

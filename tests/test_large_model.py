@@ -60,7 +60,8 @@ def test_model_over_2gb_folds_with_external_data(big_model: tuple[Path, list[np.
     folded = ir.load(target)
     (gemm,) = list(folded.graph)
     assert gemm.op_type == "Gemm"
-    s = gamma.astype(np.float32).astype(np.float64) / np.sqrt(var.astype(np.float32).astype(np.float64) + 1e-5)
+    epsilon = float(np.float32(1e-5))  # ONNX's default: the float32 attribute value
+    s = gamma.astype(np.float32).astype(np.float64) / np.sqrt(var.astype(np.float32).astype(np.float64) + epsilon)
     t = beta.astype(np.float32).astype(np.float64) - s * mean.astype(np.float32).astype(np.float64)
     original = ir.load(source).graph.initializers["w"].const_value.numpy()
     new_weight = gemm.inputs[1].const_value.numpy()
@@ -90,7 +91,8 @@ def test_fold_of_a_2gb_weight_never_holds_it_in_memory(big_model: tuple[Path, li
     assert int(peak_kib) < 2**20, f"peak RSS {int(peak_kib) // 1024} MiB for a {K * N * 4 // 2**20} MiB weight"
     (gemm,) = list(ir.load(target).graph)
     gamma, _, _, var = params
-    s = gamma.astype(np.float32).astype(np.float64) / np.sqrt(var.astype(np.float32).astype(np.float64) + 1e-5)
+    epsilon = float(np.float32(1e-5))  # ONNX's default: the float32 attribute value
+    s = gamma.astype(np.float32).astype(np.float64) / np.sqrt(var.astype(np.float32).astype(np.float64) + epsilon)
     original = ir.load(source).graph.initializers["w"].const_value.numpy()
     for rows in (slice(0, 2), slice(K // 2, K // 2 + 2), slice(K - 2, K)):
         expected = (original[rows].astype(np.float64) * s).astype(np.float32)

@@ -23,7 +23,7 @@ from normfold.folded_tensor import STREAM_BYTES, FoldedTensor
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over, why_not_constant
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
-from normfold.modes import bn_training_form
+from normfold.modes import bn_epsilon, bn_training_form
 from normfold.ranks import RankOracle
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
@@ -119,7 +119,7 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
         raise NormfoldError(f"BatchNormalization '{label}' has inconsistent parameter shapes: {described}")
     if arrays[0].ndim != 1:
         return f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)"
-    eps = float(bn.attributes.get_float("epsilon", 1e-5))
+    eps = bn_epsilon(bn)
     stacked = np.stack([a.astype(np.float64) for a in arrays])
     if not np.isfinite(stacked).all():
         return "its parameters contain NaN or Inf"
@@ -163,7 +163,7 @@ def _plan_backward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | st
     if _sole_consumer(x) is not bn:
         return f"its input '{x.name}' has other consumers or is a graph output"
     add_node, add_bias = None, None
-    if producer.op_type == "Add" and producer.domain in ("", "ai.onnx"):
+    if is_op(producer, "Add"):
         add_node = producer
         split = _split_add(add_node)
         if isinstance(split, str):
@@ -213,7 +213,7 @@ def _plan_forward(bn: ir.Node, affine: Affine, ranks: RankOracle) -> _Edit | str
     consumer = _sole_consumer(y)
     if consumer is None:
         return "its output has several consumers or is a graph output"
-    if consumer.op_type not in ("Gemm", "MatMul", "Conv") or consumer.domain not in ("", "ai.onnx"):
+    if not is_op(consumer, "Gemm", "MatMul", "Conv"):
         return f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv"
     if consumer.graph is not bn.graph:
         return f"its consumer {consumer.op_type} '{node_label(consumer)}' is in another graph"

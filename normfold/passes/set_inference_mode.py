@@ -17,8 +17,8 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
-from normfold.graph_walk import Scope, iter_scopes, node_label
-from normfold.modes import bn_training_form, dropout_training_form
+from normfold.graph_walk import STANDARD_DOMAINS, Scope, iter_scopes, node_label
+from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
 from normfold.passes.set_training_mode import unwrap_mode_switch
 from normfold.ranks import RankOracle
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
@@ -39,7 +39,7 @@ class SetInferenceModePass(CopyOrInPlacePass):
         records = []
         for scope in iter_scopes(model):
             for node in list(scope.body):
-                if node.domain not in ("", "ai.onnx"):
+                if node.domain not in STANDARD_DOMAINS:
                     continue
                 if node.op_type == "BatchNormalization" and (form := bn_training_form(scope.opset, node)):
                     records.append(self._batchnorm(scope, node, form, ranks, names))
@@ -151,7 +151,7 @@ def _rewrite_with_batch_statistics(scope: Scope, bn: ir.Node, ranks: RankOracle,
     label = node_label(bn)
     broadcast = (1, -1) + (1,) * (rank - 2)
     axes = [0, *range(2, rank)]
-    eps = np.array(bn.attributes.get_float("epsilon", 1e-5), dtype=dtype)
+    eps = np.array(bn_epsilon(bn), dtype=dtype)
     constants = {
         "eps": eps,
         "scale": gamma.astype(dtype).reshape(broadcast),

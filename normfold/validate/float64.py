@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from normfold.errors import NormfoldError, describe
+from normfold.graph_walk import STANDARD_DOMAINS
 from normfold.memory import available_memory
 from normfold.validate.float64_cost import (
     CONTRACTIONS, FLOAT_TYPES, Float64Cost, estimate_cost, format_bytes, kernel_flops, schedule,
@@ -197,8 +198,11 @@ class _Step:
 
     @classmethod
     def of(cls, node: onnx.NodeProto) -> _Step:
-        kernel = KERNELS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        return cls(node, kernel, _attributes(node) if kernel else {})
+        kernel = KERNELS.get(node.op_type) if node.domain in STANDARD_DOMAINS else None
+        attributes = _attributes(node) if kernel else {}
+        if kernel is not None and not kernel.handles(attributes, sum(1 for name in node.output if name)):
+            kernel, attributes = None, {}
+        return cls(node, kernel, attributes)
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -376,7 +380,7 @@ def _value_info(name: str, value: Any) -> onnx.ValueInfoProto:
 
 
 def _op_name(node: onnx.NodeProto) -> str:
-    return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+    return f"{node.domain}::{node.op_type}" if node.domain not in STANDARD_DOMAINS else node.op_type
 
 
 class _KernelBug(Exception):

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from normfold.graph_walk import is_op
 from normfold.validate.float64_kernels import ITEM
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
@@ -140,7 +141,7 @@ def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
 def _node_flops(node: onnx.NodeProto, types: dict[str, tuple[int, Shape | None]], feeds: Mapping[str, np.ndarray],
                 initializers: dict[str, onnx.TensorProto], unknown: list[str]) -> float:
     """The node's contraction flops from static shapes (0 for other ops; unknown shapes are noted)."""
-    if node.op_type not in CONTRACTIONS or node.domain not in ("", "ai.onnx"):
+    if not is_op(node, *CONTRACTIONS):
         return 0.0
 
     def shape(name: str) -> Shape | None:

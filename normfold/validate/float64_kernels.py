@@ -252,7 +252,7 @@ def batch_normalization(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean
     A per-activation scale (spatial=0 of old opsets) normalizes over the batch axis alone. is_test,
     spatial and consumed_inputs are accepted and read from the shapes.
     """
-    eps = 1e-5 if epsilon is None else epsilon
+    eps = float(np.float32(1e-5)) if epsilon is None else epsilon  # ONNX's default is the float32 1e-5
     shape = (1, -1, *[1] * (x.ndim - 2)) if scale.ndim == 1 else (1, *scale.shape)
     if not training_mode and outputs == 1:
         return (_normalize(x, scale, bias, mean, var, eps, shape),)
@@ -286,6 +286,33 @@ def _variance(x: np.ndarray, mean: np.ndarray, axes: tuple[int, ...], chunk_byte
     return total / (x.size // mean.size)
 
 
+def max_pool(x: np.ndarray, *, kernel_shape: Sequence[int], auto_pad: str | bytes | None = None,
+             dilations: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+             strides: Sequence[int] | None = None, **_: Any) -> np.ndarray:
+    """ONNX MaxPool (floor mode, one output): the maximum over kernel taps, one strided slice per tap.
+
+    onnx's reference MaxPool loops in Python over output positions (2 s for ResNet-18's one pool); padding
+    is -inf, so a padded position never wins.
+    """
+    geo = conv_geometry(x.shape, (1, 1, *kernel_shape), auto_pad, dilations, pads, strides)
+    spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
+    padded = np.full((*x.shape[:2], *(max(span, b + i) for span, b, i in zip(spans, geo.begins, x.shape[2:]))),
+                     -np.inf)
+    padded[(..., *(slice(b, b + i) for b, i in zip(geo.begins, x.shape[2:])))] = x
+    y = np.full((*x.shape[:2], *geo.out), -np.inf)
+    for taps in itertools.product(*(range(k) for k in geo.kernel)):
+        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                       for t, d, o, s in zip(taps, geo.dilations, geo.out, geo.strides))
+        np.maximum(y, padded[(..., *window)], out=y)
+    return y
+
+
+def _max_pool_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
+    x, kernel = shapes[0], tuple(attributes["kernel_shape"])
+    geo = conv_geometry(x, (1, 1, *kernel), *(attributes.get(k) for k in ("auto_pad", "dilations", "pads", "strides")))
+    return [(*x[:2], *geo.out)]
+
+
 def _per_dim(values: Sequence[int] | None, rank: int, default: int = 1) -> tuple[int, ...]:
     return tuple(values) if values else (default,) * rank
 
@@ -306,6 +333,7 @@ class Kernel:
 
     run: Callable[[list[Any], dict[str, Any], int, int], tuple[np.ndarray, ...]]
     output_shapes: Callable[[list[Shape | None], dict[str, Any], int], list[Shape]]
+    handles: Callable[[dict[str, Any], int], bool] = lambda attributes, outputs: True  # else onnx's evaluator
 
 
 def matmul_shape(a: Shape, b: Shape) -> Shape:
@@ -345,6 +373,11 @@ KERNELS: dict[str, Kernel] = {
     "Gemm": Kernel(lambda i, a, o, chunk: (gemm(*i, **a, chunk_bytes=chunk),), _gemm_shapes),
     "MatMul": Kernel(lambda i, a, o, chunk: (matmul(*i, **a, chunk_bytes=chunk),),
                      lambda s, a, o: [matmul_shape(s[0], s[1])]),
+    "MaxPool": Kernel(lambda i, a, o, chunk: (max_pool(*i, **a),), _max_pool_shapes,
+                      # Indices, ceil mode and SAME padding with dilation (where ONNX Runtime departs from the
+                      # spec) stay with onnx's evaluator
+                      lambda a, o: o == 1 and not a.get("ceil_mode")
+                      and (_text(a.get("auto_pad")) not in SAME or set(a.get("dilations") or [1]) == {1})),
     "BatchNormalization": Kernel(lambda i, a, o, chunk: batch_normalization(*i, **a, outputs=o, chunk_bytes=chunk),
                                  _batch_normalization_shapes),
 }

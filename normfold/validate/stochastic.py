@@ -14,10 +14,8 @@ import onnx
 import onnx_ir as ir
 
 from normfold.errors import NormfoldError
-from normfold.graph_walk import is_op, iter_scopes
+from normfold.graph_walk import RANDOM_OPS, is_op, iter_scopes
 from normfold.modes import dropout_training_form
-
-RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 class NotComparableError(NormfoldError):

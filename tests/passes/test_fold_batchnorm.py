@@ -371,3 +371,24 @@ def test_pass_is_functional_and_reports_each_bn() -> None:
     assert [n.op_type for n in model.graph] == before
     assert result.modified and [n.op_type for n in result.model.graph] == ["Conv"]
     assert result.records[0].to_line() == "FOLDED   BatchNormalization 'bn': into Conv 'conv' (backward)"
+
+
+def test_a_float64_bn_without_epsilon_folds_with_onnx_float32_default() -> None:
+    """ONNX's default epsilon is the float32 1e-5 (9.99999974737875e-06): a float64 model shows the difference
+    from the double 1e-5 where the variance is zero (1.3e-8 relative), far above float64 rounding."""
+    import onnxruntime as ort
+
+    g = rng(11)
+    params = bn_params("bn", 4, g, dtype=np.float64)
+    params["bn_var"][:2] = 0.0
+    inits = {"w": g.normal(0, 0.5, (4, 3)), **params}  # Gemm: ONNX Runtime's CPU build has no float64 Conv
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name="gemm", transB=1), bn_node("y", "z", "bn")]
+    model = make_model(nodes, {"x": [5, 3]}, ["z"], inits, dtype=onnx.TensorProto.DOUBLE)
+    folded = ir.serde.serialize_model(fold(model).model)
+    assert op_types(folded) == ["Gemm"]
+    x = g.normal(0, 1, (5, 3))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+           .run(None, {"x": x})[0] for m in (model, folded)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-12, atol=0)

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from normfold.validate.float64_kernels import (
-    batch_normalization, block_lengths, conv, conv_transpose, gemm, matmul,
+    KERNELS, batch_normalization, block_lengths, conv, conv_transpose, gemm, matmul, max_pool,
 )
 
 G = np.random.default_rng(7)
+
+ONNX_EPSILON = float(np.float32(1e-5))  # BatchNormalization's default: the float32 attribute value
 
 
 def _same_pads(size: int, stride: int, extent: int, mode: str) -> tuple[int, int, int]:
@@ -231,7 +233,7 @@ def test_batch_normalization_inference() -> None:
     (y,) = batch_normalization(x, scale, bias, mean, var, epsilon=1e-3)
     np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-13)
     (default_eps,) = batch_normalization(x, scale, bias, mean, var, is_test=1, spatial=1, consumed_inputs=[0, 0])
-    np.testing.assert_allclose(default_eps, (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5)
+    np.testing.assert_allclose(default_eps, (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + ONNX_EPSILON)
                                * scale[:, None, None] + bias[:, None, None], rtol=1e-13)
 
 
@@ -251,7 +253,7 @@ def test_batch_normalization_training_mode(chunk: int) -> None:
     batch_mean, batch_var = _batch_stats(x)
     y, running_mean, running_var = batch_normalization(x, scale, bias, mean, var, momentum=0.8, training_mode=1,
                                                        outputs=3, chunk_bytes=chunk)
-    expected = (x - batch_mean[:, None, None]) / np.sqrt(batch_var[:, None, None] + 1e-5) * scale[:, None, None]
+    expected = (x - batch_mean[:, None, None]) / np.sqrt(batch_var[:, None, None] + ONNX_EPSILON) * scale[:, None, None]
     np.testing.assert_allclose(y, expected + bias[:, None, None], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(running_mean, 0.8 * mean + 0.2 * batch_mean, rtol=1e-12)  # momentum weighs the OLD value
     np.testing.assert_allclose(running_var, 0.8 * var + 0.2 * batch_var, rtol=1e-12)
@@ -274,7 +276,7 @@ def test_batch_normalization_per_activation_statistics() -> None:
     x = G.standard_normal((4, 2, 3, 3))
     scale, bias, mean, var = _bn_params(2, (2, 3, 3))
     (y,) = batch_normalization(x, scale, bias, mean, var, spatial=0)
-    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5) * scale + bias, rtol=1e-13)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + ONNX_EPSILON) * scale + bias, rtol=1e-13)
     y, _, _, saved_mean, saved_var = batch_normalization(x, scale, bias, mean, var, spatial=0, outputs=5)
     np.testing.assert_allclose(saved_mean, x.sum(axis=0) / 4, rtol=1e-12)
     np.testing.assert_allclose(saved_var, ((x - x.sum(axis=0) / 4) ** 2).sum(axis=0) / 4, rtol=1e-12)
@@ -319,3 +321,49 @@ def test_dilated_conv_is_small() -> None:
                        for ki in range(3) for kj in range(3)
                        if 0 <= i + 12 * ki - 12 < 24 and 0 <= j + 12 * kj - 12 < 24)
         np.testing.assert_allclose(y[0, :, i, j], expected, rtol=1e-12, atol=1e-12)
+
+
+def _ort_max_pool(x: np.ndarray, attributes: dict[str, object]) -> np.ndarray:
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], **attributes)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_pool_matches_onnx_runtime(seed: int) -> None:
+    """Exactly ONNX Runtime's MaxPool (a maximum rounds nothing) over random ranks, kernels, strides,
+    dilations, explicit pads and auto_pad."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        rank = int(rng.integers(1, 4))
+        kernel = [int(rng.integers(1, 4)) for _ in range(rank)]
+        auto_pad = str(rng.choice(["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"]))
+        dilations = [int(rng.integers(1, 3)) if auto_pad in ("NOTSET", "VALID") else 1 for _ in range(rank)]
+        same = auto_pad.startswith("SAME")  # ONNX Runtime refuses SAME with a stride over the kernel
+        strides = [int(rng.integers(1, (min(k, 2) if same else 2) + 1)) for k in kernel]
+        attributes: dict[str, object] = {"kernel_shape": kernel, "strides": strides, "dilations": dilations,
+                                         "auto_pad": auto_pad}
+        if auto_pad == "NOTSET":
+            attributes["pads"] = [int(rng.integers(0, k)) for k in kernel * 2]
+        shape = [2, 3, *(int(rng.integers((k - 1) * d + 1, 9)) for k, d in zip(kernel, dilations))]
+        x = rng.standard_normal(shape).astype(np.float32)
+        expected = _ort_max_pool(x, attributes)
+        np.testing.assert_array_equal(max_pool(x.astype(np.float64), **attributes), expected.astype(np.float64))
+
+
+@pytest.mark.parametrize("attributes, outputs", [
+    ({"kernel_shape": [2, 2], "ceil_mode": 1}, 1),
+    ({"kernel_shape": [2, 2]}, 2),
+    ({"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER", "dilations": [2, 2]}, 1),
+])
+def test_max_pool_leaves_indices_ceil_mode_and_dilated_same_to_onnx(attributes: dict[str, object],
+                                                                   outputs: int) -> None:
+    assert not KERNELS["MaxPool"].handles(attributes, outputs)
+    assert KERNELS["MaxPool"].handles({"kernel_shape": [2, 2]}, 1)

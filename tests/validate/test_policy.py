@@ -21,6 +21,8 @@ from normfold.validate import validate
 
 C_IN, C_OUT, SIZE = 8, 16, 12
 
+ONNX_EPSILON = float(np.float32(1e-5))  # BatchNormalization's default: the float32 attribute value
+
 
 def _model(head: str) -> onnx.ModelProto:
     """Conv(no bias) -> BN -> head, with weights large enough for 'saturated' to carry real rounding noise."""
@@ -36,7 +38,7 @@ def _model(head: str) -> onnx.ModelProto:
         nodes += [helper.make_node("Abs", ["y"], ["a"]), helper.make_node("Sub", ["shift", "a"], ["z"]),
                   helper.make_node("Sigmoid", ["z"], ["out"])]
     elif head == "near_zero":
-        scale = params["bn_scale"].astype(np.float64) / np.sqrt(params["bn_var"].astype(np.float64) + 1e-5)
+        scale = params["bn_scale"].astype(np.float64) / np.sqrt(params["bn_var"].astype(np.float64) + ONNX_EPSILON)
         params["w_alt"] = (weight * scale[:, None, None, None]).astype(np.float32)
         params["b_alt"] = (params["bn_bias"] - params["bn_mean"] * scale).astype(np.float32)
         nodes += [helper.make_node("Conv", ["x", "w_alt", "b_alt"], ["y_alt"], pads=[1, 1, 1, 1]),
