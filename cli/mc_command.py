@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import click
@@ -11,9 +13,10 @@ import numpy as np
 
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import is_folder, load_model_file, require_name_fits
-from normfold.memory import available_memory
 from normfold.monte_carlo import monte_carlo
-from normfold.validate.inputs import input_specs, load_npz_inputs, parse_dims, random_inputs
+from normfold.validate.config import parse_size
+from normfold.validate.inputs import (DEFAULT_MEMORY_BUDGET, InputSpec, input_specs, load_npz_inputs, parse_dims,
+                                      random_inputs, resolve_shape)
 from normfold.validate.providers import resolve_providers
 
 
@@ -25,24 +28,28 @@ from normfold.validate.providers import resolve_providers
 @click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
               help="Execution provider: auto is CUDA when it really runs, else CPU.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable.")
+@click.option("--max-input-bytes", default=f"{DEFAULT_MEMORY_BUDGET // 2**30}GiB", show_default=True, metavar="SIZE",
+              help="Refuse inputs (from --inputs or random) larger than this in total.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Write NAME_mean and NAME_std arrays for every output to this .npz.")
 def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provider: str, dims: tuple[str, ...],
-               output: Path | None) -> None:
+               max_input_bytes: str, output: Path | None) -> None:
     """Monte Carlo Dropout: N seeded passes, mean and std per output.
 
     BN runs in inference mode and every Dropout samples masks (seed 2.2, keep probability 1 - ratio).
     """
+    budget = parse_size(max_input_bytes)
     loaded = load_model_file(model)
     specs = input_specs(loaded.proto)
     if inputs is not None:
-        feeds = load_npz_inputs(inputs, specs, parse_dims(dims), available_memory() // 2)
+        feeds = load_npz_inputs(inputs, specs, parse_dims(dims), budget)
         if len(feeds) != 1:
             raise NormfoldError(f"{inputs}: give one set of inputs (found {len(feeds)} samples)", exit_code=EXIT_USAGE)
+        feed = feeds[0]
     else:
-        feeds = random_inputs(specs, dims=parse_dims(dims), seed=seed)
+        feed = _random_feed(model, specs, parse_dims(dims), seed, budget)
     choice = resolve_providers((provider,), model)[0]
-    result = monte_carlo(loaded.model, feeds[0], passes=samples, seed=seed, provider=choice.key)
+    result = monte_carlo(loaded, feed, passes=samples, seed=seed, provider=choice.key)
     click.echo(f"{samples} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
                f"{', '.join(result.dropouts)}")
     for name in result.mean:
@@ -53,6 +60,19 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
         arrays = {f"{n}_{kind}": a for n in result.mean for kind, a in (("mean", result.mean[n]), ("std", result.std[n]))}
         _save_npz(output, arrays)
         click.echo(f"wrote {output}")
+
+
+def _random_feed(model: Path, specs: Sequence[InputSpec], dims: Mapping[str, int], seed: int,
+                 budget: int) -> dict[str, np.ndarray]:
+    """One seeded random input set, refused before anything is allocated when it is over the budget.
+
+    Checked here rather than left to random_inputs, whose message suggests validate's options.
+    """
+    total = sum(math.prod(resolve_shape(spec, dims)) * spec.dtype.itemsize for spec in specs)
+    if total > budget:
+        raise NormfoldError(f"{model}: random inputs need {total} bytes, over --max-input-bytes ({budget} bytes); "
+                            "set symbolic dimensions with --dim, give --inputs, or raise --max-input-bytes")
+    return random_inputs(specs, dims=dims, seed=seed, memory_budget=budget)[0]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

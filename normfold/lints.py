@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import onnx_ir as ir
 
-from normfold.graph_edit import constant_array
 from normfold.graph_walk import is_op, iter_scopes, node_label
-from normfold.modes import bn_epsilon
+from normfold.modes import bn_epsilon, dropout_ratio
 
 HIGH_DROP_RATIO = 0.7
 
@@ -35,7 +33,7 @@ def training_lints(model: ir.Model) -> list[Lint]:
             if is_op(node, "BatchNormalization"):
                 lints += _batchnorm_lints(node)
             elif is_op(node, "Dropout"):
-                lints += _dropout_lints(node)
+                lints += _dropout_lints(node, scope.opset)
     return lints
 
 
@@ -58,13 +56,9 @@ def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
     return found
 
 
-def _dropout_lints(node: ir.Node) -> list[Lint]:
-    ratio_value = node.inputs[1] if len(node.inputs) > 1 else None
-    ratio = constant_array(ratio_value) if ratio_value is not None else None
-    if ratio is None and ratio_value is None:
-        ratio = np.array(node.attributes.get_float("ratio", 0.5))
-    if ratio is not None and float(np.asarray(ratio).reshape(-1)[0]) > HIGH_DROP_RATIO:
-        value = float(np.asarray(ratio).reshape(-1)[0])
+def _dropout_lints(node: ir.Node, opset: int) -> list[Lint]:
+    value = dropout_ratio(node, opset)
+    if value is not None and value > HIGH_DROP_RATIO:
         return [Lint("high-drop-ratio", node_label(node),
                      f"ratio={value:g} drops more than {HIGH_DROP_RATIO:g} of activations (keep probability "
                      f"p = 1 - ratio = {1 - value:g}), which tends to underfit (seed 2.9)")]

@@ -69,6 +69,22 @@ def test_same_seed_reproduces_and_another_seed_differs() -> None:
     assert not np.array_equal(a.mean["scores"], c.mean["scores"])
 
 
+def test_path_model_proto_and_ir_model_give_the_same_passes(tmp_path: Path) -> None:
+    """Like normfold.fold and calibrate, monte_carlo takes a path, an onnx.ModelProto or an onnx_ir.Model."""
+    model, _ = _linear()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    feeds = {"x": np.random.default_rng(4).standard_normal((1, 64)).astype(np.float32)}
+    in_memory = ir.from_proto(model)
+    before = ir.to_proto(in_memory).SerializeToString()
+    results = [monte_carlo(m, feeds, passes=5, seed=1) for m in (path, str(path), model, in_memory)]
+    for result in results[1:]:
+        np.testing.assert_array_equal(result.mean["y"], results[0].mean["y"])
+        np.testing.assert_array_equal(result.std["y"], results[0].std["y"])
+        assert result.dropouts == ["drop"]
+    assert ir.to_proto(in_memory).SerializeToString() == before, "the onnx_ir.Model argument is left as it was"
+
+
 def test_model_without_dropout_is_refused() -> None:
     model, _ = _linear(with_dropout=False)
     with pytest.raises(NormfoldError, match="^the model has no Dropout in its main graph"):
