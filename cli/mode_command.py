@@ -13,7 +13,7 @@ from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import check_output_path, has_external_data, load_model, save_model
 from normfold.lints import training_lints
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
-from normfold.passes.set_training_mode import DEFAULT_FLAG
+from normfold.passes.set_training_mode import DEFAULT_FLAG, RUNNING_VARIANCES
 
 
 @click.command("mode")
@@ -29,26 +29,30 @@ from normfold.passes.set_training_mode import DEFAULT_FLAG
               help="With --train: ONNX momentum, the weight of the OLD running value (running = m*running + (1-m)*batch).")
 @click.option("--alpha", type=FiniteFloat(0, 1),
               help="With --train: PyTorch/seed momentum, the weight of the NEW batch statistic (= 1 - ONNX momentum).")
+@click.option("--running-var", type=click.Choice(RUNNING_VARIANCES),
+              help="With --train: the batch variance that updates the running variance: biased (ONNX's convention) or "
+                   "unbiased (PyTorch's: times n/(n-1), n = values per channel in the batch) [default: biased].")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write (default: MODEL.train.onnx or MODEL.eval.onnx beside MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
 def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, flag: str, momentum: float | None,
-                 alpha: float | None, output: Path | None, as_json: bool) -> None:
+                 alpha: float | None, running_var: str | None, output: Path | None, as_json: bool) -> None:
     """Switch BatchNormalization and Dropout between training and inference mode.
 
     --eval: BN normalizes with its running statistics, Dropout is the identity. A BN whose running
     statistics are unusable (never tracked: mean 0 / variance 1) is left as it is with the reason,
     unless --batch-stats rewrites it to compute batch statistics without training_mode.
     --train: one boolean input (default false) switches every BN to batch statistics, with its updated
-    running statistics as extra outputs, and every Dropout to sampling masks.
+    running statistics as extra outputs (--running-var: from the biased or the unbiased batch variance),
+    and every Dropout to sampling masks.
     """
     if to_train == to_eval:
         raise NormfoldError("give exactly one of --train and --eval", exit_code=EXIT_USAGE)
     if momentum is not None and alpha is not None:
         raise NormfoldError("--momentum (ONNX: weight of the old value) and --alpha (weight of the new value) "
                             "say the same thing two ways; give one", exit_code=EXIT_USAGE)
-    if to_eval and (momentum is not None or alpha is not None or flag != DEFAULT_FLAG):
-        raise NormfoldError("--momentum, --alpha and --flag apply with --train", exit_code=EXIT_USAGE)
+    if to_eval and (momentum is not None or alpha is not None or flag != DEFAULT_FLAG or running_var is not None):
+        raise NormfoldError("--momentum, --alpha, --flag and --running-var apply with --train", exit_code=EXIT_USAGE)
     if to_train and batch_stats:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     suffix = "train" if to_train else "eval"
@@ -58,7 +62,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     lints = []
     if to_train:
         onnx_momentum = momentum if alpha is None else 1.0 - alpha
-        result = SetTrainingModePass(flag, onnx_momentum)(loaded)
+        result = SetTrainingModePass(flag, onnx_momentum, running_var or "biased")(loaded)
         lints = training_lints(loaded)
     else:
         result = SetInferenceModePass(batch_stats)(loaded)

@@ -20,6 +20,7 @@ CLICK_FORMS: dict[str, dict[str, Any]] = {
     "count": {"type": click.IntRange(min=1)},
     "int": {"type": int},
     "tolerance": {"type": float},
+    "number": {"type": float},
     "tolerances": {"multiple": True},
     "switch": {"default": None},
     "size": {"type": str},

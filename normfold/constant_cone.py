@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from normfold.graph_walk import NOT_CONSTANT, STANDARD_DOMAINS
 
-MAX_NODES = 64
+MAX_NODES = 16
 MAX_BYTES = 64 << 20
 
 
@@ -27,7 +27,8 @@ def evaluate_cone(value: ir.Value) -> np.ndarray | None:
     graph = value.graph
     if not isinstance(graph, ir.Graph):
         return None
-    leaves = {v.name: v for node in nodes for v in node.inputs if v is not None and v.producer() not in nodes}
+    members = set(map(id, nodes))
+    leaves = {v.name: v for node in nodes for v in node.inputs if v is not None and id(v.producer()) not in members}
     if any(leaf.const_value is None or not leaf.name for leaf in leaves.values()):
         return None
     if sum(leaf.const_value.nbytes for leaf in leaves.values()) > MAX_BYTES:
@@ -54,24 +55,25 @@ def _cone(value: ir.Value) -> list[ir.Node]:
     """The producers `value` depends on, back to its constant leaves; empty when it is not such a value."""
     if value.is_graph_input() or value.producer() is None or not value.name:
         return []
-    found: list[ir.Node] = []
+    graph = value.graph
+    found: dict[int, ir.Node] = {}
     pending = [value.producer()]
     while pending:
         node = pending.pop()
-        if node is None or node in found:
+        if node is None or id(node) in found:
             continue
         if node.domain not in STANDARD_DOMAINS or node.op_type in NOT_CONSTANT or len(found) >= MAX_NODES:
             return []
-        if node.graph is not value.graph:
+        if node.graph is not graph:
             return []
-        found.append(node)
+        found[id(node)] = node
         for input_value in node.inputs:
             if input_value is None:
                 continue
             if input_value.is_graph_input():
                 return []
             pending.append(input_value.producer())
-    return found
+    return list(found.values())
 
 
 def _topological(nodes: list[ir.Node]) -> list[ir.Node]:

@@ -214,15 +214,16 @@ def check_external_tensor(tensor: onnx.TensorProto, owner: Path) -> None:
         raise NormfoldError(
             f"{owner}: tensor '{tensor.name}' points outside the model's folder for its data ('{location}')"
         )
-    if not target.exists():
+    literal = owner.parent / location  # what open() will follow, component by component ('missing/..' fails)
+    if not os.path.lexists(literal) or not target.exists():
         raise NormfoldError(f"{owner}: external data file '{location}' of tensor '{tensor.name}' is missing")
-    if not target.is_file():
+    if not literal.is_file():
         raise NormfoldError(f"{owner}: external data '{location}' of tensor '{tensor.name}' is not a regular file")
     needed = _stored_bytes(tensor)
     if length is not None and needed and length != needed:
         raise NormfoldError(f"{owner}: tensor '{tensor.name}' has external data length {length} but its shape "
                             f"{list(tensor.dims)} needs {needed} bytes")
-    if offset + (needed if length is None else length) > target.stat().st_size:
+    if offset + (needed if length is None else length) > literal.stat().st_size:
         raise NormfoldError(
             f"{owner}: external data file '{location}' is too short for tensor '{tensor.name}'"
         )
@@ -345,8 +346,10 @@ def save_model(
     except OSError as error:
         raise NormfoldError(f"cannot write {path}: {error.strerror or error}") from None
     doomed = (replaced - {Path(p).resolve() for p in protected}) | {Path(p).resolve() for p in replaced_files}
-    for old in doomed - kept - _data_files_read_by_others(folder, path):
-        old.unlink(missing_ok=True)
+    doomed -= kept
+    if doomed:  # only then are the folder's other models read
+        for old in doomed - _data_files_read_by_others(folder, path):
+            old.unlink(missing_ok=True)
 
 
 def _data_base_name(path: Path) -> str:

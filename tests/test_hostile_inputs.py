@@ -51,6 +51,8 @@ BAD_FIELDS = {
     "empty location": ({"location": ""}, "tensor 'w' has no usable external data location ('')"),
     "short length": ({"length": "4"}, "tensor 'w' has external data length 4 but its shape [8, 3, 3, 3] needs 864 bytes"),
     "data file is a folder": ({"location": "sub"}, "external data 'sub' of tensor 'w' is not a regular file"),
+    "through a missing folder": ({"location": "missing/../w.data"},
+                                 "external data file 'missing/../w.data' of tensor 'w' is missing"),
 }
 
 

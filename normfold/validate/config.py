@@ -26,6 +26,11 @@ PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "reference")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # The float64 reference's memory: widened weights and the float64 tensors alive at once (see float64_cost).
 DEFAULT_FLOAT64_BYTES = 2 << 30
+# Its work, 2 flops per multiply-add of Conv, ConvTranspose, Gemm and MatMul: numpy's float64 runs at roughly
+# 5-20 GFLOP/s on the two cores a CI job gets, so 2e10 keeps the float64 check within a few seconds, less than
+# the fold of a model that size. ResNet-50 at 224x224 takes 8.2e9; VGG-16 (3.1e10) is compared on ONNX Runtime
+# alone unless the budget is raised.
+DEFAULT_FLOAT64_FLOPS = 2e10
 
 Feeds = list[dict[str, np.ndarray]]
 
@@ -81,6 +86,10 @@ class ValidationConfig:
         "--float64-budget", kind="size", metavar="SIZE", show_default=True,
         help="Memory the float64 reference may use (e.g. 512MiB, 4GiB); a model over it is compared on ONNX "
              "Runtime alone, with a note."))
+    float64_flops: float = dataclasses.field(default=DEFAULT_FLOAT64_FLOPS, metadata=option(
+        "--float64-flops", kind="number", metavar="N", show_default=True,
+        help="Floating-point operations the float64 reference may take (2 per multiply-add of Conv, Gemm, "
+             "MatMul); a model over it is compared on ONNX Runtime alone, with a note."))
     cross_provider: bool = dataclasses.field(default=False, metadata=option(
         "--cross-provider", kind="flag",
         help="Also compare the candidate on each GPU provider with the reference on CPU, reported apart."))
@@ -104,6 +113,9 @@ class ValidationConfig:
                             ("--max-input-bytes", self.memory_budget)):
             if count < 1:
                 raise NormfoldError(f"{flag} must be at least 1, got {count}", exit_code=EXIT_USAGE)
+        if not math.isfinite(self.float64_flops) or self.float64_flops <= 0:
+            raise NormfoldError(f"--float64-flops must be a finite number > 0, got {self.float64_flops:g}",
+                                exit_code=EXIT_USAGE)
         if "reference" in self.providers and self.cross_provider:
             raise NormfoldError("--cross-provider compares ONNX Runtime's GPU providers with its CPU one; "
                                 "it does not combine with --provider reference", exit_code=EXIT_USAGE)

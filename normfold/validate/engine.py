@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from normfold.errors import EXIT_UNUSABLE_INPUT, EXIT_USAGE, NormfoldError
+from normfold.graph_walk import RANDOM_OPS
 from normfold.io import is_folder, load_model_file
 from normfold.validate.compare import Tolerance, default_tolerance, is_float, structural_problem
 from normfold.validate.config import ValidationConfig
@@ -33,7 +34,7 @@ from normfold.validate.report import OutputComparison, ValidationReport
 from normfold.validate.runners import (
     FixedRunner, Float64Runner, LoadedModel, OrtRunner, Outputs, ReferenceEvaluatorRunner, Runner,
 )
-from normfold.validate.stochastic import NotComparableError, pin_seeds, random_nodes
+from normfold.validate.stochastic import NotComparableError, pin_seeds, proto_nodes, random_nodes
 
 Feeds = list[dict[str, np.ndarray]]
 Declared = tuple[list[np.dtype | None], list[np.dtype | None]]
@@ -78,7 +79,7 @@ def validate(reference: ModelArgument, candidate: ModelArgument | None = None, *
     if cand is not None:
         _check_same_inputs(specs, input_specs(interface(cand)), cand.path)
     labels = (str(ref.path), str(cand.path if cand is not None else expected))
-    randoms = random_nodes(ref.model if ref.proto is None else ir.from_proto(ref.proto))
+    randoms = _random_nodes(ref)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="normfold-validate-") as staging:
         if randoms:
@@ -92,6 +93,16 @@ def validate(reference: ModelArgument, candidate: ModelArgument | None = None, *
         report = _validate_loaded(ref, cand, expected, specs, notes, settings, Path(staging))
     report.reference, report.candidate = labels
     return report
+
+
+def _random_nodes(ref: LoadedModel) -> dict[str, str]:
+    """random_nodes of the reference as it was read (the fold may have rewritten `ref.model` since); the proto is
+    turned into onnx_ir only when it has a node that could sample (a large graph takes seconds to convert)."""
+    if ref.proto is None:
+        return random_nodes(ref.model)
+    if not any(node.op_type in RANDOM_OPS or node.op_type == "Dropout" for node in proto_nodes(ref.proto)):
+        return {}
+    return random_nodes(ir.from_proto(ref.proto))
 
 
 def _loaded(model: ModelArgument) -> LoadedModel:
@@ -142,7 +153,8 @@ def _truth(ref: LoadedModel, feeds: Feeds, choices: list[ProviderChoice], settin
         return None  # off, or the reference evaluator already computes in float64
     forced = settings.float64 is True
     try:
-        return Float64Runner(ref, feeds, None if forced else settings.float64_budget).outputs()
+        budget = (None, None) if forced else (settings.float64_budget, settings.float64_flops)
+        return Float64Runner(ref, feeds, *budget).outputs()
     except Float64Unavailable as why:
         if forced:
             raise NormfoldError(f"the float64 reference was asked for (--float64) but cannot run: {why}",

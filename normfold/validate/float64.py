@@ -17,6 +17,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from onnx import helper, numpy_helper
 from normfold.errors import NormfoldError, describe
 from normfold.graph_walk import STANDARD_DOMAINS
 from normfold.memory import available_memory
+from normfold.validate.config import DEFAULT_FLOAT64_FLOPS
 from normfold.validate.float64_cost import (
     CONTRACTIONS, FLOAT_TYPES, Float64Cost, estimate_cost, format_bytes, kernel_flops, schedule,
 )
@@ -38,12 +40,8 @@ __all__ = ["FLOAT_TYPES", "Float64Budget", "Float64Unavailable", "check_estimate
            "to_float64"]
 
 DEFAULT_MAX_BYTES = 2 << 30
-# 2e11 flops (2 per multiply-add of the contractions): numpy's float64 matmul does roughly 5-50 GFLOP/s on
-# the one or two cores a validation gets, so a run stays within about a minute. ResNet-50 at 224x224 needs
-# 8e9 a sample, so real models pass; what is refused is pathological (towers of wide convolutions at full
-# resolution), where the float64 check would cost far more than the validation it supports.
-DEFAULT_MAX_FLOPS = 2e11
 BUDGET_OPTION = "--float64-budget"
+FLOPS_OPTION = "--float64-flops"
 
 
 class Float64Unavailable(NormfoldError):
@@ -71,7 +69,7 @@ class Float64Budget:
     and flops of contractions. Kernel scratch, at most `chunk_bytes` per temporary, comes on top."""
 
     max_bytes: int = dataclasses.field(default_factory=default_max_bytes)
-    max_flops: float = DEFAULT_MAX_FLOPS
+    max_flops: float = DEFAULT_FLOAT64_FLOPS
 
     @property
     def chunk_bytes(self) -> int:
@@ -139,18 +137,23 @@ def run_float64(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
 
 
 def run_float64_samples(model: onnx.ModelProto | LoadedModel, samples: Sequence[Mapping[str, np.ndarray]],
-                        max_bytes: int | None, *, max_flops: float = DEFAULT_MAX_FLOPS) -> list[list[np.ndarray]]:
+                        max_bytes: int | None, *, max_flops: float = DEFAULT_FLOAT64_FLOPS) -> list[list[np.ndarray]]:
     """run_float64 for several samples, planning the model once; `max_bytes` None: no memory bound."""
-    proto = model if isinstance(model, onnx.ModelProto) else model.full_proto()
     budget = Float64Budget(max_bytes=sys.maxsize if max_bytes is None else max_bytes, max_flops=max_flops)
-    return _run_samples(proto, samples, budget)
+    if isinstance(model, onnx.ModelProto):
+        return _run_samples(model, samples, budget)
+    if model.proto is not None and not _needs_whole_model(model.proto):
+        # the proto as read, external data left on disk: each weight is read when first used, freed after last
+        return _run_samples(model.proto, samples, budget, model.path.parent)
+    return _run_samples(model.full_proto(), samples, budget)
 
 
 def _run_samples(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
-                 budget: Float64Budget) -> list[list[np.ndarray]]:
-    """Each sample's outputs; the estimate checked once per distinct set of input shapes."""
+                 budget: Float64Budget, base_dir: Path | None = None) -> list[list[np.ndarray]]:
+    """Each sample's outputs; the estimate checked once per distinct set of input shapes. `base_dir`: where the
+    external data not loaded into `model` lives."""
     whole = _needs_whole_model(model)
-    executor = None if whole else _Executor(model, budget)
+    executor = None if whole else _Executor(model, budget, base_dir)
     plan = schedule(model.graph) if executor is None else executor.plan
     checked = set()
     results = []
@@ -159,7 +162,7 @@ def _run_samples(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarr
             wide = {name: _widen(value) for name, value in feeds.items()}
             shapes = tuple(sorted((name, getattr(value, "shape", None)) for name, value in wide.items()))
             if shapes not in checked:
-                check_estimate(estimate_cost(model, wide, plan=plan), budget, whole=whole)
+                check_estimate(estimate_cost(model, wide, plan=plan, base_dir=base_dir), budget, whole=whole)
                 checked.add(shapes)
             results.append(_run_whole_model(model, wide, budget) if executor is None else executor.run(wide))
     return results
@@ -176,7 +179,7 @@ def check_estimate(cost: Float64Cost, budget: Float64Budget, *, whole: bool = Fa
     if cost.flops > budget.max_flops:
         raise Float64Unavailable(
             f"needs {cost.flops:.3g} floating-point operations in float64, over the budget of "
-            f"{budget.max_flops:.3g}", code="over-flops")
+            f"{budget.max_flops:.3g} ({FLOPS_OPTION})", code="over-flops")
 
 
 def _needs_whole_model(model: onnx.ModelProto) -> bool:
@@ -217,9 +220,10 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
 class _Executor:
     """Runs a model's main graph in float64, node by node, dropping each tensor after its last use."""
 
-    def __init__(self, model: onnx.ModelProto, budget: Float64Budget) -> None:
+    def __init__(self, model: onnx.ModelProto, budget: Float64Budget, base_dir: Path | None = None) -> None:
         self.plan = schedule(model.graph)
         self.budget = budget
+        self.base_dir = None if base_dir is None else str(base_dir)
         self.steps = [_Step.of(node) for node in self.plan.order]
         self.evaluators = _NodeEvaluators(model)
         self.values: dict[str, Any] = {}
@@ -260,7 +264,7 @@ class _Executor:
         if value is not None or name in self.values:
             return value
         if name in self.plan.initializers:
-            value = _widen(numpy_helper.to_array(self.plan.initializers[name]))
+            value = _widen(numpy_helper.to_array(self.plan.initializers[name], base_dir=self.base_dir))
             if node is not None:
                 self._keep(name, value)
             return value
@@ -281,7 +285,8 @@ class _Executor:
             if self.flops > self.budget.max_flops:
                 raise Float64Unavailable(
                     f"stopped at node '{node.name or node.op_type}' ({node.op_type}): {self.flops:.3g} "
-                    f"floating-point operations so far, over the budget of {self.budget.max_flops:.3g}",
+                    f"floating-point operations so far, over the budget of {self.budget.max_flops:.3g} "
+                    f"({FLOPS_OPTION})",
                     code="runtime-flops")
         return step.kernel.run(inputs, step.attributes, count, self.budget.chunk_bytes)
 

@@ -13,10 +13,11 @@ import dataclasses
 import heapq
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from normfold.graph_walk import is_op
 from normfold.validate.float64_kernels import ITEM
@@ -107,11 +108,12 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
 
 
 def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                  plan: Schedule | None = None) -> Float64Cost:
+                  plan: Schedule | None = None, base_dir: Path | None = None) -> Float64Cost:
     """The flops and float64 memory of running `model` on `feeds` with the executor, from static shapes
-    (`plan`: the model's schedule, when the caller has it already)."""
+    (`plan`: the model's schedule, when the caller has it already; `base_dir`: where external data not
+    loaded into `model` lives)."""
     plan = plan or schedule(model.graph)
-    types = static_types(model, {name: value.shape for name, value in feeds.items()})
+    types = static_types(model, {name: value.shape for name, value in feeds.items()}, base_dir)
     sizes = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
     weights = {name: _float64_bytes(t.data_type, tuple(t.dims)) for name, t in plan.initializers.items()
                if name not in feeds}
@@ -173,9 +175,10 @@ def kernel_flops(op_type: str, inputs: list[Shape], outputs: list[Shape]) -> flo
     return 0.0
 
 
-def static_types(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, tuple[int, Shape | None]]:
+def static_types(model: onnx.ModelProto, shapes: Mapping[str, Shape],
+                 base_dir: Path | None = None) -> dict[str, tuple[int, Shape | None]]:
     """{name: (element type, shape or None)} for every tensor shape inference can size, inputs at `shapes`."""
-    light = _light_copy(model, shapes)
+    light = _light_copy(model, shapes, base_dir)
     try:
         light = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
@@ -184,10 +187,14 @@ def static_types(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[st
     return {info.name: _type_of(info.type) for info in [*graph.input, *graph.value_info, *graph.output]}
 
 
-def _light_copy(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> onnx.ModelProto:
-    """The model without its large initializers (typed inputs instead), the fed inputs at concrete shapes."""
+def _light_copy(model: onnx.ModelProto, shapes: Mapping[str, Shape], base_dir: Path | None = None) -> onnx.ModelProto:
+    """The model without its large initializers (typed inputs instead), the fed inputs at concrete shapes; small
+    initializers stored outside the model are read from `base_dir` (shape inference needs Reshape's shapes)."""
     graph = model.graph
     kept = [t for t in graph.initializer if _tensor_bytes(t) <= KEPT_INITIALIZER_BYTES]
+    if base_dir is not None:
+        kept = [numpy_helper.from_array(numpy_helper.to_array(t, base_dir=str(base_dir)), t.name)
+                if t.data_location == TensorProto.EXTERNAL else t for t in kept]
     kept_names = {t.name for t in kept}
     inputs = []
     for info in graph.input:

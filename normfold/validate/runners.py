@@ -8,6 +8,7 @@ runners. Each runs its model the first time its outputs are asked for and keeps 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Protocol
 
@@ -94,13 +95,14 @@ class ReferenceEvaluatorRunner:
 class Float64Runner:
     """The reference model in float64 (the truth the tolerance policy measures rounding against).
 
-    `max_bytes` bounds its memory (None: no bound, when the user forced it); a model over it, or one onnx's
-    evaluator cannot run, raises Float64Unavailable with the reason.
+    `max_bytes` bounds its memory and `max_flops` its work (None: no bound, when the user forced it); a model
+    over them, or one onnx's evaluator cannot run, raises Float64Unavailable with the reason.
     """
 
     model: LoadedModel
     feeds: Feeds
     max_bytes: int | None
+    max_flops: float | None = None
     label: str = "float64"
     _outputs: Outputs | None = None
 
@@ -109,5 +111,6 @@ class Float64Runner:
         if self._outputs is None:
             from normfold.validate.float64 import run_float64_samples
 
-            self._outputs = run_float64_samples(self.model, self.feeds, self.max_bytes)
+            flops = math.inf if self.max_flops is None else self.max_flops
+            self._outputs = run_float64_samples(self.model, self.feeds, self.max_bytes, max_flops=flops)
         return self._outputs

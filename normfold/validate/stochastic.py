@@ -40,7 +40,7 @@ def pin_seeds(source: Path, keys: set[str], folder: Path) -> Path:
     """A copy of `source` in `folder` whose nodes named in `keys` get a seed derived from their name."""
     model = onnx.load(str(source))
     missing = set(keys)
-    for node in _all_nodes(model):
+    for node in proto_nodes(model):
         key = _key(node)
         if key in keys:
             missing.discard(key)
@@ -61,7 +61,8 @@ def _key(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+def proto_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a ModelProto: its graphs, subgraphs and functions."""
     yield from _graph_nodes(model.graph)
     for function in model.functions:
         yield from function.node

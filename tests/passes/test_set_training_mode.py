@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
@@ -141,3 +142,123 @@ def test_existing_flag_name_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["mode", str(source), "--train", "--flag", "features"])
     assert result.exit_code == 2
     assert "already has an input named 'features'" in result.stderr
+
+
+def _session(model: onnx.ModelProto, folder: Path) -> ort.InferenceSession:
+    """One ONNX Runtime CPU session at ORT_DISABLE_ALL, kept across runs (so state left by a run would show)."""
+    path = folder / "session.onnx"
+    onnx.save(model, path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _fresh_export() -> onnx.ModelProto:
+    """A freshly initialised BN as the TorchScript exporter writes it with constant folding off: identical
+    initializers merged (weight = running_var = ones, bias = running_mean = zeros), reached through Identity."""
+    f = onnx.TensorProto.FLOAT
+    chains = (("ones", "bn.weight"), ("zeros", "bn.bias"), ("zeros", "mean_0"), ("mean_0", "bn.running_mean"),
+              ("ones", "bn.running_var"))
+    nodes = [*(helper.make_node("Identity", [source], [target]) for source, target in chains),
+             helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                              ["y"], name="bn", epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "fresh", [helper.make_tensor_value_info("x", f, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", f, ["N", 3, "H", "W"])],
+                              [numpy_helper.from_array(np.ones(3, np.float32), "ones"),
+                               numpy_helper.from_array(np.zeros(3, np.float32), "zeros")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("running_var", ["biased", "unbiased"])
+def test_statistics_through_identity_chains_give_typed_outputs(tmp_path: Path, running_var: str) -> None:
+    source = tmp_path / "fresh.onnx"
+    onnx.save(_fresh_export(), source)
+    option = ["--running-var", "unbiased"] if running_var == "unbiased" else []  # biased is the default
+    result = CliRunner().invoke(main, ["mode", str(source), "--train", *option])
+    assert result.exit_code == 0, result.output
+    variance = "unbiased, n/(n-1)" if running_var == "unbiased" else "biased"
+    assert result.stdout.splitlines()[0] == (
+        f"CONVERTED BatchNormalization 'bn': batch statistics when 'training' is true (momentum 0.9); running variance "
+        f"{variance}; outputs bn.running_mean_1, bn.running_var_1")
+    trained = onnx.load(tmp_path / "fresh.train.onnx")
+    onnx.checker.check_model(trained, full_check=True)
+    for output in trained.graph.output[1:]:
+        assert output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert [d.dim_value for d in output.type.tensor_type.shape.dim] == [3]
+    session = _session(trained, tmp_path)
+    x = np.random.default_rng(6).normal(1.0, 2.0, (4, 3, 5, 6)).astype(np.float32)
+    ones, zeros = np.ones(3), np.zeros(3)
+    want = batchnorm_train(x.astype(np.float64), ones, zeros, zeros, ones, 0.1, 1e-5, running_var == "unbiased")
+    for got, expected in zip(session.run(None, {"x": x, "training": np.array(True)}), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    y, mean, var = session.run(None, {"x": x, "training": np.array(False)})
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+    np.testing.assert_array_equal(mean, zeros.astype(np.float32))
+    np.testing.assert_array_equal(var, ones.astype(np.float32))
+
+
+def test_unbiased_factor_follows_the_batch_shape_at_run_time(tmp_path: Path) -> None:
+    f = onnx.TensorProto.FLOAT
+    params = bn_params("bn", 3, rng(12))
+    node = helper.make_node("BatchNormalization", ["x", *params], ["y"], name="bn", epsilon=1e-3)
+    dims = ["N", 3, "H", "W"]
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", f, dims)],
+                              [helper.make_tensor_value_info("y", f, dims)],
+                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    trained = _train(model, momentum=0.75, running_var="unbiased")
+    session = _session(trained, tmp_path)
+    gamma, beta, mu, sigma2 = (params[f"bn_{k}"].astype(np.float64) for k in ("scale", "bias", "mean", "var"))
+    g = np.random.default_rng(3)
+    for shape in ((4, 3, 5, 5), (2, 3, 3, 7), (1, 3, 2, 1)):
+        x = g.normal(0.5, 2.0, shape).astype(np.float32)
+        got = session.run(None, {"x": x, "training": np.array(True)})
+        want = batchnorm_train(x.astype(np.float64), gamma, beta, mu, sigma2, 0.25, 1e-3, unbiased=True)
+        for value, expected in zip(got, want):
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    _, kept_mean, kept_var = session.run(None, {"x": x, "training": np.array(False)})
+    np.testing.assert_array_equal(kept_mean, params["bn_mean"])  # training runs left the stored statistics alone
+    np.testing.assert_array_equal(kept_var, params["bn_var"])
+    back = ir.to_proto(SetInferenceModePass()(ir.from_proto(trained)).model)
+    assert op_types(back) == ["BatchNormalization"]
+
+
+def test_unbiased_factor_is_one_for_one_value_per_channel() -> None:
+    model, params = _single_bn((1, 3))
+    trained = _train(model, momentum=0.75, running_var="unbiased")
+    x = np.array([[0.5, -1.0, 2.0]], np.float32)
+    _, mean, var = run_ort(trained, {"x": x, "training": np.array(True)})
+    np.testing.assert_allclose(mean, 0.75 * params["bn_mean"] + 0.25 * x[0], rtol=1e-6)
+    np.testing.assert_allclose(var, 0.75 * params["bn_var"], rtol=1e-6)  # batch variance 0, factor 1: finite
+
+
+def test_running_var_applies_with_train_only(tmp_path: Path) -> None:
+    source = tmp_path / "m.onnx"
+    shutil.copy(MODELS / "mlp.onnx", source)
+    result = CliRunner().invoke(main, ["mode", str(source), "--eval", "--running-var", "unbiased"])
+    assert result.exit_code == 2
+    assert result.stderr == "normfold: error: --momentum, --alpha, --flag and --running-var apply with --train\n"
+
+
+def test_unknown_running_var_is_refused() -> None:
+    with pytest.raises(NormfoldError) as caught:
+        SetTrainingModePass(running_var="population")
+    assert str(caught.value) == "running_var must be one of biased, unbiased, got 'population'"
+    assert caught.value.exit_code == 2
+
+
+def test_statistics_of_unknown_type_leave_the_bn_with_the_reason() -> None:
+    model, _ = _single_bn((4, 3))
+    model.graph.node.insert(0, helper.make_node("ReduceMean", ["x"], ["data_mean"], axes=[0], keepdims=0))
+    model.graph.node[1].input[3] = "data_mean"
+    result = SetTrainingModePass()(ir.from_proto(model))
+    assert [(r.action, r.detail) for r in result.records] == [
+        ("skipped", "the type of its running statistics is unknown (computed at run time, no type in the model), and "
+                    "graph outputs need one: run onnx shape inference first")]
+    assert result.switches == [None]
+    assert op_types(ir.to_proto(result.model)) == ["ReduceMean", "BatchNormalization"]

@@ -10,15 +10,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def batchnorm_train(x, gamma, beta, mu_e, var_e, alpha, eps):
-    """Seed 1.8, training: normalize with batch statistics (biased variance), update the running ones."""
+def batchnorm_train(x, gamma, beta, mu_e, var_e, alpha, eps, unbiased=False):
+    """Seed 1.8, training: normalize with batch statistics (biased variance), update the running ones.
+
+    `unbiased` updates the running variance with PyTorch's var_B * m / (m - 1), m = values per channel
+    (the seed leaves var's estimator open; ONNX's spec, and normfold's default, use the biased one).
+    """
     axes = (0, *range(2, x.ndim))
     shape = (1, -1) + (1,) * (x.ndim - 2)
     mu_b = x.mean(axis=axes)
     var_b = ((x - mu_b.reshape(shape)) ** 2).mean(axis=axes)
     x_hat = (x - mu_b.reshape(shape)) / np.sqrt(var_b.reshape(shape) + eps)
     y = gamma.reshape(shape) * x_hat + beta.reshape(shape)
-    return y, (1 - alpha) * mu_e + alpha * mu_b, (1 - alpha) * var_e + alpha * var_b
+    m = x.size // x.shape[1]
+    update = var_b * m / (m - 1) if unbiased else var_b
+    return y, (1 - alpha) * mu_e + alpha * mu_b, (1 - alpha) * var_e + alpha * update
 
 
 def batchnorm_inference(x, gamma, beta, mu_e, var_e, eps):

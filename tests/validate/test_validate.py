@@ -243,11 +243,32 @@ def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Pat
 def test_float64_reference_runs_within_its_budget(resnet: tuple[Path, Path]) -> None:
     report = validate(*resnet, providers=["cpu"], float64_budget=1000)
     assert report.comparisons[0].candidate_vs_float64 is None and report.comparisons[0].basis == "output scale"
-    assert report.notes[-1].startswith("float64 reference not run: ")
-    assert report.notes[-1].endswith("; outputs are judged against rtol x max|ref| instead")
-    assert "1000 B" in report.notes[-1]
+    assert report.notes[-1] == ("float64 reference not run: needs 402 KiB of float64 tensors alive at once, over "
+                                "the 1000 B budget (--float64-budget); outputs are judged against rtol x max|ref| "
+                                "instead")
     forced = validate(*resnet, providers=["cpu"], float64=True, float64_budget=1000)
     assert forced.comparisons[0].candidate_vs_float64 is not None
+
+
+def test_float64_reference_runs_within_its_flops_budget(resnet: tuple[Path, Path]) -> None:
+    report = validate(*resnet, providers=["cpu"], float64_flops=1e3)
+    assert report.passed and report.comparisons[0].basis == "output scale"
+    assert report.notes[-1] == ("float64 reference not run: needs 1.77e+07 floating-point operations in float64, "
+                                "over the budget of 1e+03 (--float64-flops); outputs are judged against rtol x "
+                                "max|ref| instead")
+    forced = validate(*resnet, providers=["cpu"], float64=True, float64_flops=1e3)
+    assert forced.comparisons[0].candidate_vs_float64 is not None
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_a_flops_budget_that_is_not_a_positive_number_is_a_usage_error(resnet: tuple[Path, Path], value: str) -> None:
+    from click.testing import CliRunner
+
+    from normfold.cli import main
+
+    result = CliRunner().invoke(main, ["validate", *map(str, resnet), "--float64-flops", value])
+    assert result.exit_code == 2
+    assert result.stderr == f"normfold: error: --float64-flops must be a finite number > 0, got {float(value):g}\n"
 
 
 @pytest.mark.gpu
