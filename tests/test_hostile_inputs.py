@@ -111,8 +111,9 @@ threading.Event().wait()
 def test_a_signal_ends_the_process_even_when_a_thread_is_blocked(tmp_path: Path, sig: int) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
+    # from tmp_path, so that `python -c` imports the installed package and not the source tree
     process = subprocess.Popen([sys.executable, "-c", BLOCKED, str(fifo)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert process.stdout is not None and process.stdout.readline() == "ready\n"
     started = time.monotonic()
     process.send_signal(sig)
