@@ -15,7 +15,7 @@ from normfold.passes.fold_batchnorm import FoldBatchNormPass
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
-from normfold.records import NodeRecord
+from normfold.records import TRAINING_MODE, NodeRecord
 
 REPORT_VERSION = 1
 
@@ -45,13 +45,16 @@ class FoldResult:
         return [r for r in self.records if r.action == "skipped"]
 
     def summary(self) -> str:
-        """One line: BN folded n/m, Dropout stripped k/l, nodes before -> after."""
+        """One line: BN folded n/m, Dropout stripped k/l, nodes before -> after, and nodes left in training
+        mode (the common reason a fold changes nothing) with what to do about them."""
         converted = sum(r.action in ("converted", "rewritten") for r in self.records)
         mode = f"{converted} node(s) switched to inference mode, " if converted else ""
+        training = sum(r.action == "skipped" and r.reason == TRAINING_MODE for r in self.records)
+        left = f"; {training} node(s) left in training mode (add --eval to convert them first)" if training else ""
         return (
             f"{mode}BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
             f"{self.count('BatchNormalization')}, Dropout stripped {self.count('Dropout', 'stripped')}/"
-            f"{self.count('Dropout')}, nodes {self.nodes_before} -> {self.nodes_after}"
+            f"{self.count('Dropout')}, nodes {self.nodes_before} -> {self.nodes_after}{left}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 Action = Literal["folded", "stripped", "converted", "rewritten", "skipped"]
+TRAINING_MODE = "training-mode"  # the node runs in training mode: convert it to inference mode first (--eval)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,7 @@ class NodeRecord:
     op_type: str
     action: Action
     detail: str
+    reason: str = ""  # machine-readable cause of a skip (TRAINING_MODE, ...); "" when not given
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for JSON reports."""

@@ -235,9 +235,11 @@ def test_json_report(workdir: Path) -> None:
     bn_pairs = [("batchnormalization7", "conv2"), ("batchnormalization15", "conv10"), ("batchnormalization23", "conv18"),
                 ("batchnormalization32", "conv27"), ("batchnormalization40", "conv35"), ("batchnormalization47", "conv42")]
     expected_nodes = [
-        {"graph": "main", "node": bn, "op_type": "BatchNormalization", "action": "folded", "detail": f"into Conv '{conv}' (backward)"}
+        {"graph": "main", "node": bn, "op_type": "BatchNormalization", "action": "folded",
+         "detail": f"into Conv '{conv}' (backward)", "reason": ""}
         for bn, conv in bn_pairs
-    ] + [{"graph": "main", "node": "dropout53", "op_type": "Dropout", "action": "stripped", "detail": "removed"}]
+    ] + [{"graph": "main", "node": "dropout53", "op_type": "Dropout", "action": "stripped", "detail": "removed",
+          "reason": ""}]
     assert report["nodes"] == expected_nodes
     assert report["input"] == str(source)
     assert report["output"] == str(target)
@@ -258,7 +260,8 @@ def test_training_form_is_reported_as_skipped(workdir: Path) -> None:
     assert "training_mode=1" in bn_line
     assert dropout_line.startswith("SKIPPED  Dropout '")
     assert "training_mode is constant true" in dropout_line
-    assert summary == "BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7"
+    assert summary == ("BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7; 2 node(s) left in "
+                       "training mode (add --eval to convert them first)")
     target = workdir / "training_export.folded.onnx"
     assert wrote == f"wrote {target}"
     assert sha256(source) == before

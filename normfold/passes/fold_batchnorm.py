@@ -26,7 +26,7 @@ from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.modes import bn_epsilon, bn_training_form
 from normfold.ranks import RankOracle
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
-from normfold.records import NodeRecord, RewriteResult
+from normfold.records import TRAINING_MODE, NodeRecord, RewriteResult
 
 PARAM_ROLES = ("scale", "B", "mean", "var")
 
@@ -77,9 +77,12 @@ def _is_batchnorm(node: ir.Node) -> bool:
 def _fold_one(scope: Scope, bn: ir.Node, ranks: RankOracle, names: NameSource) -> NodeRecord:
     label = node_label(bn)
 
-    def record(action: str, detail: str) -> NodeRecord:
-        return NodeRecord(scope.name, label, bn.op_type, action, detail)  # type: ignore[arg-type]
+    def record(action: str, detail: str, reason: str = "") -> NodeRecord:
+        return NodeRecord(scope.name, label, bn.op_type, action, detail, reason)  # type: ignore[arg-type]
 
+    training = _training_reason(scope.opset, bn)
+    if training:
+        return record("skipped", training, TRAINING_MODE)
     affine = _read_affine(scope, bn)
     if isinstance(affine, str):
         return record("skipped", affine)
@@ -103,9 +106,6 @@ def _describe(edit: _Edit) -> str:
 def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
     """BN's inference affine map, or why it has none that folding may use."""
     label = node_label(bn)
-    training = _training_reason(scope.opset, bn)
-    if training:
-        return training
     values = list(bn.inputs[1:5]) + [None] * (5 - len(bn.inputs))
     arrays = []
     for role, value in zip(PARAM_ROLES, values):

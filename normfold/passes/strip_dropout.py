@@ -16,7 +16,7 @@ from normfold.graph_edit import NameSource, drop_if_unused, take_over
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.modes import dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
-from normfold.records import NodeRecord, RewriteResult
+from normfold.records import TRAINING_MODE, NodeRecord, RewriteResult
 
 MASK_SPECIFIED_OPSET = 12
 
@@ -39,7 +39,7 @@ def _strip_one(scope: Scope, node: ir.Node, names: NameSource) -> NodeRecord:
     label = node_label(node)
     reason = _training_reason(scope.opset, node)
     if reason:
-        return NodeRecord(scope.name, label, "Dropout", "skipped", reason)
+        return NodeRecord(scope.name, label, "Dropout", "skipped", reason, TRAINING_MODE)
     data, output = node.inputs[0], node.outputs[0]
     mask = node.outputs[1] if len(node.outputs) > 1 else None
     needs_mask = mask is not None and (bool(mask.uses()) or mask.is_graph_output())

@@ -392,3 +392,14 @@ def test_a_float64_bn_without_epsilon_folds_with_onnx_float32_default() -> None:
     run = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
            .run(None, {"x": x})[0] for m in (model, folded)]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-12, atol=0)
+
+
+def test_training_mode_skips_carry_their_reason_code() -> None:
+    from examples import MODELS
+
+    from normfold.records import TRAINING_MODE
+
+    result = fold(MODELS / "training_export.onnx")
+    assert [(r.op_type, r.action, r.reason) for r in result.records] == [
+        ("BatchNormalization", "skipped", TRAINING_MODE), ("Dropout", "skipped", TRAINING_MODE)]
+    assert result.to_dict()["nodes"][0]["reason"] == "training-mode"
