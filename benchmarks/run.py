@@ -37,8 +37,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import models  # noqa: E402
 import report  # noqa: E402
+
+import models  # noqa: E402
 
 PEERS = {  # tool -> module that must be importable
     "onnxscript": "onnxscript",

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from normfold.cli.batch import (
-    BatchReport, error_reason, failure_reason, figure, max_abs, run_and_report, worst_comparison,
+    BatchReport,
+    error_reason,
+    failure_reason,
+    figure,
+    max_abs,
+    run_and_report,
+    worst_comparison,
 )
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options

@@ -15,8 +15,15 @@ from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.io import is_folder, load_model_file, require_name_fits
 from normfold.monte_carlo import monte_carlo
 from normfold.validate.config import parse_size
-from normfold.validate.inputs import (DEFAULT_MEMORY_BUDGET, InputSpec, input_specs, load_npz_inputs, parse_dims,
-                                      random_inputs, resolve_shape)
+from normfold.validate.inputs import (
+    DEFAULT_MEMORY_BUDGET,
+    InputSpec,
+    input_specs,
+    load_npz_inputs,
+    parse_dims,
+    random_inputs,
+    resolve_shape,
+)
 from normfold.validate.providers import resolve_providers
 
 

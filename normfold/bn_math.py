@@ -218,7 +218,7 @@ def _row_blocks(array: np.ndarray) -> list[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _limits(dtype: np.dtype) -> tuple[float, float]:
     """(largest finite value, smallest normal) of a float dtype, bfloat16 included."""
     info = ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)

@@ -14,12 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
-from onnx_ir import serde
 from onnx_ir import external_data as ir_external_data
+from onnx_ir import serde
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
 from normfold.graph_walk import iter_scopes
@@ -93,7 +92,7 @@ class _HeldLogs(logging.Handler):
         super().__init__()
         self._logger, self._records = logging.getLogger(name), []
 
-    def __enter__(self) -> "_HeldLogs":
+    def __enter__(self) -> _HeldLogs:
         self._propagate, self._logger.propagate = self._logger.propagate, False
         self._logger.addHandler(self)
         return self
@@ -232,7 +231,7 @@ def check_external_tensor(tensor: onnx.TensorProto, owner: Path) -> None:
 _UNSIZED = {"STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _itemsize(data_type: int) -> int:
     """Bytes per element of an ONNX dtype (0 for strings, packed sub-byte and unknown types)."""
     try:

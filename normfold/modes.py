@@ -12,7 +12,6 @@ import onnx_ir as ir
 
 from normfold.graph_edit import constant_array
 
-
 # ONNX's default epsilon is the float32 attribute value 1e-5, i.e. 9.99999974737875e-06 (not the double 1e-5).
 DEFAULT_BN_EPSILON = float(np.float32(1e-5))
 

@@ -23,8 +23,8 @@ from onnx import numpy_helper
 from normfold.cli import main
 from normfold.cli.batch import failure_reason, worst_comparison
 from normfold.cli.batch_table import render_table, shorten
-from normfold.folding import fold
 from normfold.fold_file import FoldFileResult, NotWrittenError
+from normfold.folding import fold
 from normfold.validate import OutputComparison, Tolerance, ValidationReport
 from normfold.validate.compare import Metrics
 

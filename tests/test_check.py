@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from examples import MODELS
 from onnx import helper, numpy_helper
 
-from examples import MODELS
 from normfold import fold, save_model
 from normfold.check import RULES, check_model
 from normfold.cli import main

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-
 from examples import MODELS
+
 from normfold.cli import main
 
 VARIANTS = int(os.environ.get("NORMFOLD_CORRUPTION_VARIANTS", "400"))

@@ -130,7 +130,7 @@ def _npz_with(path: Path, member: str, payload: bytes, compress: bool = False) -
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %r, }" % (shape,)
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}"
     header += " " * (63 - (10 + len(header)) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1")
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from examples import MODELS
 
 HEAVY = ("onnxruntime", "onnxscript", "onnx.reference")
-PROBE = """
+PROBE = f"""
 import json, sys
 from normfold.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as done:
     code = done.code
-print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def _loaded_by(folder: Path, *args: str) -> dict[str, object]:

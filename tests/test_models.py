@@ -7,10 +7,10 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import pytest
-
 from examples import EXAMPLES
-from normfold import fold, load_model
 from numerics import assert_fold_exact, random_feeds
+
+from normfold import fold, load_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx") if ".folded." not in p.name)

@@ -52,14 +52,13 @@ import os
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
+from graphs import bn_node, bn_params, make_model
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
+from numerics import assert_fold_exact, random_feeds
 from onnx import TensorProto, helper, numpy_helper
 
 import normfold
-from graphs import bn_node, bn_params, make_model
-from numerics import assert_fold_exact, random_feeds
 
 EXAMPLES = int(os.environ.get("NORMFOLD_HYPOTHESIS_EXAMPLES", "200"))
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import onnx
 import pytest
-
 from examples import MODELS
+
 from normfold.fold_file import fold_file
 from normfold.validate import ValidationConfig
 

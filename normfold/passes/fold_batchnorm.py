@@ -15,7 +15,14 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.bn_math import (
-    Affine, Factor, bn_affine, check_scale, input_factor, input_shift_response, output_factor, round_once,
+    Affine,
+    Factor,
+    bn_affine,
+    check_scale,
+    input_factor,
+    input_shift_response,
+    output_factor,
+    round_once,
     scale_and_round,
 )
 from normfold.errors import NormfoldError
@@ -24,8 +31,8 @@ from normfold.graph_edit import NameSource, add_constant, constant_array, drop_i
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.modes import bn_epsilon, bn_training_form
-from normfold.ranks import RankOracle
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
+from normfold.ranks import RankOracle
 from normfold.records import TRAINING_MODE, NodeRecord, RewriteResult
 
 PARAM_ROLES = ("scale", "B", "mean", "var")

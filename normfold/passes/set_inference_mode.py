@@ -19,9 +19,9 @@ import onnx_ir as ir
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
 from normfold.graph_walk import STANDARD_DOMAINS, Scope, iter_scopes, node_label
 from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
+from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.passes.set_training_mode import unwrap_mode_switch
 from normfold.ranks import RankOracle
-from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.records import NodeRecord, RewriteResult
 
 

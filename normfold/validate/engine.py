@@ -32,7 +32,13 @@ from normfold.validate.providers import REFERENCE, REFERENCE_LABEL, ProviderChoi
 from normfold.validate.reference_runner import declared_dtypes, widen
 from normfold.validate.report import OutputComparison, ValidationReport
 from normfold.validate.runners import (
-    FixedRunner, Float64Runner, LoadedModel, OrtRunner, Outputs, ReferenceEvaluatorRunner, Runner,
+    FixedRunner,
+    Float64Runner,
+    LoadedModel,
+    OrtRunner,
+    Outputs,
+    ReferenceEvaluatorRunner,
+    Runner,
 )
 from normfold.validate.stochastic import NotComparableError, pin_seeds, proto_nodes, random_nodes
 

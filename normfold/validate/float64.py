@@ -29,7 +29,13 @@ from normfold.graph_walk import STANDARD_DOMAINS
 from normfold.memory import available_memory
 from normfold.validate.config import DEFAULT_FLOAT64_FLOPS
 from normfold.validate.float64_cost import (
-    CONTRACTIONS, FLOAT_TYPES, Float64Cost, estimate_cost, format_bytes, kernel_flops, schedule,
+    CONTRACTIONS,
+    FLOAT_TYPES,
+    Float64Cost,
+    estimate_cost,
+    format_bytes,
+    kernel_flops,
+    schedule,
 )
 from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel
 

@@ -25,7 +25,14 @@ from __future__ import annotations
 import numpy as np
 
 from normfold.validate.compare import (
-    Metrics, Tolerance, compare_arrays, eps_of, is_float, largest_magnitude, max_abs_error, structural_problem,
+    Metrics,
+    Tolerance,
+    compare_arrays,
+    eps_of,
+    is_float,
+    largest_magnitude,
+    max_abs_error,
+    structural_problem,
 )
 from normfold.validate.report import OutputComparison
 

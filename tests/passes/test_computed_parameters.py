@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+from graphs import bn_node, bn_params, make_model, op_types, rng
+from numerics import assert_fold_exact, random_feeds
 from onnx import helper, numpy_helper
 
-from graphs import bn_node, bn_params, make_model, op_types, rng
 from normfold import fold
 from normfold.constant_cone import MAX_NODES
-from numerics import assert_fold_exact, random_feeds
 
 
 def _const(name: str, array: np.ndarray) -> onnx.NodeProto:

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from graphs import bn_node, bn_params, make_model, op_types, rng
+from numerics import assert_fold_exact, random_feeds
 from onnx import helper
 
-from graphs import bn_node, bn_params, make_model, op_types, rng
 from normfold import NormfoldError, fold
 from normfold.passes import FoldBatchNormPass
-from numerics import assert_fold_exact, random_feeds
 
 
 def _conv_case(dims: int, group: int, bias: bool, stride: int, dilation: int, pad: int, c_in: int = 4, c_out: int = 6):

@@ -7,12 +7,12 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
+from graphs import bn_node, bn_params, make_model, op_types, rng
+from numerics import assert_fold_exact, random_feeds
 from onnx import helper, numpy_helper
 
-from graphs import bn_node, bn_params, make_model, op_types, rng
 from normfold import fold
 from normfold.bn_math import bn_affine, scale_outputs
-from numerics import assert_fold_exact, random_feeds
 
 
 def _conv_bn_nodes(**bn_attrs: object) -> list[onnx.NodeProto]:

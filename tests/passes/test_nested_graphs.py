@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+from graphs import bn_params, rng
+from numerics import assert_fold_exact
 from onnx import helper, numpy_helper
 
-from graphs import bn_params, rng
 from normfold import fold
-from numerics import assert_fold_exact
 
 
 def _branch(name: str, seed: int) -> onnx.GraphProto:

@@ -10,14 +10,14 @@ import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from onnx import helper, numpy_helper
-
 from examples import MODELS
 from graphs import bn_params, op_types, rng
+from numerics import run_ort
+from onnx import helper, numpy_helper
+
 from normfold import fold
 from normfold.cli import main
 from normfold.passes import SetInferenceModePass
-from numerics import run_ort
 
 
 def _model(training: bool, stats: str = "tracked", flag_input: bool = False) -> onnx.ModelProto:

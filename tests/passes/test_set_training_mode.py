@@ -12,14 +12,14 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import helper, numpy_helper
-
 from examples import MODELS
 from graphs import bn_params, op_types, rng
+from numerics import random_feeds, run_ort
+from onnx import helper, numpy_helper
+
 from normfold import NormfoldError
 from normfold.cli import main
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
-from numerics import random_feeds, run_ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from seed_reference import batchnorm_train  # noqa: E402

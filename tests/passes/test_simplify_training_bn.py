@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from graphs import bn_node, bn_params, op_types, rng
+from numerics import random_feeds, run_ort
 from onnx import helper, numpy_helper
 
-from graphs import bn_node, bn_params, op_types, rng
 from normfold import fold
-from numerics import random_feeds, run_ort
 
 TRAINING_DETAIL = (
     "training_mode=1: it normalizes with batch statistics, so folding its running statistics would change the "

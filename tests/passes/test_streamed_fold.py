@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from graphs import bn_node, bn_params, make_model, rng
+from numerics import assert_fold_exact, random_feeds
 from onnx import helper
 
 import normfold.passes.fold_batchnorm as fold_batchnorm
-from graphs import bn_node, bn_params, make_model, rng
 from normfold import fold, load_model, save_model
 from normfold.bn_math import ROW_BLOCK_ELEMENTS, check_scale, output_factor, scale_and_round, scaled_blocks
 from normfold.folded_tensor import FoldedTensor
 from normfold.mapped_pages import release_pages
-from numerics import assert_fold_exact, random_feeds
 
 
 def _conv_bn(channels: int = 8, dtype: type = np.float32, opset: int = 17) -> onnx.ModelProto:

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from graphs import make_model, op_types
+from numerics import assert_fold_exact, random_feeds, run_ort
 from onnx import helper
 
-from graphs import make_model, op_types
 from normfold import fold
 from normfold.passes import StripDropoutPass
-from numerics import assert_fold_exact, random_feeds, run_ort
 
 RATIO = {"ratio": np.array(0.4, np.float32)}
 FALSE = {"training_mode": np.array(False)}

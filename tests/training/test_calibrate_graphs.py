@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from calibration_reference import bn_inputs, pooled
 from onnx import helper, numpy_helper
 
-from calibration_reference import bn_inputs, pooled
 from normfold.calibrate import calibrate
 from normfold.graph_edit import constant_array
 

@@ -9,13 +9,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
+from examples import MODELS
 from onnx import helper, numpy_helper
 
-from examples import MODELS
 from normfold import NormfoldError
 from normfold.cli import main
-from normfold.validate.providers import cuda_usable
 from normfold.monte_carlo import monte_carlo
+from normfold.validate.providers import cuda_usable
 
 RATIO = 0.3
 

@@ -11,11 +11,11 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
+from test_cli import assert_one_line_error, invoke
 
 from normfold import NormfoldError
 from normfold.modes import dropout_ratio
 from normfold.monte_carlo import MonteCarloResult, masked_model, monte_carlo
-from test_cli import assert_one_line_error, invoke
 
 WIDTH = 256
 PASSES = 400

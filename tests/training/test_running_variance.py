@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from calibration_reference import averaged_unbiased, bn_inputs, pooled, running
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from calibration_reference import averaged_unbiased, bn_inputs, pooled, running
 from normfold.calibrate import calibrate
 from normfold.cli import main
 

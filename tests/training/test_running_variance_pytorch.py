@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from numerics import run_ort
 from onnx import helper, numpy_helper
 
 from normfold.calibrate import calibrate
 from normfold.passes import SetTrainingModePass
-from numerics import run_ort
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install '.[export]')")
 

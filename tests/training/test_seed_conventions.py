@@ -9,7 +9,6 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 from onnx.backend.test.case.node.batch_normalization import _batchnorm_training_mode
-
 from seed_reference import batchnorm_inference, batchnorm_train
 
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
-
 from examples import shipped_and_folded
+from onnx import numpy_helper
 
 
 @pytest.fixture()

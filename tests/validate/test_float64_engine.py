@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graphs import make_model, rng
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from graphs import make_model, rng
 from normfold.io import load_model_file
 from normfold.validate import float64_kernels
 from normfold.validate.float64 import (
-    Float64Budget, Float64Unavailable, run_float64, run_float64_samples, to_float64,
+    Float64Budget,
+    Float64Unavailable,
+    run_float64,
+    run_float64_samples,
+    to_float64,
 )
 from normfold.validate.float64_cost import estimate_cost
 from normfold.validate.float64_kernels import Kernel

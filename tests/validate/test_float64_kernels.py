@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from normfold.validate.float64_kernels import (
-    KERNELS, batch_normalization, block_lengths, conv, conv_transpose, gemm, matmul, max_pool,
+    KERNELS,
+    batch_normalization,
+    block_lengths,
+    conv,
+    conv_transpose,
+    gemm,
+    matmul,
+    max_pool,
 )
 
 G = np.random.default_rng(7)

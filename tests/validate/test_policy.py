@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graphs import bn_node, bn_params, make_model, rng
 from onnx import helper, numpy_helper
 
-from graphs import bn_node, bn_params, make_model, rng
 from normfold import NormfoldError, fold, save_model
 from normfold.validate import validate
 

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
-
 from examples import MODELS
 from graphs import bn_node, bn_params, make_model, rng
+from onnx import TensorProto, helper, numpy_helper
+
 from normfold import NormfoldError, fold, save_model
 from normfold.cli import main
 from normfold.validate import validate

@@ -13,9 +13,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
+from examples import MODELS, shipped_and_folded
 from onnx import numpy_helper
 
-from examples import MODELS, shipped_and_folded
 from normfold import NormfoldError, fold, save_model
 from normfold.cli import main
 from normfold.validate import Tolerance, validate
