@@ -273,3 +273,22 @@ def test_the_longest_legal_output_name_is_written_with_its_data_file(tmp_path: P
                  if entry.key == "location"}
     assert len(locations) == 1 and len(next(iter(locations))) == 64 + len(".data")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", "w.data", target.name, *locations])
+
+
+def test_a_model_newer_than_onnx_runtime_says_so_and_offers_the_reference_provider(tmp_path: Path) -> None:
+    import onnxruntime
+
+    model = conv_bn_model()
+    model.ir_version = onnx.IR_VERSION  # the newest onnx writes (14 with onnx 1.23; onnxruntime 1.31 reads 13)
+    path = tmp_path / "new.onnx"
+    onnx.save(model, str(path))
+    result = invoke("fold", path, "--provider", "cpu")
+    if result.exit_code == 0:
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} reads IR version {onnx.IR_VERSION}: no newer model here")
+    assert result.exit_code == 3 and not (tmp_path / "new.folded.onnx").exists()
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"normfold: error: {path}: ONNX Runtime cannot load the model: ")
+    assert f"Unsupported model IR version: {onnx.IR_VERSION}" in line  # ONNX Runtime's cause, never cut
+    assert line.endswith(f"(the model is newer than onnxruntime {onnxruntime.__version__} reads: upgrade "
+                         "onnxruntime, or --provider reference validates on onnx's reference evaluator in float64 "
+                         "instead; --no-validate would write a model this onnxruntime cannot load)")

@@ -109,6 +109,10 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable", *,
     except Exception as error:
         text = describe(error, 2000)
         missing = suggest_reference and _kernel_missing(error)
+        if provider == "cpu" and "Unsupported model IR version" in text:  # ONNX Runtime's own words for it
+            advice = (f"the model is newer than onnxruntime {ort.__version__} reads: upgrade onnxruntime, or "
+                      f"{REFERENCE_HINT}; --no-validate would write a model this onnxruntime cannot load")
+            raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} ({advice})") from None
         if provider == "cpu":
             advice = "--no-validate skips validation" + (f"; {REFERENCE_HINT}" if missing else "")
             raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} ({advice})") from None
