@@ -411,9 +411,11 @@ def _data_files_read_by(model_path: Path) -> set[Path]:
         return set()
     files = set()
     for tensor in _proto_tensors(proto):
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and location and "\0" not in location:
-            files.add((model_path.parent / location).resolve())
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            try:
+                files.add((model_path.parent / external_data_entries(tensor, model_path)[0]).resolve())
+            except NormfoldError:  # a malformed entry names no file that could be shared
+                continue
     return files
 
 
