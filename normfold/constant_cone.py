@@ -22,37 +22,74 @@ MAX_BYTES = 64 << 20
 def evaluate_cone(value: ir.Value) -> np.ndarray | None:
     """The value's contents when it is computed from constants alone (see the module's docstring), else None."""
     nodes = _cone(value)
-    if not nodes:
-        return None
     graph = value.graph
-    if not isinstance(graph, ir.Graph):
+    if not nodes or not isinstance(graph, ir.Graph):
         return None
     members = set(map(id, nodes))
-    leaves = {v.name: v for node in nodes for v in node.inputs if v is not None and id(v.producer()) not in members}
-    if any(leaf.const_value is None or not leaf.name for leaf in leaves.values()):
-        return None
-    if sum(leaf.const_value.nbytes for leaf in leaves.values()) > MAX_BYTES:
+    leaves: dict[str, ir.Value] = {}
+    read: set[str] = set()  # leaves whose contents are read, not only their type or shape
+    shaped: set[str] = set()  # leaves whose shape is read (Shape)
+    for node in nodes:
+        for index, leaf in enumerate(node.inputs):
+            if leaf is not None and id(leaf.producer()) not in members:
+                leaves[leaf.name or ""] = leaf
+                if (node.op_type, index) not in _TYPE_ONLY:
+                    read.add(leaf.name or "")
+                elif node.op_type == "Shape":
+                    shaped.add(leaf.name or "")
+    tensors, stand_ins = [], {}
+    for name, leaf in leaves.items():
+        if leaf.const_value is not None and name:
+            tensors.append(ir.serde.serialize_tensor(leaf.const_value))
+            tensors[-1].name = name
+        elif name in read or (stand_in := _stand_in(leaf, name in shaped)) is None:
+            return None
+        else:
+            stand_ins[name] = stand_in
+    if sum(t.const_value.nbytes for t in leaves.values() if t.const_value is not None) > MAX_BYTES:
         return None
     from onnx.reference import ReferenceEvaluator  # only for models that have such cones
 
     proto = onnx.helper.make_graph(
-        [ir.serde.serialize_node(node) for node in _topological(nodes)], "cone", [],
-        [onnx.ValueInfoProto(name=value.name)],
-        [ir.serde.serialize_tensor(leaf.const_value) for leaf in leaves.values()],
+        [ir.serde.serialize_node(node) for node in _topological(nodes)], "cone",
+        [onnx.helper.make_tensor_value_info(name, 0, None) for name in stand_ins],
+        [onnx.ValueInfoProto(name=value.name)], tensors,
     )
-    for tensor, name in zip(proto.initializer, leaves):
-        tensor.name = name
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()]
     try:
-        result = ReferenceEvaluator(onnx.helper.make_model(proto, opset_imports=opsets)).run(None, {})[0]
+        model = onnx.helper.make_model(proto, opset_imports=opsets)
+        result = ReferenceEvaluator(model).run(None, stand_ins)[0]
     except Exception:  # an op or dtype the evaluator lacks: the value stays what it was, computed at run time
         return None
     result = np.asarray(result)
     return result if result.nbytes <= MAX_BYTES else None
 
 
+# Inputs whose type or shape alone is read: CastLike's target_type, Shape's data. The dynamo exporter's zero
+# Conv bias is CastLike(Constant, <graph input>) expanded to Shape(<weight>)[0:1].
+_TYPE_ONLY = frozenset({("CastLike", 1), ("Shape", 0)})
+
+
+def _stand_in(value: ir.Value, shaped: bool) -> np.ndarray | None:
+    """An array with the value's static dtype (and, when `shaped`, its static shape), holding no memory (a zero
+    broadcast); None when those are not known."""
+    if value.type is None:
+        return None
+    shape: tuple[int, ...] = ()
+    if shaped:
+        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+            return None
+        shape = tuple(value.shape)
+    try:
+        dtype = value.type.dtype.numpy()
+    except (TypeError, ValueError):
+        return None
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
 def _cone(value: ir.Value) -> list[ir.Node]:
-    """The producers `value` depends on, back to its constant leaves; empty when it is not such a value."""
+    """The producers `value` depends on, back to its constant leaves (and to values read only for their type or
+    shape); empty when it is not such a value."""
     if value.is_graph_input() or value.producer() is None or not value.name:
         return []
     graph = value.graph
@@ -67,8 +104,8 @@ def _cone(value: ir.Value) -> list[ir.Node]:
         if node.graph is not graph:
             return []
         found[id(node)] = node
-        for input_value in node.inputs:
-            if input_value is None:
+        for index, input_value in enumerate(node.inputs):
+            if input_value is None or (node.op_type, index) in _TYPE_ONLY:
                 continue
             if input_value.is_graph_input():
                 return []

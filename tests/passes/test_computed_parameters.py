@@ -108,3 +108,25 @@ def test_a_cone_over_the_node_bound_is_not_evaluated() -> None:
     nodes_within = nodes[1:]  # one Mul fewer: exactly MAX_NODES
     nodes_within[0] = helper.make_node("Mul", ["bn_var", "one"], ["v1"], name="mul1")
     assert fold(make_model(nodes_within, {"x": ["N", 3, 4, 4]}, ["z"], inits)).records[0].action == "folded"
+
+
+def test_the_dynamo_zero_bias_read_from_the_input_type_and_the_weight_shape_folds() -> None:
+    """As torch.onnx.export(dynamo=True, optimize=False) writes it: CastLike takes only the type of the graph
+    input (of symbolic batch), the size comes from Shape(weight); neither is a constant, both are known."""
+    g = rng(26)
+    inits = {"w": g.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), **bn_params("bn", 6, g)}
+    nodes = [
+        _const("zero", np.array(0.0, np.float32)),
+        helper.make_node("CastLike", ["zero", "x"], ["zero_like"], name="castlike"),
+        helper.make_node("Shape", ["w"], ["out_channels"], name="shape", start=0, end=1),
+        _const("one", np.array([1], np.int64)),
+        helper.make_node("Expand", ["out_channels", "one"], ["bias_shape"], name="expand_shape"),
+        helper.make_node("Expand", ["zero_like", "bias_shape"], ["bias"], name="expand"),
+        helper.make_node("Conv", ["x", "w", "bias"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+        bn_node("y", "z", "bn"),
+    ]
+    model = make_model(nodes, {"x": ["N", 3, 6, 6]}, ["z"], inits, opset=20)
+    result = fold(model)
+    assert [r.action for r in result.records] == ["folded"]
+    assert op_types(ir.to_proto(result.model)) == ["Conv"]
+    assert_fold_exact(model, result.model, random_feeds(model))
