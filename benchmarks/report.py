@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from startup import BASELINE, START_UP_LIMIT
 
 MiB = 2**20
 PEER_NAMES = ("onnxscript", "onnxoptimizer", "onnxsim", "onnxslim", "ort-basic", "aimet")
@@ -286,8 +289,28 @@ def profile_lines(profiles: list[dict]) -> list[str]:
     return lines
 
 
+def startup_lines(startup: dict | None) -> list[str]:
+    """The start-up section: median seconds per command, its ratio to `import onnx`, PASS/MISS against the limit."""
+    lines = ["## Start-up (scale issue)", ""]
+    if startup is None:
+        return lines + ["not measured in this run (--no-startup, or results saved before it was measured)", ""]
+    if "error" in startup:
+        return lines + [f"FAILED: {startup['error']}".replace("|", "/"), ""]
+    lines += [f"Whole process, from the repository root; median of {startup['runs']} rounds, each running the four "
+              "commands one after another (a first warm-up round not counted). Target: each normfold command at "
+              f"most {START_UP_LIMIT:g}x `{BASELINE}`.", ""]
+    medians = {label: statistics.median(times) for label, times in startup["times"].items()}
+    rows = []
+    for label, median in medians.items():
+        times = startup["times"][label]
+        ratio_to_base = median / medians[BASELINE]
+        verdict = "baseline" if label == BASELINE else ("PASS" if ratio_to_base <= START_UP_LIMIT else "MISS")
+        rows.append([f"`{label}`", _s(median), f"{min(times):.2f}-{max(times):.2f}", f"{ratio_to_base:.2f}x", verdict])
+    return lines + _table(["command", "median s", "min-max s", "/ import onnx", f"<= {START_UP_LIMIT:g}x"], rows)
+
+
 def render(results: list[dict], header: list[str], notes: list[str], profiles: list[dict] | None, tools: list[str],
-           elapsed: float) -> str:
+           elapsed: float, startup: dict | None = None) -> str:
     failed = [f"evaluation of {r['name']} failed: {r['checks']['error']}" for r in results if "error" in r["checks"]]
     lines = ["# normfold benchmark (issue 5)", "", "Command: `python benchmarks/run.py "
              "--markdown benchmarks/RESULTS.md`", ""]
@@ -308,6 +331,7 @@ def render(results: list[dict], header: list[str], notes: list[str], profiles: l
     lines += default_fold_rows(results)
     lines += ["## Inference latency on ONNX Runtime CPU (batch 1, median)", ""] + latency_rows(results)
     lines += ["## Fold time per layer (Conv+BN+ReLU stacks)", ""] + layer_rows(results)
+    lines += startup_lines(startup)
     if profiles:
         lines += ["## Where normfold's time goes", ""] + profile_lines(profiles)
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Issue 5's benchmark: normfold against the I/O limit and the peer tools, one table per question.
 
     python benchmarks/run.py [--quick] [--big] [--models NAME,...] [--runs N] [--markdown benchmarks/RESULTS.md]
+    python benchmarks/run.py --startup-only [--startup-runs N]
 
 Every transform runs in a fresh process: whole-process wall time (median of --runs), peak RSS of
 that process (os.wait4's rusage). normfold runs twice: `--no-validate`, and as users run it by
@@ -10,7 +11,8 @@ CPU session (ORT_DISABLE_ALL, as normfold validates) and runs it once, as the me
 validation. Then one evaluation process per model checks every output (benchmarks/evaluate.py); when
 its float64 reference runs past those limits, it runs again without it. Peers that are not importable
 are skipped with the reason; AIMET runs in the interpreter given by --aimet-python (or
-$NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch.
+$NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch. Last, the start-up table (benchmarks/startup.py):
+`normfold --help`, `normfold check --help` and `normfold check` on a small model against `import onnx`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+import startup  # noqa: E402
 
 import models  # noqa: E402
 
@@ -105,11 +108,12 @@ class Timing:
     runs: list[float] = dataclasses.field(default_factory=list)
 
 
-def run_once(command: list[str], timeout: float, log: Path,
-             rss_limit: int | None = None) -> tuple[float, int, int, str | None]:
+def run_once(command: list[str], timeout: float, log: Path, rss_limit: int | None = None,
+             cwd: Path | None = None) -> tuple[float, int, int, str | None]:
     """Wall seconds, peak RSS bytes and exit status of one process, and why it was killed if it was:
     after `timeout`, or (polled every 50 ms) once its RSS passes `rss_limit` bytes. The process is
-    started by SPAWN, which reports its wall time and peak RSS (the exit status is SPAWN's, the same)."""
+    started by SPAWN, which reports its wall time and peak RSS (the exit status is SPAWN's, the same),
+    in `cwd` (default: this process's)."""
     killed: list[str] = []
     finished = threading.Event()
     report_file = log.with_suffix(".spawn")
@@ -117,7 +121,7 @@ def run_once(command: list[str], timeout: float, log: Path,
     with open(log, "wb") as err:
         start = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-I", "-S", "-c", SPAWN, str(report_file), *command],
-                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, cwd=cwd)
 
         def kill(reason: str) -> None:
             if not killed and not finished.is_set():
@@ -331,15 +335,29 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip profiling normfold on its worst model")
     parser.add_argument("--resume", action="store_true", help="reuse per-model results already in WORKDIR")
     parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
+    parser.add_argument("--startup-runs", type=int, default=7,
+                        help="rounds of the start-up table (each runs its four commands once; median)")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up table")
+    parser.add_argument("--startup-only", action="store_true",
+                        help="measure only the start-up table and print it (--markdown then writes only it)")
     args = parser.parse_args()
     unknown = [n for n in args.models or [] if n not in models.model_names(False, False)]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names(False, False))}")
+    if args.startup_runs < 1:
+        parser.error("--startup-runs must be at least 1")
     args.runs = args.runs or (1 if args.quick else 3)
     args.peer_runs = args.peer_runs or 1
     if args.report_only:
         saved = json.loads((args.workdir / "results.json").read_text())
-        render(args, saved["results"], saved["header"], saved["notes"], saved["tools"], saved["elapsed"])
+        render(args, saved["results"], saved["header"], saved["notes"], saved["tools"], saved["elapsed"],
+               saved.get("startup"))
+        return
+    if args.startup_only:
+        text = "\n".join(report.startup_lines(measure_startup(args)))
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text)
         return
     header = machine()
     commands, skipped = available_tools(args.aimet_python)
@@ -369,17 +387,24 @@ def main() -> None:
         print(line, flush=True)
     started = time.perf_counter()
     results = [saved_or_bench(name, args, commands) for name in names]
+    start_up = None if args.no_startup else measure_startup(args)
     (args.workdir / "results.json").write_text(json.dumps({"results": results, "header": header, "notes": notes,
-                                                          "tools": list(commands), "elapsed": time.perf_counter() - started}))
-    render(args, results, header, notes, list(commands), time.perf_counter() - started)
+                                                          "tools": list(commands), "elapsed": time.perf_counter() - started,
+                                                          "startup": start_up}))
+    render(args, results, header, notes, list(commands), time.perf_counter() - started, start_up)
+
+
+def measure_startup(args: argparse.Namespace) -> dict:
+    """The start-up table's measurements (benchmarks/startup.py), in WORKDIR/startup."""
+    return startup.measure_startup(run_once, args.workdir / "startup", args.startup_runs)
 
 
 def render(args: argparse.Namespace, results: list[dict], header: list[str], notes: list[str], tools: list[str],
-           elapsed: float) -> None:
+           elapsed: float, start_up: dict | None = None) -> None:
     profile = None
     if not args.no_profile:
         profile = report.profile_worst(results, args.workdir, HERE)
-    text = report.render(results, header, notes, profile, tools, elapsed)
+    text = report.render(results, header, notes, profile, tools, elapsed, start_up)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -21,6 +21,7 @@ from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
+from normfold.html_report import check_page_path, file_op_counts, fold_page, write_page
 from normfold.io import is_folder
 
 if TYPE_CHECKING:
@@ -46,10 +47,14 @@ def default_output(model_path: Path) -> Path:
               help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With several models: fold this many in parallel processes.")
+@click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
+              help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
+                   "also when nothing is written; one model only.")
 @validation_options
 @click.pass_context
 def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | None, in_place: bool, as_json: bool,
-                 simplify: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, **options: Any) -> None:
+                 simplify: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, page_path: Path | None,
+                 **options: Any) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODELS.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
@@ -66,10 +71,13 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
                 "validation": validation_config(options) if check else None}
     files = _expand(models)
     if len(files) == 1 and not is_folder(models[0]):
-        _fold_one(files[0], output, settings, as_json)
+        _fold_one(files[0], output, settings, as_json, page_path)
         return
     if output is not None:
         raise NormfoldError("-o names one output; with several models each is written beside its input",
+                            exit_code=EXIT_USAGE)
+    if page_path is not None:
+        raise NormfoldError("--report writes the page of one model; give one MODEL, not several or a folder",
                             exit_code=EXIT_USAGE)
     ctx.exit(_fold_many(files, settings, jobs, as_json))
 
@@ -86,14 +94,31 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], as_json: bool) -> None:
+def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], as_json: bool,
+              page_path: Path | None) -> None:
     target = model if settings["in_place"] else (output or default_output(model))
+    input_ops = None
+    if page_path is not None:  # checked before the fold; the input's operators counted before --in-place replaces it
+        check_page_path(page_path, (model, target))
+        input_ops = file_op_counts(model)
     try:
         outcome = fold_file(model, target, **settings)
     except NotWrittenError as error:
         _print(error.partial, as_json)
+        _write_page(page_path, error.partial, input_ops, error, as_json)
         raise
     _print(outcome, as_json)
+    _write_page(page_path, outcome, input_ops, None, as_json)
+
+
+def _write_page(page_path: Path | None, outcome: FoldFileResult, input_ops: dict[str, int] | None,
+                error: NormfoldError | None, as_json: bool) -> None:
+    """The --report page, written or not, validated or not; its path is printed with the text report."""
+    if page_path is None:
+        return
+    write_page(page_path, fold_page(outcome, error=error, input_ops=input_ops))
+    if not as_json:
+        click.echo(f"wrote report {page_path}")
 
 
 def _print(outcome: FoldFileResult, as_json: bool) -> None:

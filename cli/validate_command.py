@@ -20,6 +20,7 @@ from normfold.cli.batch import (
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
 from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.html_report import check_page_path, file_op_counts, validation_page, write_page
 from normfold.io import is_folder
 from normfold.validate import ValidationConfig, ValidationReport, validate
 
@@ -32,10 +33,13 @@ from normfold.validate import ValidationConfig, ValidationReport, validate
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a versioned JSON document.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With two folders: validate this many pairs in parallel processes.")
+@click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
+              help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
+                   "also when validation fails; one pair only.")
 @validation_options
 @click.pass_context
 def validate_command(ctx: click.Context, reference: Path, candidate: Path | None, expected: Path | None,
-                     as_json: bool, jobs: int, **options: Any) -> None:
+                     as_json: bool, jobs: int, page_path: Path | None, **options: Any) -> None:
     """Check that CANDIDATE computes what REFERENCE computes, output by output.
 
     Two folders compare every *.onnx under REFERENCE with the file at the same relative path under
@@ -46,13 +50,24 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
     if is_folder(reference):
         if candidate is None or not is_folder(candidate) or expected is not None:
             raise NormfoldError("a REFERENCE folder needs a CANDIDATE folder (and no --expected)", exit_code=EXIT_USAGE)
+        if page_path is not None:
+            raise NormfoldError("--report writes the page of one comparison; give a REFERENCE and a CANDIDATE model, "
+                                "not folders", exit_code=EXIT_USAGE)
         ctx.exit(_validate_folders(reference, candidate, config, jobs, as_json))
+    if page_path is not None:
+        check_page_path(page_path, [path for path in (reference, candidate) if path is not None])
     report = validate(reference, candidate, expected=expected, config=config)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for line in report.lines():
             click.echo(line)
+    if page_path is not None:
+        candidate_ops = file_op_counts(candidate) if candidate is not None else None
+        write_page(page_path, validation_page(report, reference_ops=file_op_counts(reference),
+                                              candidate_ops=candidate_ops))
+        if not as_json:
+            click.echo(f"wrote report {page_path}")
     ctx.exit(report.return_code)
 
 

@@ -131,8 +131,10 @@ def scale_and_round(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tupl
 def check_scale(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> str:
     """Why weight * factor cannot be rounded to `dtype` ('' if it can), without keeping the result.
 
-    Rounding loses accuracy when a finite value overflows the dtype, or when a weight is pushed from
-    the normal range into subnormals, where it keeps less than the dtype's precision.
+    Rounding loses accuracy when a finite value overflows the dtype, or when a normal factor pushes a
+    weight from the normal range into subnormals, where it keeps less than the dtype's precision. A
+    factor that is itself subnormal in the dtype (a dead channel: BN scale 3.4e-39 in float32) does not
+    count: the original model multiplies by that same subnormal value, so it has no more precision there.
     """
     return _scale_blocks(weight, factor, dtype, None)
 
@@ -194,10 +196,14 @@ def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray | None, row
     magnitude = np.abs(exact, out=exact)
     overflow, biggest = 0, 0.0
     if float(magnitude.max()) > largest_allowed:
-        bad = np.isfinite(magnitude) & (magnitude > largest_allowed)
-        overflow, biggest = int(bad.sum()), float(magnitude[bad].max())
+        bad = np.isfinite(magnitude) & (magnitude > largest_allowed)  # an Inf weight stays Inf: not an overflow
+        if bad.any():
+            overflow, biggest = int(bad.sum()), float(magnitude[bad].max())
     small = (magnitude < tiny) & (magnitude > 0)
-    pushed = int((small & (np.abs(_f64(weight[rows])) >= tiny)).sum()) if small.any() else 0
+    pushed = 0
+    if small.any():
+        normal_factor = np.broadcast_to(np.abs(factor(rows)) >= tiny, small.shape)
+        pushed = int((small & (np.abs(_f64(weight[rows])) >= tiny) & normal_factor).sum())
     release_pages(weight[rows])
     return overflow, biggest, pushed
 

@@ -4,6 +4,9 @@ Rules: what `fold` would still change (foldable-bn, inference-dropout), training
 (training-bn, training-dropout), broken BN parameters (bn-nonfinite, bn-negative-variance,
 non-positive-epsilon, bn-fp16-overflow), and the seed's training-side lints (dropout-before-bn,
 high-drop-ratio, bn-batch-below-2).
+
+onnx, onnx_ir and the passes are imported inside the functions that read models, so that the CLI's
+help and the report formats (which need only RULES and the dataclasses) start without them.
 """
 
 from __future__ import annotations
@@ -12,18 +15,10 @@ import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnx_ir as ir
-
-from normfold.graph_edit import constant_array
-from normfold.graph_walk import is_op, iter_scopes, node_label
-from normfold.io import is_folder, load_model
-from normfold.lints import training_lints
-from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
-from normfold.passes.fold_batchnorm import FoldBatchNormPass
-from normfold.passes.strip_dropout import StripDropoutPass
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 RULES = {
     "foldable-bn": "a BatchNormalization that normfold fold can fold into its neighbour",
@@ -71,6 +66,7 @@ class ModelCheck:
 def check_model(path: str | os.PathLike[str], disabled: Iterable[str] = ()) -> ModelCheck:
     """All findings for the model at `path`, minus disabled rules; an unusable file gives `error`."""
     from normfold.errors import NormfoldError
+    from normfold.io import load_model
 
     try:
         model = load_model(path)
@@ -83,6 +79,12 @@ def check_model(path: str | os.PathLike[str], disabled: Iterable[str] = ()) -> M
 
 
 def _findings(model: ir.Model, path: str) -> list[Finding]:
+    from normfold.graph_walk import is_op, iter_scopes, node_label
+    from normfold.lints import training_lints
+    from normfold.modes import bn_training_form, dropout_training_form
+    from normfold.passes.fold_batchnorm import FoldBatchNormPass
+    from normfold.passes.strip_dropout import StripDropoutPass
+
     fold_fix = f"normfold fold {path}"
     eval_fix = f"normfold mode --eval {path} (or normfold fold --eval {path})"
     found = _parameter_findings(model)
@@ -114,6 +116,12 @@ def _findings(model: ir.Model, path: str) -> list[Finding]:
 
 
 def _parameter_findings(model: ir.Model) -> list[Finding]:
+    import numpy as np
+
+    from normfold.graph_edit import constant_array
+    from normfold.graph_walk import is_op, iter_scopes, node_label
+    from normfold.modes import bn_epsilon
+
     found = []
     for scope in iter_scopes(model):
         for bn in scope.body:
@@ -138,6 +146,8 @@ def _parameter_findings(model: ir.Model) -> list[Finding]:
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
     """The given files, and every *.onnx below the given folders, sorted."""
+    from normfold.io import is_folder
+
     files: list[Path] = []
     for path in paths:
         files += sorted(path.rglob("*.onnx")) if is_folder(path) else [path]

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from normfold.graph_walk import count_nodes
 from normfold.io import load_model
+from normfold.passes.fold_affine import AFFINE_OPS, FoldAffinePass
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
@@ -39,6 +40,10 @@ class FoldResult:
             return sum(r.op_type == op_type and r.action != "converted" for r in self.records)
         return sum(r.op_type == op_type and r.action == action for r in self.records)
 
+    def affine(self, action: str | None = None) -> int:
+        """How many elementwise Mul/Div/Add/Sub candidates were seen (or had `action` applied)."""
+        return sum(r.op_type in AFFINE_OPS and (action is None or r.action == action) for r in self.records)
+
     @property
     def skipped(self) -> list[NodeRecord]:
         """The nodes left in place, each with its reason."""
@@ -51,10 +56,11 @@ class FoldResult:
         mode = f"{converted} node(s) switched to inference mode, " if converted else ""
         training = sum(r.action == "skipped" and r.reason == TRAINING_MODE for r in self.records)
         left = f"; {training} node(s) left in training mode (add --eval to convert them first)" if training else ""
+        affine = f", Mul/Add folded {self.affine('folded')}/{self.affine()}" if self.affine() else ""
         return (
             f"{mode}BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
             f"{self.count('BatchNormalization')}, Dropout stripped {self.count('Dropout', 'stripped')}/"
-            f"{self.count('Dropout')}, nodes {self.nodes_before} -> {self.nodes_after}{left}"
+            f"{self.count('Dropout')}{affine}, nodes {self.nodes_before} -> {self.nodes_after}{left}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,12 +73,33 @@ class FoldResult:
                 "batchnorm_folded": self.count("BatchNormalization", "folded"),
                 "dropout_total": self.count("Dropout"),
                 "dropout_stripped": self.count("Dropout", "stripped"),
+                "affine_total": self.affine(),
+                "affine_folded": self.affine("folded"),
                 "switched_to_inference": sum(r.action in ("converted", "rewritten") for r in self.records),
                 "nodes_before": self.nodes_before,
                 "nodes_after": self.nodes_after,
             },
             "nodes": [r.to_dict() for r in self.records],
         }
+
+
+def fold_layers(model: ir.Model, max_rounds: int = 8) -> list[NodeRecord]:
+    """Fold BatchNormalization and elementwise affine nodes in place until neither finds more to do.
+
+    Each fold can make another possible (Conv -> BN -> Mul: once BN is in the Conv, the Mul is next to
+    it). A node keeps its last record, in the order nodes were first seen.
+    """
+    records: dict[tuple[str, str, str], NodeRecord] = {}
+    for _ in range(max_rounds):
+        modified = False
+        for rewrite in (FoldAffinePass(in_place=True), FoldBatchNormPass(in_place=True)):
+            result = rewrite(model)
+            modified = modified or result.modified
+            for record in result.records:
+                records[(record.graph, record.node, record.op_type)] = record
+        if not modified:
+            break
+    return list(records.values())
 
 
 def as_ir_model(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> ir.Model:
@@ -107,11 +134,11 @@ def fold(
     working = converted.model.clone() if converted else private
     stripped = StripDropoutPass(in_place=True)(working)
     current = SimplifyPass()(stripped.model).model if simplify else stripped.model
-    folded = FoldBatchNormPass(in_place=True)(current)
-    result_model = SimplifyPass()(folded.model).model if simplify else folded.model
+    fold_records = fold_layers(current)
+    result_model = SimplifyPass()(current).model if simplify else current
     mode_records = list(converted.records) if converted else []
     left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}
-    later = [r for r in [*folded.records, *stripped.records]
+    later = [r for r in [*fold_records, *stripped.records]
              if not (r.action == "skipped" and (r.graph, r.node) in left_in_training)]
     records = mode_records + later
     inference = converted.model if converted and converted.modified else None

@@ -9,11 +9,17 @@ import onnx_ir as ir
 
 Action = Literal["folded", "stripped", "converted", "rewritten", "skipped"]
 TRAINING_MODE = "training-mode"  # the node runs in training mode: convert it to inference mode first (--eval)
+NOT_PER_CHANNEL = "not-per-channel"  # an elementwise constant varies along an axis other than the channels
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeRecord:
-    """One BatchNormalization or Dropout node and what happened to it."""
+    """One BatchNormalization, Dropout or elementwise affine node and what happened to it.
+
+    A fold's `tensors` names every tensor it wrote and the tensors each was computed from (the layer's
+    weight and bias, the BN's scale, B, mean and var, the Mul/Add constant), so a fused weight can be
+    traced back to its source.
+    """
 
     graph: str
     node: str
@@ -21,6 +27,7 @@ class NodeRecord:
     action: Action
     detail: str
     reason: str = ""  # machine-readable cause of a skip (TRAINING_MODE, ...); "" when not given
+    tensors: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # provenance: new tensor -> sources
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for JSON reports."""

@@ -206,6 +206,7 @@ def test_fold_json_has_the_row_facts_as_numbers(folder: Path, jobs: str) -> None
     assert broken["reason"].startswith(NOT_ONNX) and broken["reason"].endswith("Wire format was corrupt)")
     assert broken["detail"] == f"{folder / 'broken.onnx'}: {broken['reason']}"
     assert mlp["summary"] == {"batchnorm_total": 2, "batchnorm_folded": 2, "dropout_total": 2, "dropout_stripped": 2,
+                              "affine_total": 0, "affine_folded": 0,
                               "switched_to_inference": 0, "nodes_before": 10, "nodes_after": 6}
     assert resnet["summary"]["batchnorm_folded"] == 6 and resnet["summary"]["nodes_after"] == 16
     for row, name in ((mlp, "mlp"), (resnet, "resnet_block")):

@@ -64,7 +64,7 @@ FIELD_VALUES = ["", "0", "-1", "-0", "+4", "4.0", "1e3", "abc", " 8", "8 ", "\x0
 def _external_variant(folder: Path, seed: int) -> Path:
     """The Conv+BN model with its tensors in w.data and one external-data entry of one tensor replaced (or
     added, or duplicated) with a random value from FIELD_VALUES."""
-    from test_cli import conv_bn_model, save_external
+    from cli_helpers import conv_bn_model, save_external
 
     path = folder / f"e{seed}.onnx"
     save_external(conv_bn_model(), path)
@@ -116,7 +116,7 @@ def _npz_variant(data: bytes, seed: int) -> bytes:
 
 @pytest.mark.parametrize("chunk", range(2))
 def test_corrupted_npz_inputs_validate_cleanly_or_fail_in_one_line(tmp_path: Path, chunk: int) -> None:
-    from test_cli import conv_bn_model
+    from cli_helpers import conv_bn_model
 
     model = tmp_path / "m.onnx"
     onnx.save(conv_bn_model(), str(model))

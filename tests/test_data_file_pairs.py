@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_cli import conv_bn_model, invoke, save_external
+from cli_helpers import conv_bn_model, invoke, save_external
 
 import normfold
 from normfold import io

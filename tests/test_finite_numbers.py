@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from cli_helpers import invoke, run_script, snapshot
 from click.testing import Result
 from graphs import bn_node, bn_params, make_model, rng
-from test_cli import invoke, run_script, snapshot
 
 from normfold import NormfoldError
 from normfold.calibrate import calibrate

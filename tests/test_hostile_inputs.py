@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_one_line_error, conv_bn_model, invoke, save_external, snapshot
 from onnx import helper, numpy_helper
-from test_cli import assert_one_line_error, conv_bn_model, invoke, save_external, snapshot
 
 from normfold.check import check_model
 

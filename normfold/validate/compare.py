@@ -16,6 +16,8 @@ import numpy as np
 
 # Elements per block of the float64 figures: their temporaries stay a few MiB whatever the output's size.
 BLOCK = 1 << 18
+# Decades an error histogram can hold: float64's smallest subnormal (~5e-324) to its largest finite value.
+_LOWEST_DECADE, _HIGHEST_DECADE = -324, 308
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +52,50 @@ def default_tolerance(dtype: np.dtype) -> Tolerance:
 
 
 @dataclasses.dataclass(frozen=True)
+class ErrorHistogram:
+    """Elements per decade of absolute error: counts[i] in [10**(start + i), 10**(start + i + 1)), `zero` exact.
+
+    Only the decades from the first to the last non-empty one are kept: a handful for a rounding-level
+    difference, at most 633 (float64's whole range) whatever the output's size.
+    """
+
+    start: int
+    counts: tuple[int, ...]
+    zero: int
+
+    @property
+    def total(self) -> int:
+        """Elements counted (finite errors only)."""
+        return self.zero + sum(self.counts)
+
+
+class _DecadeCounter:
+    """Accumulates an ErrorHistogram block by block, so no array of errors is kept."""
+
+    def __init__(self) -> None:
+        self._counts = np.zeros(_HIGHEST_DECADE - _LOWEST_DECADE + 1, np.int64)
+        self._zero = 0
+
+    def add(self, errors: np.ndarray) -> None:
+        """Count non-negative errors (an overflowed Inf lands in the highest decade)."""
+        positive = errors[errors > 0]
+        self._zero += int(errors.size - positive.size)
+        if positive.size:
+            decades = np.clip(np.floor(np.log10(positive)), _LOWEST_DECADE, _HIGHEST_DECADE).astype(np.int64)
+            self._counts += np.bincount(decades - _LOWEST_DECADE, minlength=self._counts.size)
+
+    def histogram(self) -> ErrorHistogram:
+        """The non-empty span of decades (start 0 with no counts when every error is zero)."""
+        used = np.flatnonzero(self._counts)
+        if not used.size:
+            return ErrorHistogram(0, (), self._zero)
+        first, last = int(used[0]), int(used[-1])
+        return ErrorHistogram(first + _LOWEST_DECADE, tuple(int(c) for c in self._counts[first:last + 1]), self._zero)
+
+
+@dataclasses.dataclass(frozen=True)
 class Metrics:
-    """How far a candidate output is from the reference output."""
+    """How far a candidate output is from the reference output; `histogram` bins |candidate - reference|."""
 
     max_abs: float
     max_rel: float
@@ -62,6 +106,7 @@ class Metrics:
     violations: int
     nan_mismatch: int
     inf_mismatch: int
+    histogram: ErrorHistogram | None = None
 
 
 def is_float(dtype: np.dtype) -> bool:
@@ -99,7 +144,10 @@ def compare_arrays(
         diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)) if reference.dtype != bool else (reference != candidate).astype(np.float64)
         violations = int((diff > (tolerance.atol or 0.0)).sum())
         scale = _max(np.abs(reference.astype(np.float64)))
-        return Metrics(_max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0), ""
+        counter = _DecadeCounter()
+        counter.add(diff.reshape(-1))
+        return Metrics(_max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0,
+                       counter.histogram()), ""
     return _float_metrics(reference, candidate, tolerance, precision), ""
 
 
@@ -125,11 +173,13 @@ def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     diffs = np.empty(reference.size, np.float64)
     count = violations = 0
     max_rel = 0.0
+    counter = _DecadeCounter()
     for r, c in _blocks(reference, candidate):
         finite = np.isfinite(r) & np.isfinite(c)
         diff, magnitude = np.abs(c[finite] - r[finite]), np.abs(r[finite])
         diffs[count:count + diff.size] = diff
         count += diff.size
+        counter.add(diff)
         meaningful = magnitude > floor
         max_rel = max(max_rel, _max(diff[meaningful] / magnitude[meaningful]))
         violations += int((diff > atol + tolerance.rtol * magnitude).sum())
@@ -138,7 +188,8 @@ def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     median = float(np.median(diffs, overwrite_input=True)) if count else 0.0  # diffs is ours: sorted in place
     eps = eps_of(precision if precision is not None else reference.dtype)
     eps_units = largest / (eps * scale) if scale > 0 else 0.0
-    return Metrics(largest, max_rel, scale, mean, median, eps_units, violations, nan_mismatch, inf_mismatch)
+    return Metrics(largest, max_rel, scale, mean, median, eps_units, violations, nan_mismatch, inf_mismatch,
+                   counter.histogram())
 
 
 def largest_magnitude(array: np.ndarray) -> float:
@@ -156,6 +207,17 @@ def max_abs_error(values: np.ndarray, exact: np.ndarray) -> float:
         finite = np.isfinite(v) & np.isfinite(e)
         largest = max(largest, _max(np.abs(v[finite] - e[finite])))
     return largest
+
+
+def error_figures(values: np.ndarray, exact: np.ndarray) -> tuple[float, ErrorHistogram]:
+    """max_abs_error and the histogram of every finite |values - exact|, in one blockwise pass."""
+    largest, counter = 0.0, _DecadeCounter()
+    for v, e in _blocks(values, exact):
+        finite = np.isfinite(v) & np.isfinite(e)
+        errors = np.abs(v[finite] - e[finite])
+        largest = max(largest, _max(errors))
+        counter.add(errors)
+    return largest, counter.histogram()
 
 
 def _max(array: np.ndarray) -> float:

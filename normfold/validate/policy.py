@@ -29,9 +29,9 @@ from normfold.validate.compare import (
     Tolerance,
     compare_arrays,
     eps_of,
+    error_figures,
     is_float,
     largest_magnitude,
-    max_abs_error,
     structural_problem,
 )
 from normfold.validate.report import OutputComparison
@@ -52,10 +52,10 @@ def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, t
     structural = structural_problem(refs, cands)
     if structural:
         return OutputComparison(name, section, False, tolerance, None, structural)
-    ref_f64 = cand_f64 = None
+    ref_f64 = cand_f64 = ref_hist = cand_hist = None
     in_force, basis, allowance = tolerance, BASIS_GIVEN if tolerance.explicit else BASIS_SCALE, None
     if truth is not None and is_float(refs.dtype):
-        ref_f64, cand_f64 = max_abs_error(refs, truth), max_abs_error(cands, truth)
+        (ref_f64, ref_hist), (cand_f64, cand_hist) = error_figures(refs, truth), error_figures(cands, truth)
         if not tolerance.explicit:
             allowance = rounding_allowance(ref_f64, largest_magnitude(truth), precision)
             atol = max(tolerance.absolute(largest_magnitude(refs)), ref_f64 + allowance)
@@ -69,7 +69,8 @@ def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, t
         problem = (f"candidate is {cand_f64 / max(ref_f64 or 0.0, 1e-300):.3g}x further from float64 than the "
                    f"reference (rounding allows {allowance:.3g})")
     atol = in_force.absolute(metrics.scale)
-    return OutputComparison(name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64, atol, basis)
+    return OutputComparison(name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64, atol, basis,
+                            ref_hist, cand_hist)
 
 
 def _elementwise_pass(metrics: Metrics) -> bool:

@@ -6,14 +6,17 @@ import dataclasses
 from typing import Any
 
 from normfold.errors import EXIT_MISMATCH, EXIT_OK
-from normfold.validate.compare import Metrics, Tolerance
+from normfold.validate.compare import ErrorHistogram, Metrics, Tolerance
 
 REPORT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputComparison:
-    """One output of the candidate against the reference (or the stored expected outputs)."""
+    """One output of the candidate against the reference (or the stored expected outputs).
+
+    The float64 histograms bin each side's |output - float64 truth| where the truth ran (None otherwise).
+    """
 
     output: str
     section: str
@@ -25,6 +28,8 @@ class OutputComparison:
     candidate_vs_float64: float | None = None
     atol_in_force: float | None = None
     basis: str = "given"
+    reference_vs_float64_histogram: ErrorHistogram | None = None
+    candidate_vs_float64_histogram: ErrorHistogram | None = None
 
     def to_line(self) -> str:
         """PASSED | output 'y' | cpu | max abs 3.1e-07 | ... (Polygraphy-style)."""

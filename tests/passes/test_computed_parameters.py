@@ -59,7 +59,7 @@ def test_a_bias_added_as_a_reshaped_constant_folds() -> None:
     ]
     model = make_model(nodes, {"x": ["N", 3, 5, 5]}, ["z"], inits, opset=13)
     result = fold(model)
-    assert [r.action for r in result.records] == ["folded"]
+    assert [(r.op_type, r.action) for r in result.records] == [("Add", "folded"), ("BatchNormalization", "folded")]
     assert "Reshape" not in op_types(ir.to_proto(result.model))
     assert "BatchNormalization" not in op_types(ir.to_proto(result.model))
     assert_fold_exact(model, result.model, random_feeds(model))

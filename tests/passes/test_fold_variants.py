@@ -118,3 +118,20 @@ def test_simplify_folds_computed_parameters_and_removes_dead_code() -> None:
     assert "BatchNormalization" not in ops and "Add" not in ops
     assert simplified.records[0].action == "folded"
     assert_fold_exact(model, simplified.model, random_feeds(model))
+
+
+def test_dead_channels_with_a_subnormal_scale_fold_and_a_normal_scale_that_underflows_does_not() -> None:
+    """A channel whose BN scale is itself subnormal (3.4e-39) was already computed at subnormal precision: its
+    weights may become subnormal. A normal scale that pushes normal weights into subnormals still refuses."""
+    inits = _inits(7)
+    inits["bn_scale"] = np.array([1.0, 3.4e-39, 0.8, 3.4e-39], np.float32)
+    inits["bn_var"] = np.ones(4, np.float32)
+    model = make_model(_conv_bn_nodes(), {"x": ["N", 3, 5, 5]}, ["z"], inits)
+    result = fold(model)
+    assert op_types(ir.to_proto(result.model)) == ["Conv"]
+    assert_fold_exact(model, result.model, random_feeds(model))
+    inits["bn_scale"] = np.array([1.0, 1e-30, 0.8, 1e-30], np.float32)
+    inits["w"] = np.full_like(inits["w"], 1e-9)
+    refused = fold(make_model(_conv_bn_nodes(), {"x": ["N", 3, 5, 5]}, ["z"], inits))
+    assert op_types(ir.to_proto(refused.model)) == ["Conv", "BatchNormalization"]
+    assert "folding pushes 54 weights below float32's smallest normal" in refused.records[0].detail

@@ -14,7 +14,7 @@ from graphs import bn_node, bn_params, make_model, rng
 from numerics import assert_fold_exact, random_feeds
 from onnx import helper
 
-import normfold.passes.fold_batchnorm as fold_batchnorm
+import normfold.layer_fold as layer_fold
 from normfold import fold, load_model, save_model
 from normfold.bn_math import ROW_BLOCK_ELEMENTS, check_scale, output_factor, scale_and_round, scaled_blocks
 from normfold.folded_tensor import FoldedTensor
@@ -36,7 +36,7 @@ def _weights(model: ir.Model) -> dict[str, np.ndarray]:
 @pytest.fixture
 def stream_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every folded weight takes the streamed path; row blocks of 7 elements so weights span many blocks."""
-    monkeypatch.setattr(fold_batchnorm, "STREAM_BYTES", 0)
+    monkeypatch.setattr(layer_fold, "STREAM_BYTES", 0)
     monkeypatch.setattr(sys.modules["normfold.bn_math"], "ROW_BLOCK_ELEMENTS", 7)
 
 
@@ -49,7 +49,7 @@ def test_streamed_fold_writes_the_same_bytes_as_the_eager_fold(tmp_path: Path, s
     save_model(streamed.model, tmp_path / "external.onnx", external_data=True)
     save_model(streamed.model, tmp_path / "inline.onnx")
     with pytest.MonkeyPatch.context() as eager:
-        eager.setattr(fold_batchnorm, "STREAM_BYTES", 1 << 62)
+        eager.setattr(layer_fold, "STREAM_BYTES", 1 << 62)
         expected = fold(model)
     assert not isinstance(list(expected.model.graph)[0].inputs[1].const_value, FoldedTensor)
     want = _weights(expected.model)
@@ -81,8 +81,11 @@ def test_check_scale_and_scaled_blocks_agree_with_scale_and_round() -> None:
     assert reason == "" and check_scale(weight, factor, np.float32) == ""
     assert ROW_BLOCK_ELEMENTS > weight[0].size
     np.testing.assert_array_equal(np.concatenate(list(scaled_blocks(weight, factor, np.float32))), eager)
-    tiny = output_factor(weight.shape, np.full(64, 1e-40), "conv")
-    assert check_scale(weight, tiny, np.float32).startswith("folding pushes 4800 weights below float32's smallest normal")
+    tiny = output_factor(weight.shape, np.full(64, 1e-37), "conv")
+    pushed = int((np.abs(weight.astype(np.float64) * 1e-37) < np.finfo(np.float32).smallest_normal).sum())
+    assert pushed > 100
+    assert check_scale(weight, tiny, np.float32).startswith(
+        f"folding pushes {pushed} weights below float32's smallest normal")
 
 
 def test_folded_tensor_reads_whole_when_asked(stream_everything: None) -> None:

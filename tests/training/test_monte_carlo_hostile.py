@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from cli_helpers import assert_one_line_error, invoke
 from onnx import helper, numpy_helper
-from test_cli import assert_one_line_error, invoke
 
 from normfold import NormfoldError
 from normfold.modes import dropout_ratio

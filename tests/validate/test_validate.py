@@ -76,10 +76,11 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     assert document["return_code"] == 0 and document["providers"] == ["cpu"] and document["samples"] == 1
     (entry,) = document["outputs"]
     assert set(entry) == {"output", "section", "passed", "status", "tolerance", "metrics", "problem",
-                          "reference_vs_float64", "candidate_vs_float64", "atol_in_force", "basis"}
+                          "reference_vs_float64", "candidate_vs_float64", "atol_in_force", "basis",
+                          "reference_vs_float64_histogram", "candidate_vs_float64_histogram"}
     assert entry["basis"] == "rounding" and entry["atol_in_force"] > 0
     assert set(entry["metrics"]) == {"max_abs", "max_rel", "scale", "mean_abs", "median_abs", "eps_units", "violations",
-                                     "nan_mismatch", "inf_mismatch"}
+                                     "nan_mismatch", "inf_mismatch", "histogram"}
     assert entry["tolerance"] == {"atol": None, "rtol": 1e-4, "explicit": False}
     assert document["outputs"][0]["output"] == "logits" and document["outputs"][0]["status"] == "passed"
     broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
