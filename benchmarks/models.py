@@ -1,4 +1,4 @@
-"""Deterministic benchmark models for issue 5 (seeded numpy, onnx.helper; no downloads, no torch).
+"""Deterministic benchmark models (seeded numpy, onnx.helper; no downloads, no torch).
 
 Every builder returns a checked `onnx.ModelProto` with a symbolic batch dimension and non-trivial
 BatchNormalization statistics (mean != 0, var != 1). `write_models` saves them into a folder, the

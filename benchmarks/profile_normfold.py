@@ -18,9 +18,11 @@ from pathlib import Path
 
 start = time.perf_counter()
 import normfold.cli.fold_command  # noqa: E402,F401  (the CLI's imports, as `normfold fold` pays them)
-from normfold import io  # noqa: E402
+from normfold import atomic_write, model_reading  # noqa: E402
+from normfold.atomic_write import save_model  # noqa: E402
+from normfold.external_data import has_external_data  # noqa: E402
 from normfold.folding import fold  # noqa: E402
-from normfold.io import has_external_data, load_model, save_model  # noqa: E402
+from normfold.model_reading import load_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - start
 
@@ -29,9 +31,10 @@ def phases(model: Path, output: Path) -> dict[str, float]:
     """Seconds per phase, with the checker runs and the serialization timed inside load_model and save_model."""
     spent = {"import": IMPORT_S, "load: checker (beside parsing)": 0.0,
              "save: serialize": 0.0, "save: full check (beside the write)": 0.0}
-    patched = {"_run_checker": "load: checker (beside parsing)", "_serialize": "save: serialize",
-               "_full_check": "save: full check (beside the write)"}
-    real = {name: getattr(io, name) for name in patched}
+    patched = {(model_reading, "_run_checker"): "load: checker (beside parsing)",
+               (atomic_write, "_serialize"): "save: serialize",
+               (atomic_write, "_full_check"): "save: full check (beside the write)"}
+    real = {(module, name): getattr(module, name) for module, name in patched}
 
     def timed(name, function):
         def wrapper(*args, **kwargs):
@@ -42,8 +45,8 @@ def phases(model: Path, output: Path) -> dict[str, float]:
                 spent[name] += time.perf_counter() - t0
         return wrapper
 
-    for name, label in patched.items():
-        setattr(io, name, timed(label, real[name]))
+    for (module, name), label in patched.items():
+        setattr(module, name, timed(label, real[module, name]))
     try:
         t0 = time.perf_counter()
         loaded = load_model(model)
@@ -54,8 +57,8 @@ def phases(model: Path, output: Path) -> dict[str, float]:
         save_model(result.model, output, external_data=external)
         t3 = time.perf_counter()
     finally:
-        for name, function in real.items():
-            setattr(io, name, function)
+        for (module, name), function in real.items():
+            setattr(module, name, function)
     spent.update(load_model=t1 - t0, fold=t2 - t1, save_model=t3 - t2)
     return spent
 

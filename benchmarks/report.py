@@ -1,4 +1,4 @@
-"""Tables and issue 5's targets from benchmarks/run.py's measurements (markdown, also printed)."""
+"""Tables and the benchmark's targets from benchmarks/run.py's measurements (markdown, also printed)."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def layer_rows(results: list[dict]) -> list[str]:
 
 
 def targets(results: list[dict]) -> list[tuple[str, str, str]]:
-    """(target, PASS/MISS/n/a, measured) for issue 5's five targets and the default fold's two."""
+    """(target, PASS/MISS/n/a, measured) for targets 1-5 (time, speed, memory, error, what is left) and 6-7."""
     out = []
     ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
     over = {k: v for k, v in ratios.items() if v > 1.3}
@@ -291,7 +291,7 @@ def profile_lines(profiles: list[dict]) -> list[str]:
 
 def startup_lines(startup: dict | None) -> list[str]:
     """The start-up section: median seconds per command, its ratio to `import onnx`, PASS/MISS against the limit."""
-    lines = ["## Start-up (scale issue)", ""]
+    lines = ["## Start-up", ""]
     if startup is None:
         return lines + ["not measured in this run (--no-startup, or results saved before it was measured)", ""]
     if "error" in startup:
@@ -310,10 +310,11 @@ def startup_lines(startup: dict | None) -> list[str]:
 
 
 def render(results: list[dict], header: list[str], notes: list[str], profiles: list[dict] | None, tools: list[str],
-           elapsed: float, startup: dict | None = None) -> str:
+           elapsed: float, startup: dict | None, command: str, rerendered_by: str | None = None) -> str:
+    """The whole report; `command` is the command line that measured, `rerendered_by` a --report-only run's."""
     failed = [f"evaluation of {r['name']} failed: {r['checks']['error']}" for r in results if "error" in r["checks"]]
-    lines = ["# normfold benchmark (issue 5)", "", "Command: `python benchmarks/run.py "
-             "--markdown benchmarks/RESULTS.md`", ""]
+    again = f" (re-rendered by `{rerendered_by}`)" if rerendered_by else ""
+    lines = ["# normfold benchmark", "", f"Command: `{command}`{again}", ""]
     lines += [f"- {line}" for line in header + notes + failed] + [f"- benchmark wall time: {elapsed:.0f} s", ""]
     lines += ["## Targets", ""]
     lines += _table(["target", "result", "measured"], [list(t) for t in targets(results)])

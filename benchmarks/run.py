@@ -1,7 +1,13 @@
-"""Issue 5's benchmark: normfold against the I/O limit and the peer tools, one table per question.
+"""normfold's benchmark: normfold against the I/O limit and the peer tools, one table per question.
 
-    python benchmarks/run.py [--quick] [--big] [--models NAME,...] [--runs N] [--markdown benchmarks/RESULTS.md]
+    python benchmarks/run.py [--big] [--runs N] [--markdown benchmarks/RESULTS.md]   (the full run)
+    python benchmarks/run.py --quick|--models NAME,... [--markdown OTHER.md]          (a partial run)
     python benchmarks/run.py --startup-only [--startup-runs N]
+
+Models, outputs and logs go to a temporary folder that is removed at the end (its size printed), unless
+--keep-temp; --workdir DIR writes them to DIR instead and keeps it (--resume and --report-only read it).
+A partial run (--quick, --models, --startup-only) never writes benchmarks/RESULTS.md, the committed full
+results. The report records the command line exactly as it ran.
 
 Every transform runs in a fresh process: whole-process wall time (median of --runs), peak RSS of
 that process (os.wait4's rusage). normfold runs twice: `--no-validate`, and as users run it by
@@ -26,17 +32,20 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"  # the committed results of a full run
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
@@ -307,7 +316,8 @@ def big_fits(workdir: Path) -> str | None:
     return None
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a partial run may not write RESULTS.md, --resume needs the folder it resumes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(models.QUICK)}, one run each")
     parser.add_argument("--models", type=lambda text: [n for n in text.split(",") if n], metavar="NAME,...",
@@ -326,35 +336,108 @@ def main() -> None:
     parser.add_argument("--rss-limit", type=float, default=8,
                         help="GiB of RSS at which a default normfold fold, or an evaluation with the float64 reference, "
                         "is killed (the evaluation then runs again without float64)")
-    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "normfold-bench")
+    parser.add_argument("--workdir", type=Path,
+                        help="write models, outputs, logs and results.json here and keep them (needed by --resume and "
+                        "--report-only); default: a new temporary folder, removed at the end")
+    parser.add_argument("--keep-temp", action="store_true",
+                        help="keep the temporary folder (without --workdir) instead of removing it at the end")
     parser.add_argument("--aimet-python", default=os.environ.get("NORMFOLD_BENCH_AIMET_PYTHON"),
                         help="a Python with aimet-onnx (and torch) installed, if not this one")
-    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    parser.add_argument("--markdown", type=Path,
+                        help="also write the report to this file (benchmarks/RESULTS.md: full runs only)")
     parser.add_argument("--skip", action="append", default=[], metavar="TOOL", choices=sorted(PEERS),
                         help="leave out a peer (repeatable), e.g. --skip aimet")
     parser.add_argument("--no-profile", action="store_true", help="skip profiling normfold on its worst model")
-    parser.add_argument("--resume", action="store_true", help="reuse per-model results already in WORKDIR")
+    parser.add_argument("--resume", action="store_true", help="reuse per-model results already in --workdir")
     parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
     parser.add_argument("--startup-runs", type=int, default=7,
                         help="rounds of the start-up table (each runs its four commands once; median)")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up table")
     parser.add_argument("--startup-only", action="store_true",
                         help="measure only the start-up table and print it (--markdown then writes only it)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     unknown = [n for n in args.models or [] if n not in models.model_names(False, False)]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names(False, False))}")
     if args.startup_runs < 1:
         parser.error("--startup-runs must be at least 1")
+    if args.workdir is None and (args.resume or args.report_only):
+        parser.error(f"--{'resume' if args.resume else 'report-only'} reads an earlier run's folder: give it with "
+                     "--workdir (a run keeps it when given --workdir, or --keep-temp)")
+    if args.workdir is not None and args.keep_temp:
+        parser.error("--keep-temp keeps the temporary folder of a run without --workdir; a --workdir is always kept")
+    partial = partial_run(args)
+    if partial and writes_results(args.markdown):
+        parser.error(f"{partial}, and {RESULTS.relative_to(HERE.parent)} holds the full run's results: write this "
+                     "report elsewhere (e.g. --markdown quick.md)")
     args.runs = args.runs or (1 if args.quick else 3)
     args.peer_runs = args.peer_runs or 1
+    return args
+
+
+def partial_run(args: argparse.Namespace) -> str | None:
+    """Why this run measures less than the full benchmark, or None for a full run."""
+    if args.quick:
+        return f"--quick runs {len(models.QUICK)} small models"
+    if args.models:
+        return "--models runs a subset of the models"
+    if args.startup_only:
+        return "--startup-only measures only the start-up table"
+    return None
+
+
+def writes_results(markdown: Path | None) -> bool:
+    """Whether --markdown names the committed full results, benchmarks/RESULTS.md."""
+    return markdown is not None and markdown.resolve() == RESULTS.resolve()
+
+
+def recorded_command(argv: Sequence[str] | None = None) -> str:
+    """The command line as it ran (interpreter, script and every option), quoted for a shell."""
+    return shlex.join(sys.orig_argv if argv is None else argv)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files below `folder` (links not followed)."""
+    return sum(path.lstat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def release_workdir(workdir: Path, temporary: bool, keep: bool) -> str:
+    """Remove the temporary folder unless `keep`, and say what became of the folder and how large it was."""
+    if not workdir.exists():
+        return f"work folder {workdir}: not created"
+    size = f"{folder_bytes(workdir) / 10**6:.1f} MB"
+    if temporary and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return f"removed the temporary folder {workdir} ({size}; --keep-temp keeps it)"
+    return f"kept {workdir} ({size}): models, outputs, logs and results.json; delete it with rm -rf {shlex.quote(str(workdir))}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark in its work folder, then remove or report that folder, also after a failure or Ctrl-C."""
+    args = parse_args(argv)
+    args.command = recorded_command(None if argv is None else [sys.executable, __file__, *argv])
+    temporary = args.workdir is None
+    if temporary:
+        args.workdir = Path(tempfile.mkdtemp(prefix="normfold-bench-"))
+    try:
+        benchmark(args)
+    finally:
+        print(release_workdir(args.workdir, temporary, args.keep_temp), flush=True)
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    """Measure (or, with --report-only, re-render) and print the report; --markdown also writes it."""
     if args.report_only:
         saved = json.loads((args.workdir / "results.json").read_text())
+        partial = saved.get("partial")
+        if partial and writes_results(args.markdown):
+            raise SystemExit(f"{args.workdir / 'results.json'} is from a partial run ({partial}); "
+                             f"{RESULTS.relative_to(HERE.parent)} holds the full run's results: write it elsewhere")
         render(args, saved["results"], saved["header"], saved["notes"], saved["tools"], saved["elapsed"],
-               saved.get("startup"))
+               saved.get("startup"), saved.get("command", "not recorded"), rerendered_by=args.command)
         return
     if args.startup_only:
-        text = "\n".join(report.startup_lines(measure_startup(args)))
+        text = "\n".join([f"Command: `{args.command}`", "", *report.startup_lines(measure_startup(args))])
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
@@ -388,10 +471,12 @@ def main() -> None:
     started = time.perf_counter()
     results = [saved_or_bench(name, args, commands) for name in names]
     start_up = None if args.no_startup else measure_startup(args)
+    elapsed = time.perf_counter() - started
     (args.workdir / "results.json").write_text(json.dumps({"results": results, "header": header, "notes": notes,
-                                                          "tools": list(commands), "elapsed": time.perf_counter() - started,
-                                                          "startup": start_up}))
-    render(args, results, header, notes, list(commands), time.perf_counter() - started, start_up)
+                                                          "tools": list(commands), "elapsed": elapsed,
+                                                          "startup": start_up, "command": args.command,
+                                                          "partial": partial_run(args)}))
+    render(args, results, header, notes, list(commands), elapsed, start_up, args.command)
 
 
 def measure_startup(args: argparse.Namespace) -> dict:
@@ -400,11 +485,13 @@ def measure_startup(args: argparse.Namespace) -> dict:
 
 
 def render(args: argparse.Namespace, results: list[dict], header: list[str], notes: list[str], tools: list[str],
-           elapsed: float, start_up: dict | None = None) -> None:
+           elapsed: float, start_up: dict | None, command: str, rerendered_by: str | None = None) -> None:
+    """Print the report and write it to --markdown; it records `command`, the run that measured, and
+    `rerendered_by`, the --report-only run that rendered it again."""
     profile = None
     if not args.no_profile:
         profile = report.profile_worst(results, args.workdir, HERE)
-    text = report.render(results, header, notes, profile, tools, elapsed, start_up)
+    text = report.render(results, header, notes, profile, tools, elapsed, start_up, command, rerendered_by)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -1,9 +1,9 @@
-"""The "scale" issue's start-up table: `normfold --help`, `check --help` and `check` on a small model against
+"""The start-up table: `normfold --help`, `check --help` and `check` on a small model against
 a bare `python -c "import onnx"`, each at most START_UP_LIMIT times it.
 
 The four commands run side by side: each round runs every command once, in order, so a machine that gets
 busier or quieter during the measurement weighs on all of them alike. A first round fills the file cache
-and is not counted. Run from the repository root, as the issue writes the commands.
+and is not counted. Run from the repository root, as users type the commands.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from normfold.cli.batch_table import render_table
+from normfold.cli import verbosity
+from normfold.cli.batch_table import fit_table, render_table
+from normfold.cli.verbosity import Style
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison, ValidationReport
@@ -27,7 +29,7 @@ Item = TypeVar("Item")
 def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any, jobs: int,
               label: str, show_progress: bool) -> Iterator[tuple[Item, Any]]:
     """Yield (item, function(item, settings)) in order; `function` must be picklable for jobs > 1."""
-    interactive = show_progress and sys.stderr.isatty()
+    interactive = show_progress and verbosity.stderr_is_terminal()
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(click.progressbar(length=len(items), label=label,
                                                     file=sys.stderr if interactive else io.StringIO()))
@@ -45,7 +47,10 @@ def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any
 class BatchReport:
     """How a batch reports: its progress label, a line per row, the JSON document, the table and the count.
 
-    `count` is formatted with `done` (rows that exited 0) and `total`.
+    `line`, `header` and `cells` are the -v forms (every figure, lines of any width); `short_line`, `short_header`
+    and `short_cells` the default ones, in 100 columns: the `squeeze` columns lose their middle, the last one
+    (the reason) its end, and the `droppable` columns go, in that order, where that is not enough. `count` is
+    formatted with `done` (rows that exited 0) and `total`.
     """
 
     label: str
@@ -55,27 +60,38 @@ class BatchReport:
     header: Sequence[str]
     cells: Callable[[dict[str, Any]], list[str]]
     count: str
+    short_line: Callable[[dict[str, Any]], str]
+    short_header: Sequence[str]
+    short_cells: Callable[[dict[str, Any]], list[str]]
+    squeeze: Sequence[int] = (0,)
+    droppable: Sequence[int] = ()
 
 
 def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item], settings: Any, jobs: int,
-                   as_json: bool, how: BatchReport) -> int:
-    """Run the batch, print a line per row as it finishes, then the JSON document or the table and the count.
+                   style: Style, how: BatchReport) -> int:
+    """Run the batch, print a line per row as it finishes, then the JSON document or the table and the count
+    (with -q the count alone).
 
     Returns the worst exit code.
     """
+    text = style in ("default", "verbose")
     rows: list[dict[str, Any]] = []
-    for _, row in run_batch(function, items, settings, jobs, how.label, not as_json):
+    for _, row in run_batch(function, items, settings, jobs, how.label, text):
         rows.append(row)
-        if not as_json:
-            click.echo(how.line(row))
+        if text:
+            click.echo(how.line(row) if style == "verbose" else how.short_line(row))
     worst = max(row["exit_code"] for row in rows)
-    if as_json:
+    if style == "json":
         click.echo(json.dumps({"normfold_report": how.report, "version": 1, "exit_code": worst, how.key: rows},
                               indent=2))
         return worst
-    click.echo()
-    for line in render_table(how.header, [how.cells(row) for row in rows]):
-        click.echo(line)
+    if text:
+        click.echo()
+        table = render_table(how.header, [how.cells(row) for row in rows]) if style == "verbose" else \
+            fit_table(how.short_header, [how.short_cells(row) for row in rows], squeeze=how.squeeze,
+                      droppable=how.droppable)
+        for line in table:
+            click.echo(line)
     click.echo(how.count.format(done=sum(row["exit_code"] == 0 for row in rows), total=len(rows)))
     return worst
 

@@ -10,14 +10,18 @@ from pathlib import Path
 import click
 import numpy as np
 
+from normfold.atomic_write import save_model
 from normfold.calibrate import METHODS, calibrate
+from normfold.cli.deprecated_options import deprecated_option, momentum_advice, replace_deprecated
 from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, is_folder, load_model, read_model_proto, save_model
+from normfold.external_data import has_external_data
 from normfold.memory import available_memory
+from normfold.model_reading import load_model, read_model_proto
+from normfold.output_paths import check_output_path, is_folder
 from normfold.passes.set_training_mode import RUNNING_VARIANCES
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
-from normfold.validate.providers import resolve_providers
+from normfold.validate.providers import require_one_onnxruntime, resolve_providers
 
 
 @click.command("calibrate")
@@ -28,9 +32,9 @@ from normfold.validate.providers import resolve_providers
               help="cumulative: statistics of all the data (see --running-var); running: the running-average "
                    "update per batch.")
 @click.option("--momentum", type=FiniteFloat(0, 1),
-              help="With --method running: ONNX momentum, the weight of the OLD value [default: 0.9].")
-@click.option("--alpha", type=FiniteFloat(0, 1),
-              help="With --method running: PyTorch/seed momentum, the weight of the NEW batch (= 1 - ONNX momentum).")
+              help="With --method running: BN momentum as ONNX defines it, the weight of the OLD running statistic "
+                   "(PyTorch's momentum=0.1 is 0.9 here) [default: 0.9].")
+@deprecated_option("--alpha", "--momentum", type=FiniteFloat(0, 1))
 @click.option("--running-var", type=click.Choice(RUNNING_VARIANCES), default="biased", show_default=True,
               help="Batch variance that the statistics are built from: biased (ONNX's convention) or unbiased "
                    "(PyTorch's: times n/(n-1), n = values per channel in the batch; cumulative then averages batches "
@@ -47,12 +51,13 @@ def calibrate_command(model: Path, data: Path, method: str, momentum: float | No
     Runs the training-side graph on ONNX Runtime (BN on batch statistics, Dropout off) over the
     batches, combines them in float64, and writes the inference model with the new statistics.
     """
-    if momentum is not None and alpha is not None:
-        raise NormfoldError("give --momentum (weight of the old value) or --alpha (weight of the new value), not both",
-                            exit_code=EXIT_USAGE)
-    if method == "cumulative" and (momentum is not None or alpha is not None):
-        raise NormfoldError("--momentum and --alpha apply with --method running", exit_code=EXIT_USAGE)
-    onnx_momentum = 0.9 if momentum is None and alpha is None else (momentum if alpha is None else 1.0 - alpha)
+    if alpha is not None:
+        replace_deprecated("--alpha", "--momentum", "calibrate", momentum_advice(alpha))
+        momentum = 1.0 - alpha
+    if method == "cumulative" and momentum is not None:
+        raise NormfoldError("--momentum applies with --method running", exit_code=EXIT_USAGE)
+    onnx_momentum = 0.9 if momentum is None else momentum
+    require_one_onnxruntime()
     target = output or model.with_name(f"{model.stem}.calibrated{model.suffix or '.onnx'}")
     specs = input_specs(read_model_proto(model))
     if is_folder(data):

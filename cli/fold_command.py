@@ -19,10 +19,12 @@ from normfold.cli.batch import (
 )
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
+from normfold.cli.verbosity import PhaseProgress, Style, output_style, verbosity_options
+from normfold.columns import WIDTH, Cuttable, Squeezable, cut, fit
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
-from normfold.fold_file import FoldFileResult, NotWrittenError, fold_file
+from normfold.fold_file import FoldFileResult, NotWrittenError, Phase, fold_file
 from normfold.html_report import check_page_path, file_op_counts, fold_page, write_page
-from normfold.io import is_folder
+from normfold.output_paths import is_folder
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison
@@ -39,6 +41,8 @@ def default_output(model_path: Path) -> Path:
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
 @click.option("--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold.")
+@click.option("--fold-norm-affine", is_flag=True,
+              help="Also fold LayerNorm/RMSNorm scale and shift into the MatMul/Gemm layers reading them.")
 @click.option("--eval", "eval_mode", is_flag=True,
               help="First switch training-mode BN and Dropout to inference mode (as `normfold mode --eval`).")
 @click.option("--batch-stats", is_flag=True,
@@ -50,10 +54,11 @@ def default_output(model_path: Path) -> Path:
 @click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
               help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
                    "also when nothing is written; one model only.")
+@verbosity_options
 @validation_options
 @click.pass_context
 def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | None, in_place: bool, as_json: bool,
-                 simplify: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, page_path: Path | None,
+                 simplify: bool, fold_norm_affine: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, page_path: Path | None,
                  **options: Any) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODELS.
 
@@ -61,17 +66,19 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
     in float64 and rounded once. What cannot be folded is left unchanged, with the reason printed.
     The result is validated on ONNX Runtime before it is written. Several models (files, or every
     *.onnx in a folder except *.folded.onnx) give one line each and a summary; one failure never
-    stops the others.
+    stops the others. Lines fit 100 columns; -v prints every figure, -q only the last line.
     """
+    style = output_style(as_json, options.pop("verbose"), options.pop("quiet"))
     if in_place and output is not None:
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)
     if batch_stats and not eval_mode:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     settings = {"in_place": in_place, "simplify": simplify, "eval_mode": eval_mode, "batch_stats": batch_stats,
+                "fold_norm_affine": fold_norm_affine,
                 "validation": validation_config(options) if check else None}
     files = _expand(models)
     if len(files) == 1 and not is_folder(models[0]):
-        _fold_one(files[0], output, settings, as_json, page_path)
+        _fold_one(files[0], output, settings, style, page_path)
         return
     if output is not None:
         raise NormfoldError("-o names one output; with several models each is written beside its input",
@@ -79,7 +86,7 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
     if page_path is not None:
         raise NormfoldError("--report writes the page of one model; give one MODEL, not several or a folder",
                             exit_code=EXIT_USAGE)
-    ctx.exit(_fold_many(files, settings, jobs, as_json))
+    ctx.exit(_fold_many(files, settings, jobs, style))
 
 
 def _expand(paths: tuple[Path, ...]) -> list[Path]:
@@ -94,70 +101,115 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], as_json: bool,
+def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], style: Style,
               page_path: Path | None) -> None:
     target = model if settings["in_place"] else (output or default_output(model))
     input_ops = None
     if page_path is not None:  # checked before the fold; the input's operators counted before --in-place replaces it
         check_page_path(page_path, (model, target))
         input_ops = file_op_counts(model)
-    try:
-        outcome = fold_file(model, target, **settings)
-    except NotWrittenError as error:
-        _print(error.partial, as_json)
-        _write_page(page_path, error.partial, input_ops, error, as_json)
-        raise
-    _print(outcome, as_json)
-    _write_page(page_path, outcome, input_ops, None, as_json)
+    with PhaseProgress.on_terminal(style) as progress:
+        printer = _FoldPrinter(style, progress)
+        try:
+            outcome = fold_file(model, target, **settings, progress=printer.phase)
+        except NotWrittenError as error:
+            printer.finish(error.partial)
+            printer.page(page_path, error.partial, error, input_ops)
+            raise
+        printer.finish(outcome)
+        printer.page(page_path, outcome, None, input_ops)
 
 
-def _write_page(page_path: Path | None, outcome: FoldFileResult, input_ops: dict[str, int] | None,
-                error: NormfoldError | None, as_json: bool) -> None:
-    """The --report page, written or not, validated or not; its path is printed with the text report."""
-    if page_path is None:
-        return
-    write_page(page_path, fold_page(outcome, error=error, input_ops=input_ops))
-    if not as_json:
-        click.echo(f"wrote report {page_path}")
+VALIDATE_PREFIX = "validate: "
 
 
-def _print(outcome: FoldFileResult, as_json: bool) -> None:
-    result, report = outcome.fold, outcome.validation
-    if as_json:
-        document = result.to_dict() | {"input": str(outcome.source),
-                                       "output": str(outcome.target) if outcome.written else None}
-        document["validation"] = report.to_dict() if report else None
-        click.echo(json.dumps(document, indent=2))
-        return
-    for record in result.records:
-        click.echo(record.to_line())
-    click.echo(result.summary())
-    if report is not None:
-        for line in report.lines()[1:]:
-            click.echo(f"validate: {line}")
-    if outcome.written:
-        click.echo(f"wrote {outcome.target}")
+class _FoldPrinter:
+    """One fold's report, printed as it happens: the node records and the summary as validation starts, then the
+    validation and where it wrote; or, at the end, the JSON document or (-q) the last line alone."""
+
+    def __init__(self, style: Style, progress: PhaseProgress) -> None:
+        self.style, self.progress = style, progress
+        self.width = None if style == "verbose" else WIDTH
+        self.records_shown = False
+
+    def phase(self, phase: Phase, outcome: FoldFileResult | None) -> None:
+        """fold_file's progress: the phase on the terminal, the records as validation starts (an error in writing
+        the output, before it, stays the only line)."""
+        if phase == "validate" and outcome is not None:
+            self._records(outcome)
+        self.progress.phase(phase)
+
+    def finish(self, outcome: FoldFileResult) -> None:
+        """Everything not printed yet."""
+        result, report = outcome.fold, outcome.validation
+        if self.style == "json":
+            document = result.to_dict() | {"input": str(outcome.source),
+                                           "output": str(outcome.target) if outcome.written else None}
+            document["validation"] = report.to_dict() if report else None
+            click.echo(json.dumps(document, indent=2))
+            return
+        if self.style != "quiet":
+            self._records(outcome)
+            if report is not None:
+                width = None if self.width is None else self.width - len(VALIDATE_PREFIX)
+                self.progress.echo("\n".join(VALIDATE_PREFIX + line for line in report.lines(width)[1:]))
+        if outcome.written:
+            self._echo("wrote ", outcome.target)
+
+    def page(self, page_path: Path | None, outcome: FoldFileResult, error: NormfoldError | None,
+             input_ops: dict[str, int] | None) -> None:
+        """The --report page, written or not, validated or not; its path is printed with the text report."""
+        if page_path is None:
+            return
+        write_page(page_path, fold_page(outcome, error=error, input_ops=input_ops))
+        if self.style in ("default", "verbose"):
+            self._echo("wrote report ", page_path)
+
+    def _records(self, outcome: FoldFileResult) -> None:
+        """The node records and the summary (a clause a line, by default), once."""
+        if self.records_shown or self.style not in ("default", "verbose"):
+            return
+        self.records_shown = True
+        summary = outcome.fold.summary()
+        lines = [record.to_line(self.width) for record in outcome.fold.records]
+        lines += [summary] if self.width is None else [cut(clause, self.width) for clause in summary.split("; ")]
+        self.progress.echo("\n".join(lines))
+
+    def _echo(self, what: str, path: Path) -> None:
+        self.progress.echo(f"{what}{path}" if self.width is None else fit([what, Squeezable(str(path))], self.width))
 
 
 FOLD_HEADER = ("MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VALIDATION", "MAX ABS", "EXIT",
                "REASON")
+SHORT_FOLD_HEADER = ("MODEL", "STATUS", "BN", "DROPOUT", "NODES", "VALIDATION", "MAX ABS", "EXIT", "REASON")
 
 
-def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, as_json: bool) -> int:
+def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, style: Style) -> int:
     """One line per model as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
     how = BatchReport("folding", lambda row: f"{row['status']:9} {row['path']}: {row['detail']}", "fold-batch",
-                      "models", FOLD_HEADER, _fold_cells, "{done} of {total} model(s) folded and written")
-    return run_and_report(_fold_quietly, files, settings, jobs, as_json, how)
+                      "models", FOLD_HEADER, lambda row: [*_fold_cells(row)[:-1], shorten(row["reason"] or "")],
+                      "{done} of {total} model(s) folded and written", _short_fold_line, SHORT_FOLD_HEADER,
+                      _fold_cells, squeeze=(0,), droppable=(6, 4, 7))
+    return run_and_report(_fold_quietly, files, settings, jobs, style, how)
+
+
+def _short_fold_line(row: dict[str, Any]) -> str:
+    """The default per-model line: what was validated and written, or why it failed, in 100 columns."""
+    head = [f"{row['status']:9} ", Squeezable(row["path"]), ": "]
+    if row["reason"] is not None:
+        return fit([*head, Cuttable(row["reason"])])
+    checked = "validated" if row["validation"] == "passed" else row["validation"]
+    return fit([*head, f"{checked}, wrote ", Squeezable(row["output"])])
 
 
 def _fold_cells(row: dict[str, Any]) -> list[str]:
-    """One table row: counts as x/y, '-' where there is nothing to show, the reason shortened."""
+    """One table row: counts as x/y, '-' where there is nothing to show, the reason whole."""
     s = row["summary"]
     counts = ["-", "-", "-"] if s is None else [
         f"{s['batchnorm_folded']}/{s['batchnorm_total']}", f"{s['dropout_stripped']}/{s['dropout_total']}",
         f"{s['nodes_before']} -> {s['nodes_after']}"]
     return [row["path"], row["status"], *counts, row["validation"] or "-", figure(row["max_abs"]),
-            str(row["exit_code"]), shorten(row["reason"] or "")]
+            str(row["exit_code"]), row["reason"] or ""]
 
 
 def _fold_quietly(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

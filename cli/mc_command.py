@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from normfold.cli.deprecated_options import deprecated_option, replace_deprecated
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import is_folder, load_model_file, require_name_fits
+from normfold.model_reading import load_model_file
 from normfold.monte_carlo import monte_carlo
+from normfold.output_paths import is_folder, require_name_fits
 from normfold.validate.config import parse_size
 from normfold.validate.inputs import (
     DEFAULT_MEMORY_BUDGET,
@@ -24,13 +26,15 @@ from normfold.validate.inputs import (
     random_inputs,
     resolve_shape,
 )
-from normfold.validate.providers import resolve_providers
+from normfold.validate.providers import require_one_onnxruntime, resolve_providers
 
 
 @click.command("mc")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--inputs", type=click.Path(path_type=Path), help="Inputs: .npz with one array per graph input (default: seeded random).")
-@click.option("--samples", type=click.IntRange(min=2), default=50, show_default=True, help="Stochastic forward passes.")
+@click.option("--passes", type=click.IntRange(min=2), default=50, show_default=True,
+              help="Stochastic forward passes, each with new Dropout masks.")
+@deprecated_option("--samples", "--passes", type=click.IntRange(min=2))
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the Dropout masks (and random inputs).")
 @click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
               help="Execution provider: auto is CUDA when it really runs, else CPU.")
@@ -39,12 +43,16 @@ from normfold.validate.providers import resolve_providers
               help="Refuse inputs (from --inputs or random) larger than this in total.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Write NAME_mean and NAME_std arrays for every output to this .npz.")
-def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provider: str, dims: tuple[str, ...],
-               max_input_bytes: str, output: Path | None) -> None:
+def mc_command(model: Path, inputs: Path | None, passes: int, samples: int | None, seed: int, provider: str,
+               dims: tuple[str, ...], max_input_bytes: str, output: Path | None) -> None:
     """Monte Carlo Dropout: N seeded passes, mean and std per output.
 
-    BN runs in inference mode and every Dropout samples masks (seed 2.2, keep probability 1 - ratio).
+    BN runs in inference mode and every Dropout samples inverted-Dropout masks (keep probability 1 - ratio).
     """
+    if samples is not None:
+        replace_deprecated("--samples", "--passes", "mc", f"--passes {samples}")
+        passes = samples
+    require_one_onnxruntime()
     budget = parse_size(max_input_bytes)
     loaded = load_model_file(model)
     specs = input_specs(loaded.proto)
@@ -56,8 +64,8 @@ def mc_command(model: Path, inputs: Path | None, samples: int, seed: int, provid
     else:
         feed = _random_feed(model, specs, parse_dims(dims), seed, budget)
     choice = resolve_providers((provider,), model)[0]
-    result = monte_carlo(loaded, feed, passes=samples, seed=seed, provider=choice.key)
-    click.echo(f"{samples} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
+    result = monte_carlo(loaded, feed, passes=passes, seed=seed, provider=choice.key)
+    click.echo(f"{passes} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
                f"{', '.join(result.dropouts)}")
     for name in result.mean:
         mean, std = result.mean[name], result.std[name]

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import click
 
+from normfold.atomic_write import save_model
+from normfold.cli.deprecated_options import deprecated_option, momentum_advice, replace_deprecated
 from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, has_external_data, load_model, save_model
+from normfold.external_data import has_external_data
 from normfold.lints import training_lints
+from normfold.model_reading import load_model
+from normfold.output_paths import check_output_path
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG, RUNNING_VARIANCES
 
@@ -26,9 +30,9 @@ from normfold.passes.set_training_mode import DEFAULT_FLAG, RUNNING_VARIANCES
               help="With --eval: where running statistics are unusable, compute batch statistics instead.")
 @click.option("--flag", default=DEFAULT_FLAG, show_default=True, help="With --train: name of the boolean input.")
 @click.option("--momentum", type=FiniteFloat(0, 1),
-              help="With --train: ONNX momentum, the weight of the OLD running value (running = m*running + (1-m)*batch).")
-@click.option("--alpha", type=FiniteFloat(0, 1),
-              help="With --train: PyTorch/seed momentum, the weight of the NEW batch statistic (= 1 - ONNX momentum).")
+              help="With --train: BN momentum as ONNX defines it, the weight of the OLD running statistic "
+                   "(running = m*running + (1-m)*batch; PyTorch's momentum=0.1 is 0.9 here) [default: each BN's own].")
+@deprecated_option("--alpha", "--momentum", type=FiniteFloat(0, 1))
 @click.option("--running-var", type=click.Choice(RUNNING_VARIANCES),
               help="With --train: the batch variance that updates the running variance: biased (ONNX's convention) or "
                    "unbiased (PyTorch's: times n/(n-1), n = values per channel in the batch) [default: biased].")
@@ -53,6 +57,9 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
                             "say the same thing two ways; give one", exit_code=EXIT_USAGE)
     if to_eval and (momentum is not None or alpha is not None or flag != DEFAULT_FLAG or running_var is not None):
         raise NormfoldError("--momentum, --alpha, --flag and --running-var apply with --train", exit_code=EXIT_USAGE)
+    if alpha is not None:
+        replace_deprecated("--alpha", "--momentum", "mode", momentum_advice(alpha))
+        momentum = 1.0 - alpha
     if to_train and batch_stats:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
     suffix = "train" if to_train else "eval"
@@ -61,8 +68,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     input_files = check_output_path(target, model, loaded)
     lints = []
     if to_train:
-        onnx_momentum = momentum if alpha is None else 1.0 - alpha
-        result = SetTrainingModePass(flag, onnx_momentum, running_var or "biased")(loaded)
+        result = SetTrainingModePass(flag, momentum, running_var or "biased")(loaded)
         lints = training_lints(loaded)
     else:
         result = SetInferenceModePass(batch_stats)(loaded)

@@ -19,9 +19,11 @@ from normfold.cli.batch import (
 )
 from normfold.cli.batch_table import shorten
 from normfold.cli.validation_options import validation_config, validation_options
+from normfold.cli.verbosity import PhaseProgress, Style, output_style, verbosity_options
+from normfold.columns import WIDTH, Cuttable, Squeezable, fit
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.html_report import check_page_path, file_op_counts, validation_page, write_page
-from normfold.io import is_folder
+from normfold.output_paths import is_folder
 from normfold.validate import ValidationConfig, ValidationReport, validate
 
 
@@ -36,6 +38,7 @@ from normfold.validate import ValidationConfig, ValidationReport, validate
 @click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
               help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
                    "also when validation fails; one pair only.")
+@verbosity_options
 @validation_options
 @click.pass_context
 def validate_command(ctx: click.Context, reference: Path, candidate: Path | None, expected: Path | None,
@@ -44,8 +47,9 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
 
     Two folders compare every *.onnx under REFERENCE with the file at the same relative path under
     CANDIDATE, one line per pair. Exit codes: 0 equivalent, 1 not equivalent, 2 usage error,
-    3 unusable input or provider.
+    3 unusable input or provider. Lines fit 100 columns; -v prints every figure, -q only the verdict.
     """
+    style = output_style(as_json, options.pop("verbose"), options.pop("quiet"))
     config = validation_config(options)
     if is_folder(reference):
         if candidate is None or not is_folder(candidate) or expected is not None:
@@ -53,44 +57,64 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
         if page_path is not None:
             raise NormfoldError("--report writes the page of one comparison; give a REFERENCE and a CANDIDATE model, "
                                 "not folders", exit_code=EXIT_USAGE)
-        ctx.exit(_validate_folders(reference, candidate, config, jobs, as_json))
+        ctx.exit(_validate_folders(reference, candidate, config, jobs, style))
     if page_path is not None:
         check_page_path(page_path, [path for path in (reference, candidate) if path is not None])
-    report = validate(reference, candidate, expected=expected, config=config)
-    if as_json:
+    with PhaseProgress.on_terminal(style) as progress:
+        progress.phase("validate")
+        report = validate(reference, candidate, expected=expected, config=config)
+    if style == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        for line in report.lines():
+        for line in report.lines(None if style == "verbose" else WIDTH)[-1 if style == "quiet" else 0:]:
             click.echo(line)
     if page_path is not None:
         candidate_ops = file_op_counts(candidate) if candidate is not None else None
         write_page(page_path, validation_page(report, reference_ops=file_op_counts(reference),
                                               candidate_ops=candidate_ops))
-        if not as_json:
-            click.echo(f"wrote report {page_path}")
+        if style in ("default", "verbose"):
+            click.echo(f"wrote report {page_path}" if style == "verbose" else
+                       fit(["wrote report ", Squeezable(str(page_path))]))
     ctx.exit(report.return_code)
 
 
 VALIDATE_HEADER = ("REFERENCE", "CANDIDATE", "STATUS", "MAX ABS", "WORST OUTPUT", "PROVIDERS", "EXIT", "REASON")
+SHORT_VALIDATE_HEADER = ("MODEL", "STATUS", "MAX ABS", "WORST OUTPUT", "EXIT", "REASON")
 
 
-def _validate_folders(reference: Path, candidate: Path, config: ValidationConfig, jobs: int, as_json: bool) -> int:
-    """One line per pair as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
+def _validate_folders(reference: Path, candidate: Path, config: ValidationConfig, jobs: int, style: Style) -> int:
+    """One line per pair as it finishes (a progress bar on a terminal), a table, a count; the worst exit code.
+
+    The default table names each pair by its path below the two folders (which the pair's line spells out).
+    """
     pairs = [(path, candidate / path.relative_to(reference)) for path in sorted(reference.rglob("*.onnx"))]
     if not pairs:
         raise NormfoldError(f"{reference}: no .onnx files", exit_code=EXIT_USAGE)
+
+    def short_cells(row: dict[str, Any]) -> list[str]:
+        cells = _validate_cells(row)
+        return [str(Path(row["reference"]).relative_to(reference)), *cells[2:5], *cells[6:]]
+
     how = BatchReport("validating", lambda row: f"{row['status']:9} {row['reference']} -> {row['candidate']}: "
                                                 f"{row['detail']}", "validate-batch", "pairs", VALIDATE_HEADER,
-                      _validate_cells, "{done} of {total} pair(s) equivalent")
-    return run_and_report(_validate_pair, pairs, config, jobs, as_json, how)
+                      lambda row: [*_validate_cells(row)[:-1], shorten(row["reason"] or "")],
+                      "{done} of {total} pair(s) equivalent", _short_validate_line, SHORT_VALIDATE_HEADER,
+                      short_cells, squeeze=(0,), droppable=(2, 3, 4))
+    return run_and_report(_validate_pair, pairs, config, jobs, style, how)
+
+
+def _short_validate_line(row: dict[str, Any]) -> str:
+    """The default per-pair line: the two paths and what was compared, or why the pair failed, in 100 columns."""
+    return fit([f"{row['status']:9} ", Squeezable(row["reference"]), " -> ", Squeezable(row["candidate"]), ": ",
+                Cuttable(row["reason"] or row["detail"])])
 
 
 def _validate_cells(row: dict[str, Any]) -> list[str]:
-    """One table row: the worst output's max abs error and name, '-' where nothing was compared, the reason shortened."""
+    """One table row: the worst output's max abs error and name, '-' where nothing was compared, the reason whole."""
     output = "-" if row["worst_output"] is None else f"{row['worst_output']} [{row['worst_section']}]"
     providers = ",".join(row["providers"]) if row["providers"] else "-"
     return [row["reference"], row["candidate"], row["status"], figure(row["max_abs"]), output, providers,
-            str(row["exit_code"]), shorten(row["reason"] or "")]
+            str(row["exit_code"]), row["reason"] or ""]
 
 
 def _validate_pair(pair: tuple[Path, Path], config: ValidationConfig) -> dict[str, Any]:

@@ -14,8 +14,8 @@ _EXPORTS = {
     "NodeRecord": "normfold.records",
     "NormfoldError": "normfold.errors",
     "fold": "normfold.folding",
-    "load_model": "normfold.io",
-    "save_model": "normfold.io",
+    "load_model": "normfold.model_reading",
+    "save_model": "normfold.atomic_write",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -20,13 +20,6 @@ import numpy as np
 
 from normfold.mapped_pages import release_pages
 
-# How a weight's axes map to channels.
-#   "conv":      Conv weight      [C_out, C_in/g, k...]
-#   "convt":     ConvTranspose    [C_in, C_out/g, k...]
-#   "kn":        MatMul B / Gemm B with transB=0, [K, N]
-#   "nk":        Gemm B with transB=1, [N, K]
-LAYOUTS = ("conv", "convt", "kn", "nk")
-
 
 @dataclasses.dataclass(frozen=True)
 class Affine:
@@ -43,7 +36,14 @@ def bn_affine(gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.nda
 
 
 def out_channels(weight_shape: tuple[int, ...], layout: str, group: int) -> int:
-    """Number of output channels the weight produces."""
+    """Number of output channels the weight produces.
+
+    The layout says how a weight's axes map to channels:
+      "conv":      Conv weight      [C_out, C_in/g, k...]
+      "convt":     ConvTranspose    [C_in, C_out/g, k...]
+      "kn":        MatMul B / Gemm B with transB=0, [K, N]
+      "nk":        Gemm B with transB=1, [N, K]
+    """
     return {"conv": weight_shape[0], "convt": weight_shape[1] * group, "kn": weight_shape[-1], "nk": weight_shape[0]}[layout]
 
 
@@ -94,11 +94,6 @@ def input_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group: 
         row = scale.reshape(1, -1)
         return lambda rows: row
     raise ValueError(f"forward folding is not defined for layout {layout!r}")
-
-
-def scale_outputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
-    """W' with every output channel c multiplied by scale[c], in float64 (reference form, for tests)."""
-    return _f64(weight) * output_factor(weight.shape, scale, layout, group)(slice(0, weight.shape[0]))
 
 
 def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, group: int = 1) -> np.ndarray:

@@ -10,7 +10,7 @@ n / (n - 1), "biased" (ONNX's, the default) keeps it:
     cumulative, unbiased: the averages over batches of mu_B and of the unbiased variance, every batch
                           weighing the same (PyTorch's momentum=None, as torch.optim.swa_utils.update_bn);
     running:              running = momentum * running + (1 - momentum) * batch, from the stored statistics,
-                          with ONNX momentum (the seed's/PyTorch's alpha = 1 - momentum).
+                          with ONNX's momentum, the weight of the old running statistic (PyTorch's is 1 - it).
 The result is the inference model with the new statistics (new initializers; shared tensors untouched).
 """
 

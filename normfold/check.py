@@ -2,8 +2,8 @@
 
 Rules: what `fold` would still change (foldable-bn, inference-dropout), training-mode nodes
 (training-bn, training-dropout), broken BN parameters (bn-nonfinite, bn-negative-variance,
-non-positive-epsilon, bn-fp16-overflow), and the seed's training-side lints (dropout-before-bn,
-high-drop-ratio, bn-batch-below-2).
+non-positive-epsilon, bn-fp16-overflow), set-ups known to train badly (dropout-before-bn,
+high-drop-ratio, bn-batch-below-2), and a model the installed ONNX Runtime cannot load (runtime-cannot-load).
 
 onnx, onnx_ir and the passes are imported inside the functions that read models, so that the CLI's
 help and the report formats (which need only RULES and the dataclasses) start without them.
@@ -12,7 +12,9 @@ help and the report formats (which need only RULES and the dataclasses) start wi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
 RULES = {
+    "runtime-cannot-load": "a model whose IR version or opset is newer than the installed ONNX Runtime loads",
     "foldable-bn": "a BatchNormalization that normfold fold can fold into its neighbour",
     "inference-dropout": "an inference-time Dropout that normfold fold removes",
     "training-bn": "a BatchNormalization in training mode (TensorRT refuses it)",
@@ -29,9 +32,9 @@ RULES = {
     "bn-negative-variance": "a BatchNormalization with a negative running variance",
     "non-positive-epsilon": "a BatchNormalization with epsilon <= 0",
     "bn-fp16-overflow": "a float16/bfloat16 BatchNormalization whose fold would overflow the dtype",
-    "dropout-before-bn": "a Dropout feeding a BatchNormalization directly (seed 1.9)",
-    "high-drop-ratio": "a Dropout ratio above 0.7 (seed 2.9)",
-    "bn-batch-below-2": "a training-mode BatchNormalization over a static batch below 2 (seed 1.9)",
+    "dropout-before-bn": "a Dropout feeding a BatchNormalization directly (it corrupts the batch statistics in training)",
+    "high-drop-ratio": "a Dropout ratio above 0.7 (tends to underfit)",
+    "bn-batch-below-2": "a training-mode BatchNormalization over a static batch below 2 (degenerate batch statistics)",
 }
 
 
@@ -66,16 +69,87 @@ class ModelCheck:
 def check_model(path: str | os.PathLike[str], disabled: Iterable[str] = ()) -> ModelCheck:
     """All findings for the model at `path`, minus disabled rules; an unusable file gives `error`."""
     from normfold.errors import NormfoldError
-    from normfold.io import load_model
+    from normfold.model_reading import load_model
 
+    off = set(disabled)
     try:
         model = load_model(path)
-        findings = _findings(model, str(path))
+        findings = ([] if "runtime-cannot-load" in off else _runtime_findings(model)) + _findings(model, str(path))
     except NormfoldError as error:
         return ModelCheck(str(path), [], str(error))
-    off = set(disabled)
     findings = [f for f in findings if f.rule not in off]
     return ModelCheck(str(path), findings)
+
+
+# Every onnxruntime normfold installs (>= 1.20, see pyproject.toml) loads ONNX 1.16's IR version 10 and opset 21:
+# only a model stamped newer than that is probed.
+LOADED_BY_EVERY_RUNTIME = (10, 21)
+# Loads a serialized model from stdin with the installed ONNX Runtime; prints its version and error (null: loaded).
+RUNTIME_PROBE = """
+import json, sys
+import onnxruntime
+try:
+    onnxruntime.InferenceSession(sys.stdin.buffer.read(), providers=["CPUExecutionProvider"])
+    error = None
+except Exception as failure:
+    error = str(failure)
+print(json.dumps({"version": onnxruntime.__version__, "error": error}))
+"""
+
+
+def _runtime_findings(model: ir.Model) -> list[Finding]:
+    """runtime-cannot-load: the model's IR version or default-domain opset is newer than the installed ONNX
+    Runtime loads (it would refuse the model before reading a node)."""
+    ir_version = model.ir_version or 0
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    if ir_version <= LOADED_BY_EVERY_RUNTIME[0] and opset <= LOADED_BY_EVERY_RUNTIME[1]:
+        return []
+    refusal = runtime_refusal(ir_version, opset)
+    if refusal is None:
+        return []
+    version, error = refusal
+    if found := re.search(r"Unsupported model IR version: \d+, max supported IR version: (\d+)", error):
+        newest = found.group(1)
+        return [Finding("runtime-cannot-load", "(model)",
+                        f"IR version {ir_version} is newer than onnxruntime {version} loads (at most {newest})",
+                        f"upgrade onnxruntime, or save the model with ir_version = {newest}")]
+    if found := re.search(r"support for domain ai\.onnx is till opset (\d+)", error):
+        newest = found.group(1)
+        return [Finding("runtime-cannot-load", "(model)",
+                        f"opset {opset} is newer than onnxruntime {version} loads (at most {newest})",
+                        f"upgrade onnxruntime, or convert the model to opset {newest} (onnx.version_converter)")]
+    cause = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (\S+:\d+ .*?\) )?", "", error)
+    return [Finding("runtime-cannot-load", "(model)",
+                    f"onnxruntime {version} cannot load a model of IR version {ir_version}, opset {opset}: {cause}",
+                    "upgrade onnxruntime, or re-export the model with an older onnx")]
+
+
+@functools.cache
+def runtime_refusal(ir_version: int, opset: int) -> tuple[str, str] | None:
+    """(onnxruntime version, its error) when the installed ONNX Runtime refuses a model stamped with this IR
+    version and default-domain opset; None when it loads one, or cannot be asked.
+
+    A one-Identity probe model with those stamps is loaded once per pair, in a child process: `check` itself
+    never imports ONNX Runtime, and never opens a session on the (maybe large) model.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    probe.ir_version = ir_version
+    try:
+        done = subprocess.run([sys.executable, "-c", RUNTIME_PROBE], input=probe.SerializeToString(),
+                              capture_output=True, timeout=300, check=True)
+        answer = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None  # no onnxruntime, or it crashed: nothing to say about the model
+    return None if answer["error"] is None else (answer["version"], answer["error"])
 
 
 def _findings(model: ir.Model, path: str) -> list[Finding]:
@@ -146,7 +220,7 @@ def _parameter_findings(model: ir.Model) -> list[Finding]:
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
     """The given files, and every *.onnx below the given folders, sorted."""
-    from normfold.io import is_folder
+    from normfold.output_paths import is_folder
 
     files: list[Path] = []
     for path in paths:

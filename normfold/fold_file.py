@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from normfold.atomic_write import save_model
 from normfold.errors import EXIT_MISMATCH, NormfoldError
+from normfold.external_data import has_external_data
 from normfold.folding import FoldResult, fold
-from normfold.io import LoadedModel, check_output_path, has_external_data, load_model_file, save_model
+from normfold.model_reading import LoadedModel, load_model_file
+from normfold.output_paths import check_output_path
 
 if TYPE_CHECKING:
     from normfold.validate import ValidationConfig, ValidationReport
@@ -34,6 +38,11 @@ class NotWrittenError(NormfoldError):
         self.partial = partial
 
 
+Phase = Literal["load", "fold", "write", "validate"]
+# Called as each phase starts; from "write" on with the outcome so far, whose fold records are final.
+Progress = Callable[[Phase, "FoldFileResult | None"], None]
+
+
 def fold_file(
     source: Path,
     target: Path,
@@ -42,22 +51,32 @@ def fold_file(
     simplify: bool = False,
     eval_mode: bool = False,
     batch_stats: bool = False,
+    fold_norm_affine: bool = False,
     validation: ValidationConfig | None = None,
+    progress: Progress | None = None,
 ) -> FoldFileResult:
     """Fold `source` into `target`; with a `validation` configuration check it first.
 
     The input is read and checked once: the fold rewrites the onnx_ir model in place while validation
-    reads the input file and the proto it was parsed from, which the fold leaves as it was.
+    reads the input file and the proto it was parsed from, which the fold leaves as it was. `progress` hears
+    of each phase as it starts: load, fold, write (the output staged and checked beside the target, not yet
+    in place), validate (the staged output, with a validation configuration).
     """
+    tell = progress or _quiet
+    tell("load", None)
     loaded = load_model_file(source)
     input_files = check_output_path(target, source, loaded.model, in_place=in_place)
     old_files = input_files - {source.resolve()} if in_place else set()
     external = has_external_data(loaded.model)
-    result = fold(loaded.model, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True)
+    tell("fold", None)
+    result = fold(loaded.model, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True,
+                  fold_norm_affine=fold_norm_affine)
     outcome = FoldFileResult(result, None, source, target, written=False)
+    tell("write", outcome)
 
     def verify(staged: Path) -> None:
         assert validation is not None
+        tell("validate", outcome)
         outcome.validation = _validate(loaded, staged, result, external, validation, outcome)
         if not outcome.validation.passed:
             worst = outcome.validation.failures[0]
@@ -68,6 +87,10 @@ def fold_file(
                verify=verify if validation is not None else None, replaced_files=old_files, protected=input_files)
     outcome.written = True
     return outcome
+
+
+def _quiet(phase: Phase, outcome: FoldFileResult | None) -> None:
+    """No progress to report to."""
 
 
 def _validate(source: LoadedModel, staged: Path, result: FoldResult, external: bool, config: ValidationConfig,

@@ -10,9 +10,10 @@ import onnx
 import onnx_ir as ir
 
 from normfold.graph_walk import count_nodes
-from normfold.io import load_model
+from normfold.model_reading import load_model
 from normfold.passes.fold_affine import AFFINE_OPS, FoldAffinePass
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
+from normfold.passes.fold_norm_affine import NORM_OPS, FoldNormAffinePass
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
@@ -57,6 +58,10 @@ class FoldResult:
         training = sum(r.action == "skipped" and r.reason == TRAINING_MODE for r in self.records)
         left = f"; {training} node(s) left in training mode (add --eval to convert them first)" if training else ""
         affine = f", Mul/Add folded {self.affine('folded')}/{self.affine()}" if self.affine() else ""
+        norms = sum(r.op_type in NORM_OPS for r in self.records)
+        if norms:
+            folded = sum(r.op_type in NORM_OPS and r.action == "folded" for r in self.records)
+            affine += f", norm affine folded {folded}/{norms}"
         return (
             f"{mode}BatchNormalization folded {self.count('BatchNormalization', 'folded')}/"
             f"{self.count('BatchNormalization')}, Dropout stripped {self.count('Dropout', 'stripped')}/"
@@ -118,6 +123,7 @@ def fold(
     eval_mode: bool = False,
     batch_stats: bool = False,
     in_place: bool = False,
+    fold_norm_affine: bool = False,
 ) -> FoldResult:
     """Strip every inference Dropout and fold every foldable BatchNormalization.
 
@@ -125,7 +131,8 @@ def fold(
     parameters become constants) and dead-code elimination after it. The input is never modified:
     the passes work on one copy that shares the (read-only) weights, or, with `in_place`, rewrite an
     onnx_ir.Model argument itself. With `eval_mode`, training-mode BN and Dropout are first switched to inference
-    mode (see SetInferenceModePass, and `batch_stats` there).
+    mode (see SetInferenceModePass, and `batch_stats` there). With `fold_norm_affine`, LayerNormalization and
+    RMSNormalization scale and shift go into the linear layers reading them (see FoldNormAffinePass).
     """
     original = as_ir_model(model)
     nodes_before = count_nodes(original)
@@ -135,6 +142,8 @@ def fold(
     stripped = StripDropoutPass(in_place=True)(working)
     current = SimplifyPass()(stripped.model).model if simplify else stripped.model
     fold_records = fold_layers(current)
+    if fold_norm_affine:
+        fold_records += FoldNormAffinePass(in_place=True)(current).records
     result_model = SimplifyPass()(current).model if simplify else current
     mode_records = list(converted.records) if converted else []
     left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}

@@ -8,6 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_walk import NOT_CONSTANT, STANDARD_DOMAINS, Scope, is_op, iter_scopes
+from normfold.records import NOT_CONSTANT as NOT_CONSTANT_CODE
+from normfold.records import Refusal
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -49,13 +51,13 @@ def _constant_node_array(node: ir.Node) -> np.ndarray | None:
     return None
 
 
-def why_not_constant(value: ir.Value | None, role: str) -> str:
+def why_not_constant(value: ir.Value | None, role: str) -> Refusal:
     """A reason, for reports, why `value` is not usable as a constant."""
     if value is None:
-        return f"{role} is missing"
+        return Refusal(f"{role} is missing", NOT_CONSTANT_CODE)
     if value.is_graph_input():
-        return f"{role} '{value.name}' is a graph input, so callers can override it at run time"
-    return f"{role} '{value.name}' is computed at run time, not a constant"
+        return Refusal(f"{role} '{value.name}' is a graph input, so callers can override it at run time", NOT_CONSTANT_CODE)
+    return Refusal(f"{role} '{value.name}' is computed at run time, not a constant", NOT_CONSTANT_CODE)
 
 
 class NameSource:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from normfold import __version__
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import is_folder, require_name_fits
+from normfold.output_paths import is_folder, require_name_fits
 
 if TYPE_CHECKING:
     import onnx_ir as ir

@@ -32,10 +32,20 @@ from normfold.graph_edit import NameSource, add_constant, constant_array, drop_i
 from normfold.graph_walk import Scope, is_op, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.ranks import RankOracle
+from normfold.records import (
+    AXIS_MISMATCH,
+    NO_LAYER,
+    NOT_PER_CHANNEL,
+    PADDED_CONV,
+    ROUNDING,
+    SHARED_VALUE,
+    UNSUPPORTED,
+    Refusal,
+)
 
 # The site's affine map on `channels` channels along `axis` of a rank-`rank` activation -> one float64 scale
 # and shift per channel, or why there is none.
-AffineFor = Callable[[int, int, int], "Affine | str"]
+AffineFor = Callable[[int, int, int], "Affine | Refusal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Edit:
     to_gemm: bool = False
     keep_add: bool = False
     through: ir.Node | None = None  # a forward fold's Flatten or Reshape between the site and the layer
+    layout: tuple[ir.Node, ...] = ()  # a backward fold's Reshape/Transpose chain between the layer and the site
+    insert_add: bool = False  # an N-D MatMul without a bias Add gets one for the shift
 
 
 def describe(edit: Edit) -> str:
@@ -83,6 +95,10 @@ def describe(edit: Edit) -> str:
     via = f" through Add '{node_label(edit.add_node)}'" if edit.add_node is not None else ""
     if edit.through is not None:
         via = f" through {edit.through.op_type} '{node_label(edit.through)}'"
+    if edit.layout:
+        via += " through " + ", ".join(f"{n.op_type} '{node_label(n)}'" for n in edit.layout)
+    if edit.insert_add:
+        via += " and a new bias Add"
     as_gemm = " (MatMul rewritten as Gemm)" if edit.to_gemm else ""
     return f"into {edit.layer.label}{via} ({edit.direction}){as_gemm}"
 
@@ -100,14 +116,19 @@ def sole_consumer(value: ir.Value) -> ir.Node | None:
     return uses[0].node
 
 
-def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | str:
+def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     """Fold into the layer that produces the site's input (y = W x + b  ->  s W x + s b + t)."""
     x, node = site.activation, site.node
-    producer = x.producer()
-    if producer is None:
-        return "its input is a graph input or constant"
+    if x.producer() is None:
+        return Refusal("its input is a graph input or constant", NO_LAYER)
     if sole_consumer(x) is not node:
-        return f"its input '{x.name}' has other consumers or is a graph output"
+        return Refusal(f"its input '{x.name}' has other consumers or is a graph output", SHARED_VALUE)
+    site_axis, layout = site.axis, ()
+    traced = _through_layout(x, site.axis, ranks) if site.axis is not None else None
+    if traced is not None:
+        x, site_axis, layout = traced
+    producer = x.producer()
+    assert producer is not None
     add_node, add_bias = None, None
     if is_op(producer, "Add"):
         add_node = producer
@@ -117,19 +138,22 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | str:
         layer_out, add_bias = split
         producer = layer_out.producer()
         if producer is None:
-            return f"Add '{node_label(add_node)}' adds a bias to a graph input"
+            return Refusal(f"Add '{node_label(add_node)}' adds a bias to a graph input", NO_LAYER)
         if sole_consumer(layer_out) is not add_node:
-            return f"output '{layer_out.name}' of {producer.op_type} '{node_label(producer)}' has other consumers"
+            return Refusal(f"output '{layer_out.name}' of {producer.op_type} '{node_label(producer)}' has other consumers",
+                           SHARED_VALUE)
     if producer.graph is not node.graph:
-        return f"its producer {producer.op_type} '{node_label(producer)}' is in an enclosing graph"
+        return Refusal(f"its producer {producer.op_type} '{node_label(producer)}' is in an enclosing graph", NO_LAYER)
     layer = read_linear_layer(producer, ranks)
     if isinstance(layer, str):
         return layer
     if layer.out_rank is None:
-        return f"the rank of {layer.label}'s output is unknown, so the channel axis cannot be matched to it"
+        return Refusal(f"the rank of {layer.label}'s output is unknown, so the channel axis cannot be matched to it",
+                       AXIS_MISMATCH)
     axis = feature_axis(layer, layer.out_rank)
-    if site.axis is not None and site.axis != axis:
-        return f"{layer.label} outputs rank {layer.out_rank}; {site.kind}'s channel axis {site.axis} is not its feature axis"
+    if site_axis is not None and site_axis != axis:
+        return Refusal(f"{layer.label} outputs rank {layer.out_rank}; {site.kind}'s channel axis {site_axis} is not its "
+                       "feature axis", AXIS_MISMATCH)
     channels = layer.out_channels
     if site.channels is not None and site.channels != channels:
         raise channels_error(site.node, site.channels, layer, "backward")
@@ -140,7 +164,8 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | str:
     if add_bias is not None:
         per_channel = per_axis(add_bias, layer.out_rank, axis, channels)
         if per_channel is None:
-            return f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value per channel"
+            return Refusal(f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value per "
+                           "channel", NOT_PER_CHANNEL)
         add_vector = per_channel
     s, t = affine.scale, affine.shift
     if layer.op == "Gemm":
@@ -156,46 +181,108 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | str:
     to_gemm = layer.op == "MatMul" and not keep_add and bool(np.any(bias != 0))
     if not keep_add and not to_gemm and layer.bias is None and not np.any(bias != 0):
         bias = None  # nothing to add: a layer without a bias keeps none
-    if to_gemm and layer.out_rank != 2:
-        return f"{layer.label} outputs rank {layer.out_rank} and has no bias to take the shift"
+    insert_add = to_gemm and layer.out_rank != 2
     factor = None if np.all(s == 1) else output_factor(layer.weight.shape, s, layer.layout, layer.group)
-    return _rounded(layer, factor, bias, "backward", add_node, to_gemm, keep_add)
+    edit = _rounded(layer, factor, bias, "backward", add_node, to_gemm and not insert_add, keep_add)
+    if isinstance(edit, Edit):
+        edit.layout, edit.insert_add = layout, insert_add
+    return edit
 
 
-def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | str:
+LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+MAX_LAYOUT_NODES = 8
+
+
+def _through_layout(x: ir.Value, axis: int, ranks: RankOracle) -> tuple[ir.Value, int, tuple[ir.Node, ...]] | None:
+    """Follow Transpose/Reshape/Flatten/Squeeze/Unsqueeze nodes back from `x` while the channel axis stays one
+    whole axis, to a linear layer (or its bias Add): (the layer-side value, its channel axis, the chain), or None.
+
+    BatchNorm1d over tokens (MatMul -> Reshape (N*L, C) -> BN) and over a transposed (N, L, C) tensor
+    (MatMul -> Transpose (N, C, L) -> BN), and NHWC exports' Transpose pairs, keep BN's channels on the
+    layer's feature axis; the layout nodes stay, the BN goes into the layer."""
+    chain: list[ir.Node] = []
+    value = x
+    while len(chain) < MAX_LAYOUT_NODES:
+        node = value.producer()
+        if node is None or not is_op(node, *LAYOUT_OPS) or node.inputs[0] is None:
+            break
+        source = node.inputs[0]
+        mapped = _axis_before(node, source, value, axis, ranks)
+        if mapped is None or sole_consumer(source) is not node or node.graph is not x.producer().graph:  # type: ignore[union-attr]
+            break
+        chain.append(node)
+        value, axis = source, mapped
+    producer = value.producer()
+    if not chain or producer is None:
+        return None
+    if is_op(producer, "Add"):
+        split = split_add(producer)
+        producer = None if isinstance(split, str) else split[0].producer()
+    if producer is None or not is_op(producer, "Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return None
+    return value, axis, tuple(reversed(chain))
+
+
+def _axis_before(node: ir.Node, source: ir.Value, result: ir.Value, axis: int, ranks: RankOracle) -> int | None:
+    """The axis of a layout node's input that becomes `axis` of its output whole (same size, same stride), or None."""
+    if node.op_type == "Transpose":
+        rank = ranks.rank(source)
+        if rank is None:
+            return None
+        perm = list(node.attributes.get_ints("perm", list(range(rank - 1, -1, -1))))
+        return perm[axis] if 0 <= axis < len(perm) else None
+    before, after = ranks.shape(source), ranks.shape(result)
+    if before is None or after is None or not 0 <= axis < len(after) or after[axis] is None:
+        return None
+    stride = _trailing(after[axis + 1:])
+    if stride is None:
+        return None
+    for index, size in enumerate(before):
+        if size == after[axis] and _trailing(before[index + 1:]) == stride:
+            return index
+    return None
+
+
+def _trailing(dims: tuple[int | None, ...]) -> int | None:
+    """The product of static dims (the stride of the axis before them), None if one is symbolic."""
+    return None if None in dims else int(np.prod(dims, dtype=np.int64))
+
+
+def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     """Fold into the layer that consumes the site's output (W (s u + t) + b  ->  (W s) u + (W t + b))."""
     node = site.node
     y = node.outputs[0]
     consumer = sole_consumer(y)
     if consumer is None:
-        return "its output has several consumers or is a graph output"
+        return Refusal("its output has several consumers or is a graph output", SHARED_VALUE)
     through = None
     if is_op(consumer, "Flatten", "Reshape"):
         through, consumer = consumer, sole_consumer(consumer.outputs[0])
         if consumer is None or not is_op(consumer, "Gemm", "MatMul"):
-            return f"{through.op_type} '{node_label(through)}' does not feed one Gemm or MatMul"
+            return Refusal(f"{through.op_type} '{node_label(through)}' does not feed one Gemm or MatMul", NO_LAYER)
     if not is_op(consumer, "Gemm", "MatMul", "Conv"):
-        return f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv"
+        return Refusal(f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv", NO_LAYER)
     if consumer.graph is not node.graph:
-        return f"its consumer {consumer.op_type} '{node_label(consumer)}' is in another graph"
+        return Refusal(f"its consumer {consumer.op_type} '{node_label(consumer)}' is in another graph", NO_LAYER)
     if consumer.inputs[0] is not (y if through is None else through.outputs[0]):
-        return f"its output is not the activation input of {consumer.op_type} '{node_label(consumer)}'"
+        return Refusal(f"its output is not the activation input of {consumer.op_type} '{node_label(consumer)}'", NO_LAYER)
     layer = read_linear_layer(consumer, ranks)
     if isinstance(layer, str):
         return layer
     if layer.op == "Gemm" and consumer.attributes.get_int("transA", 0):
-        return f"{layer.label} transposes its input (transA=1)"
+        return Refusal(f"{layer.label} transposes its input (transA=1)", UNSUPPORTED)
     rank = ranks.rank(site.activation)
     if rank is None:
-        return f"the rank of its input is unknown, so {layer.label}'s channel axis cannot be matched to it"
+        return Refusal(f"the rank of its input is unknown, so {layer.label}'s channel axis cannot be matched to it",
+                       AXIS_MISMATCH)
     if through is not None:
         affine = _flattened_affine(site, through, layer, ranks.shape(site.activation) or (None,) * rank)
         rank = 2
     else:
         axis = feature_axis(layer, rank)
         if site.axis is not None and site.axis != axis:
-            return (f"{layer.label} multiplies along the last axis, which is not {site.kind}'s channel axis "
-                    f"(input rank {rank})")
+            return Refusal(f"{layer.label} multiplies along the last axis, which is not {site.kind}'s channel axis "
+                           f"(input rank {rank})", AXIS_MISMATCH)
         if site.channels is not None and site.channels != layer.in_channels:
             raise channels_error(site.node, site.channels, layer, "forward")
         affine = site.affine_for(layer.in_channels, axis, rank)
@@ -204,9 +291,9 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | str:
     s, t = affine.scale, affine.shift
     shifts = bool(np.any(t != 0))
     if layer.op == "Conv" and shifts and pads_input(consumer):
-        return f"{layer.label} pads its input, and padding zeros are not shifted by {site.kind}"
+        return Refusal(f"{layer.label} pads its input, and padding zeros are not shifted by {site.kind}", PADDED_CONV)
     if layer.op == "MatMul" and shifts and rank != 2:
-        return f"{layer.label} reads rank {rank} and has no bias to take the shift"
+        return Refusal(f"{layer.label} reads rank {rank} and has no bias to take the shift", UNSUPPORTED)
     response = input_shift_response(layer.weight, t, layer.layout, layer.group) if shifts else 0.0
     bias: np.ndarray | None
     if not shifts and layer.op != "MatMul":
@@ -228,23 +315,24 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | str:
 
 
 def _flattened_affine(site: AffineSite, through: ir.Node, layer: LinearLayer, shape: tuple[int | None, ...]
-                      ) -> Affine | str:
+                      ) -> Affine | Refusal:
     """The site's map on the features of a layer that reads it flattened: channel c of an (N, C, ...) tensor
     is the contiguous block of features [c * k, (c + 1) * k), k the product of the other axes."""
     label = f"{through.op_type} '{node_label(through)}'"
     rank = len(shape)
     if site.axis not in (None, 1) or rank < 2:
-        return f"{label} flattens a rank-{rank} tensor whose channel axis is not 1"
+        return Refusal(f"{label} flattens a rank-{rank} tensor whose channel axis is not 1", AXIS_MISMATCH)
     why = _keeps_batch_rows(through, shape, layer.in_channels)
     if why:
-        return f"{label} {why}"
+        return Refusal(f"{label} {why}", AXIS_MISMATCH)
     static = all(d is not None for d in shape[1:])
     channels = site.channels or shape[1]
     if channels is None:
-        return f"the channel count of {label}'s input is unknown"
+        return Refusal(f"the channel count of {label}'s input is unknown", AXIS_MISMATCH)
     features = layer.in_channels
     if features % channels or (static and int(np.prod(shape[1:])) != features):
-        return f"{label} gives {features} features to {layer.label}, not a whole block per each of {channels} channels"
+        return Refusal(f"{label} gives {features} features to {layer.label}, not a whole block per each of {channels} "
+                       "channels", AXIS_MISMATCH)
     affine = site.affine_for(channels, 1, rank)
     if isinstance(affine, str):
         return affine
@@ -275,22 +363,22 @@ def _keeps_batch_rows(node: ir.Node, shape: tuple[int | None, ...], features: in
 def _rounded(
     layer: LinearLayer, factor: Factor | None, bias: np.ndarray | None, direction: str,
     add_node: ir.Node | None, to_gemm: bool, keep_add: bool,
-) -> Edit | str:
+) -> Edit | Refusal:
     dtype = layer.weight.dtype
     new_weight = None
     if factor is not None:
-        new_weight, reason = _scaled_weight(layer.weight, factor, dtype)
+        new_weight, reason = scaled_weight(layer.weight, factor, dtype)
         if new_weight is None:
-            return f"{layer.label}: {reason}"
+            return Refusal(f"{layer.label}: {reason}", ROUNDING)
     new_bias = None
     if bias is not None:
         new_bias, reason = round_once(bias, dtype)
         if new_bias is None:
-            return f"{layer.label}: {reason}"
+            return Refusal(f"{layer.label}: {reason}", ROUNDING)
     return Edit(layer, new_weight, new_bias, direction, add_node, to_gemm, keep_add)
 
 
-def _scaled_weight(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | FoldedTensor | None, str]:
+def scaled_weight(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple[np.ndarray | FoldedTensor | None, str]:
     """The folded weight, or why it cannot be rounded; from STREAM_BYTES on, computed only when written.
 
     Only read-only weights (memory-mapped or parsed from the file) are streamed: a writable array
@@ -302,15 +390,15 @@ def _scaled_weight(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> tuple
     return (None, reason) if reason else (FoldedTensor(weight, factor, dtype), "")
 
 
-def split_add(add: ir.Node) -> tuple[ir.Value, np.ndarray] | str:
+def split_add(add: ir.Node) -> tuple[ir.Value, np.ndarray] | Refusal:
     """(activation, constant bias) of an Add, or why it is not one."""
     if len(add.inputs) != 2 or add.inputs[0] is None or add.inputs[1] is None:
-        return f"Add '{node_label(add)}' does not have two inputs"
+        return Refusal(f"Add '{node_label(add)}' does not have two inputs", NO_LAYER)
     for activation, bias in (add.inputs, add.inputs[::-1]):
         array = constant_array(bias)
         if array is not None and constant_array(activation) is None:
             return activation, array
-    return f"Add '{node_label(add)}' does not add a constant bias"
+    return Refusal(f"Add '{node_label(add)}' does not add a constant bias", NO_LAYER)
 
 
 def per_axis(constant: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
@@ -388,7 +476,7 @@ def apply_edit(scope: Scope, site: AffineSite, edit: Edit, names: NameSource) ->
         scope.body.remove(node, safe=True)
     else:
         node.replace_input_with(1, weight)
-        if edit.bias is not None:
+        if edit.bias is not None and not edit.insert_add:
             bias = add_constant(scope, node, edit.bias, _folded_name(names, old_bias, f"{label}_bias"), names)
             provenance[bias.name or ""] = bias_sources
             if len(node.inputs) < 3:
@@ -399,6 +487,13 @@ def apply_edit(scope: Scope, site: AffineSite, edit: Edit, names: NameSource) ->
         if edit.direction == "forward":
             (edit.through or node).replace_input_with(0, site.activation)
         final = node.outputs[0]
+    if edit.insert_add:
+        assert edit.bias is not None
+        constant = add_constant(scope, node, edit.bias, names.fresh(f"{label}_bias_folded"), names)
+        provenance[constant.name or ""] = bias_sources
+        final = insert_bias_add(scope, node, constant, names)
+    if edit.layout:
+        final = site.activation  # the layout chain now carries the folded layer's output
     if edit.direction == "backward":
         take_over(carrier.outputs[0], final)
     scope.body.remove(carrier, safe=True)
@@ -407,6 +502,30 @@ def apply_edit(scope: Scope, site: AffineSite, edit: Edit, names: NameSource) ->
         scope.body.remove(edit.add_node, safe=True)
     drop_if_unused(old_inputs)
     return provenance
+
+
+def insert_bias_add(scope: Scope, layer: ir.Node, bias: ir.Value, names: NameSource) -> ir.Value:
+    """An Add of `bias` right after a layer without a bias input (an N-D MatMul), taking over its consumers
+    (and its place among the graph outputs, with its name)."""
+    output = layer.outputs[0]
+    uses = list(output.uses())
+    add = ir.Node("", "Add", [output, bias], name=names.fresh(f"{node_label(layer)}_bias_add"))
+    result = add.outputs[0]
+    result.type, result.shape = output.type, output.shape
+    scope.body.insert_after(layer, add)
+    for use in uses:
+        use.node.replace_input_with(use.idx, result)
+    if output.is_graph_output():
+        outputs = scope.body.outputs
+        for index, value in enumerate(outputs):
+            if value is output:
+                outputs[index] = result
+        name = output.name
+        output.name = names.fresh(f"{name}_unbiased")
+        result.name = name
+    else:
+        result.name = names.fresh(f"{output.name or node_label(layer)}_biased")
+    return result
 
 
 def _names(values: list[ir.Value | None]) -> list[str]:

@@ -11,6 +11,7 @@ from normfold.bn_math import in_channels, out_channels
 from normfold.graph_edit import constant_array, why_not_constant
 from normfold.graph_walk import is_op, node_label
 from normfold.ranks import RankOracle
+from normfold.records import NO_LAYER, UNSUPPORTED, Refusal
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -51,35 +52,35 @@ class LinearLayer:
         return float(self.node.attributes.get_float(name, default))
 
 
-def read_linear_layer(node: ir.Node, ranks: RankOracle) -> LinearLayer | str:
+def read_linear_layer(node: ir.Node, ranks: RankOracle) -> LinearLayer | Refusal:
     """The node as a LinearLayer, or the reason it cannot be one."""
     label = f"{node.op_type} '{node_label(node)}'"
     if not is_op(node, *LINEAR_OPS):
-        return f"{label} is not a Conv, ConvTranspose, Gemm or MatMul"
+        return Refusal(f"{label} is not a Conv, ConvTranspose, Gemm or MatMul", NO_LAYER)
     if len(node.inputs) < 2 or node.inputs[0] is None:
-        return f"{label} has no activation input"
+        return Refusal(f"{label} has no activation input", NO_LAYER)
     if constant_array(node.inputs[0]) is not None:
-        return f"{label} has a constant activation input and a run-time weight"
+        return Refusal(f"{label} has a constant activation input and a run-time weight", NO_LAYER)
     weight = constant_array(node.inputs[1])
     if weight is None:
-        return f"{label}: " + why_not_constant(node.inputs[1], "its weight")
+        return why_not_constant(node.inputs[1], "its weight").prefixed(f"{label}: ")
     if weight.dtype.kind != "f" and weight.dtype.name != "bfloat16":
-        return f"{label} has a {weight.dtype.name} weight; only floating-point layers are folded"
+        return Refusal(f"{label} has a {weight.dtype.name} weight; only floating-point layers are folded", UNSUPPORTED)
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None
     if bias_value is not None:
         bias = constant_array(bias_value)
         if bias is None:
-            return f"{label}: " + why_not_constant(bias_value, "its bias")
+            return why_not_constant(bias_value, "its bias").prefixed(f"{label}: ")
     group = int(node.attributes.get_int("group", 1))
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
         if weight.ndim < 3:
-            return f"{label} has a weight of rank {weight.ndim}; Conv weights have rank 3 or more"
+            return Refusal(f"{label} has a weight of rank {weight.ndim}; Conv weights have rank 3 or more", UNSUPPORTED)
         layout = "conv" if op == "Conv" else "convt"
         return LinearLayer(node, weight, bias, layout, group, weight.ndim)
     if weight.ndim != 2:
-        return f"{label} has a weight of rank {weight.ndim}, not a 2-D matrix"
+        return Refusal(f"{label} has a weight of rank {weight.ndim}, not a 2-D matrix", UNSUPPORTED)
     if op == "Gemm":
         layout = "nk" if node.attributes.get_int("transB", 0) else "kn"
         return LinearLayer(node, weight, bias, layout, 1, 2)

@@ -1,6 +1,6 @@
-"""Monte Carlo Dropout (seed 2.4): BN in inference mode, Dropout active, N seeded passes on ONNX Runtime.
+"""Monte Carlo Dropout: BN in inference mode, Dropout active, N seeded passes on ONNX Runtime.
 
-Masks follow the seed's inverted Dropout exactly: m ~ Bernoulli(p), y = m / p * x, with the keep
+Masks are inverted Dropout's, exactly: m ~ Bernoulli(p), y = m / p * x, with the keep
 probability p = 1 - ratio (ONNX's `ratio` is the drop probability: the attribute before opset 12, the
 input from 12 on). They are drawn by numpy from `seed` and fed to the model, each Dropout replaced by a
 Mul with its mask input, because ONNX Runtime's own CPU Dropout is biased: measured with onnxruntime
@@ -25,7 +25,7 @@ from normfold.errors import NormfoldError, describe
 from normfold.folding import as_ir_model
 from normfold.graph_edit import NameSource, take_over
 from normfold.graph_walk import is_op, iter_scopes, node_label
-from normfold.io import LoadedModel
+from normfold.model_reading import LoadedModel
 from normfold.modes import dropout_ratio
 from normfold.passes.set_inference_mode import SetInferenceModePass
 
@@ -119,7 +119,7 @@ def monte_carlo(model: ModelArgument, feeds: dict[str, np.ndarray], *, passes: i
     its path, or "the model" for a model in memory.
     """
     if passes < 2:
-        raise NormfoldError("Monte Carlo Dropout needs at least 2 passes (--samples)", exit_code=2)
+        raise NormfoldError(f"Monte Carlo Dropout needs at least 2 passes (--passes), got {passes}", exit_code=2)
     source, loaded = _source(model)
     probe, masked, sites = masked_model(loaded, source)
     rng = np.random.default_rng(seed)
@@ -189,6 +189,6 @@ def _run(session: Any, feeds: dict[str, np.ndarray], provider: str, source: str)
 
 
 def _mask(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, ratio: float) -> np.ndarray:
-    """Seed 2.2: m ~ Bernoulli(p) with p = 1 - ratio, scaled by 1/p (inverted Dropout)."""
+    """Inverted Dropout's mask: m ~ Bernoulli(p) with keep probability p = 1 - ratio, scaled by 1/p."""
     keep = 1.0 - ratio
     return ((rng.random(shape) < keep) / keep).astype(dtype)

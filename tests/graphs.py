@@ -70,3 +70,26 @@ def _type_outputs(model: onnx.ModelProto) -> None:
     for output in model.graph.output:
         if output.name in known and known[output.name].HasField("tensor_type"):
             output.type.CopyFrom(known[output.name])
+
+
+LN_SHAPE = (5, 8, 6)  # tokens, features, projection width
+
+
+def layernorm_qkv_model(extra_consumer: bool = False, axis: int = -1) -> onnx.ModelProto:
+    """LayerNormalization (over `LN_SHAPE`'s last axis) feeding Q, K (each with a bias Add) and V (no bias)
+    projections; with `extra_consumer` its output also goes to a residual Add."""
+    L, C, F = LN_SHAPE
+    g = rng(51)
+    inits = {"gamma": g.uniform(0.5, 1.5, C).astype(np.float32), "beta": g.normal(0, 0.3, C).astype(np.float32)}
+    for name in "qkv":
+        inits[f"w{name}"] = g.normal(0, 0.3, (C, F)).astype(np.float32)
+    inits["bq"], inits["bk"] = g.normal(0, 0.1, F).astype(np.float32), g.normal(0, 0.1, F).astype(np.float32)
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=axis),
+             helper.make_node("MatMul", ["n", "wq"], ["q0"], name="q"), helper.make_node("Add", ["q0", "bq"], ["q"]),
+             helper.make_node("MatMul", ["n", "wk"], ["k0"], name="k"), helper.make_node("Add", ["bk", "k0"], ["k"]),
+             helper.make_node("MatMul", ["n", "wv"], ["v"], name="v")]
+    outputs = ["q", "k", "v"]
+    if extra_consumer:
+        nodes.append(helper.make_node("Add", ["n", "x"], ["res"], name="residual"))
+        outputs.append("res")
+    return make_model(nodes, {"x": ["N", L, C]}, outputs, inits)

@@ -210,3 +210,20 @@ def random_feeds(model: onnx.ModelProto | ir.Model, seed: int = 0, batch: int = 
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         feeds[info.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
+
+
+def scale_outputs(weight: np.ndarray, scale: np.ndarray, layout: str, group: int = 1) -> np.ndarray:
+    """W' with every output channel c multiplied by scale[c], in float64: a backward fold's weight before its one
+    rounding, written here apart from normfold's bn_math. Layouts as in bn_math.out_channels: "conv"
+    [C_out, C_in/g, k...], "convt" [C_in, C_out/g, k...], "kn" [K, N], "nk" [N, K]."""
+    exact = np.asarray(weight).astype(np.float64)
+    factor = np.asarray(scale, dtype=np.float64)
+    if layout in ("conv", "nk"):
+        return exact * factor.reshape((-1,) + (1,) * (exact.ndim - 1))
+    if layout == "kn":
+        return exact * factor
+    if layout == "convt":
+        c_in, c_out_per_group = exact.shape[:2]
+        channel = (np.arange(c_in) // (c_in // group))[:, None] * c_out_per_group + np.arange(c_out_per_group)
+        return exact * factor[channel].reshape(channel.shape + (1,) * (exact.ndim - 2))
+    raise ValueError(f"unknown layout {layout!r}")

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from normfold.cli import main
 from normfold.cli.batch import failure_reason, worst_comparison
-from normfold.cli.batch_table import render_table, shorten
+from normfold.cli.batch_table import fit_table, render_table, shorten
 from normfold.fold_file import FoldFileResult, NotWrittenError
 from normfold.folding import fold
 from normfold.validate import OutputComparison, Tolerance, ValidationReport
@@ -31,6 +31,8 @@ from normfold.validate.compare import Metrics
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOLD_HEADER = ["MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VALIDATION", "MAX ABS", "EXIT", "REASON"]
 VALIDATE_HEADER = ["REFERENCE", "CANDIDATE", "STATUS", "MAX ABS", "WORST OUTPUT", "PROVIDERS", "EXIT", "REASON"]
+SHORT_FOLD_HEADER = ["MODEL", "STATUS", "BN", "DROPOUT", "NODES", "VALIDATION", "MAX ABS", "EXIT", "REASON"]
+SHORT_VALIDATE_HEADER = ["MODEL", "STATUS", "MAX ABS", "WORST OUTPUT", "EXIT", "REASON"]
 NOT_ONNX = "not a readable ONNX model ("
 ROUNDING = 1e-5  # the folds of the shipped models differ from their inputs by float32 rounding, far below this
 
@@ -91,6 +93,27 @@ def test_render_table_aligns_columns_two_spaces_apart() -> None:
     ]
 
 
+def test_fit_table_squeezes_paths_cuts_reasons_and_drops_columns_in_order() -> None:
+    rows = [["models/broken.onnx", "FAILED", "-", "-", "-", "-", "-", "3",
+             "not a readable ONNX model (Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)"],
+            ["models/training_export.onnx", "FOLDED", "0/1", "0/1", "7 -> 7", "passed", "9.54e-07", "0", ""]]
+    assert fit_table(SHORT_FOLD_HEADER, rows[1:], droppable=(6, 4, 7)) == [
+        "MODEL                        STATUS  BN   DROPOUT  NODES   VALIDATION  MAX ABS   EXIT  REASON",
+        "---------------------------  ------  ---  -------  ------  ----------  --------  ----  ------",
+        "models/training_export.onnx  FOLDED  0/1  0/1      7 -> 7  passed      9.54e-07  0"]
+    assert fit_table(SHORT_FOLD_HEADER, rows, droppable=(6, 4, 7)) == [
+        "MODEL                        STATUS  BN   DROPOUT  VALIDATION  EXIT  REASON",
+        "---------------------------  ------  ---  -------  ----------  ----  ----------------------------",
+        "models/broken.onnx           FAILED  -    -        -           3     not a readable ONNX model...",
+        "models/training_export.onnx  FOLDED  0/1  0/1      passed      0"]
+    rows[0][0] = "/tmp/pytest-of-someone/pytest-1234/test_fold_table_has_a_row_per_model0/broken.onnx"
+    assert fit_table(SHORT_FOLD_HEADER, rows, droppable=(6, 4, 7)) == [
+        "MODEL                               STATUS  BN   DROPOUT  VALIDATION  REASON",
+        "----------------------------------  ------  ---  -------  ----------  ----------------------------",
+        "/tmp/pytest-of-some.../broken.onnx  FAILED  -    -        -           not a readable ONNX model...",
+        "models/training_export.onnx         FOLDED  0/1  0/1      passed"]
+
+
 def test_shorten_cuts_long_text_at_a_word() -> None:
     assert shorten("short  reason\n here", 72) == "short reason here"
     cut = shorten("not a readable ONNX model (Error parsing message with type 'onnx.ModelProto')", 40)
@@ -130,8 +153,24 @@ def test_failure_reason_names_the_output_and_what_is_wrong() -> None:
 # normfold fold
 
 
-def test_fold_table_has_a_row_per_model_and_the_failure(folder: Path) -> None:
+def test_fold_table_fits_100_columns_by_default(folder: Path) -> None:
+    """Paths lose their middle (never their file name), the reason its end; optional columns go when needed."""
     result = invoke("fold", folder, "--provider", "cpu")
+    assert result.exit_code == 3, result.output
+    assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
+    assert [line.split()[0] for line in per_model_lines(result.stdout)] == ["FAILED", "FOLDED", "FOLDED"]
+    assert result.stdout.splitlines()[-1] == "2 of 3 model(s) folded and written"
+    names, (broken, mlp, resnet) = table(result.stdout)
+    assert names[:4] == SHORT_FOLD_HEADER[:4] and names[-1] == "REASON" and set(names) <= set(SHORT_FOLD_HEADER)
+    assert [row["MODEL"].rpartition("/")[2] for row in (broken, mlp, resnet)] == \
+        ["broken.onnx", "mlp.onnx", "resnet_block.onnx"]
+    assert broken["REASON"].startswith("not a readable ONNX model") and broken["REASON"].endswith("...")
+    assert [(row["BN"], row["DROPOUT"], row["VALIDATION"]) for row in (broken, mlp, resnet)] == \
+        [("-", "-", "-"), ("2/2", "2/2", "passed"), ("6/6", "1/1", "passed")]
+
+
+def test_fold_table_has_a_row_per_model_and_the_failure(folder: Path) -> None:
+    result = invoke("fold", folder, "--provider", "cpu", "-v")
     assert result.exit_code == 3, result.output
     assert [line.split()[:2] for line in per_model_lines(result.stdout)] == [
         ["FAILED", f"{folder / 'broken.onnx'}:"], ["FOLDED", f"{folder / 'mlp.onnx'}:"],
@@ -155,8 +194,8 @@ def test_fold_table_has_a_row_per_model_and_the_failure(folder: Path) -> None:
 
 
 def test_fold_table_is_the_same_with_two_jobs(folder: Path) -> None:
-    one = invoke("fold", folder, "--provider", "cpu", "-j", "1")
-    two = invoke("fold", folder, "--provider", "cpu", "-j", "2")
+    one = invoke("fold", folder, "--provider", "cpu", "-j", "1", "-v")
+    two = invoke("fold", folder, "--provider", "cpu", "-j", "2", "-v")
     assert one.exit_code == two.exit_code == 3
     assert len(table(two.stdout)[1]) == 3
     assert two.stdout == one.stdout
@@ -164,7 +203,7 @@ def test_fold_table_is_the_same_with_two_jobs(folder: Path) -> None:
 
 def test_fold_table_shows_a_validation_mismatch_and_no_validation(folder: Path) -> None:
     models = (folder / "mlp.onnx", folder / "resnet_block.onnx")
-    strict = invoke("fold", *models, "--provider", "cpu", "--atol", "0", "--rtol", "0")
+    strict = invoke("fold", *models, "--provider", "cpu", "--atol", "0", "--rtol", "0", "-v")
     assert strict.exit_code == 1, strict.output
     assert strict.stdout.splitlines()[-1] == "0 of 2 model(s) folded and written"
     mlp, resnet = table(strict.stdout)[1]
@@ -174,7 +213,7 @@ def test_fold_table_shows_a_validation_mismatch_and_no_validation(folder: Path) 
     assert re.fullmatch(r"output 'logits' \(cpu\): [1-9]\d* element\(s\) beyond tolerance", resnet["REASON"])
     assert 0 < float(resnet["MAX ABS"]) < ROUNDING
     assert not (folder / "mlp.folded.onnx").exists() and not (folder / "resnet_block.folded.onnx").exists()
-    unchecked = invoke("fold", *models, "--no-validate")
+    unchecked = invoke("fold", *models, "--no-validate", "-v")
     assert unchecked.exit_code == 0, unchecked.output
     assert [(r["STATUS"], r["VALIDATION"], r["MAX ABS"], r["EXIT"]) for r in table(unchecked.stdout)[1]] == \
         [("FOLDED", "not validated", "-", "0")] * 2
@@ -186,7 +225,7 @@ def test_fold_table_shows_a_validation_that_could_not_run(folder: Path, monkeypa
         raise NotWrittenError("cannot validate the folded model, so nothing was written (random nodes)", partial, 3)
 
     monkeypatch.setattr(importlib.import_module("normfold.cli.fold_command"), "fold_file", cannot_validate)
-    result = invoke("fold", folder / "mlp.onnx", folder / "resnet_block.onnx")
+    result = invoke("fold", folder / "mlp.onnx", folder / "resnet_block.onnx", "-v")
     assert result.exit_code == 3, result.output
     assert [(r["STATUS"], r["BN FOLDED"], r["VALIDATION"], r["MAX ABS"], r["EXIT"], r["REASON"])
             for r in table(result.stdout)[1]] == \
@@ -235,9 +274,25 @@ def pairs(tmp_path: Path) -> tuple[Path, Path]:
     return originals, candidates
 
 
-def test_validate_table_has_a_row_per_pair(pairs: tuple[Path, Path]) -> None:
+def test_validate_table_names_pairs_below_their_folders_by_default(pairs: tuple[Path, Path]) -> None:
     originals, candidates = pairs
     result = invoke("validate", originals, candidates, "--provider", "cpu")
+    assert result.exit_code == 3, result.output
+    assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
+    assert [line.split()[0] for line in per_model_lines(result.stdout)] == ["PASSED", "UNUSABLE", "FAILED"]
+    assert result.stdout.splitlines()[-1] == "1 of 3 pair(s) equivalent"
+    names, (good, orphan, scaled) = table(result.stdout)
+    assert names == SHORT_VALIDATE_HEADER
+    assert {k: good[k] for k in names if k != "MAX ABS"} == {
+        "MODEL": "mlp.onnx", "STATUS": "PASSED", "WORST OUTPUT": "scores [cpu]", "EXIT": "0", "REASON": ""}
+    assert orphan == {"MODEL": "orphan.onnx", "STATUS": "UNUSABLE", "MAX ABS": "-", "WORST OUTPUT": "-", "EXIT": "3",
+                      "REASON": "no such file"}
+    assert re.match(r"output 'scores' \(cpu\): [1-9]\d* element\(s\) beyond", scaled["REASON"])
+
+
+def test_validate_table_has_a_row_per_pair(pairs: tuple[Path, Path]) -> None:
+    originals, candidates = pairs
+    result = invoke("validate", originals, candidates, "--provider", "cpu", "-v")
     assert result.exit_code == 3, result.output
     assert [line.split()[0] for line in per_model_lines(result.stdout)] == ["PASSED", "UNUSABLE", "FAILED"]
     assert result.stdout.splitlines()[-1] == "1 of 3 pair(s) equivalent"

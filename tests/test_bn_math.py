@@ -72,7 +72,7 @@ def test_channel_counts(shape: tuple[int, ...], layout: str, group: int, outputs
 
 @pytest.mark.parametrize("count", [pytest.param(out_channels, id="out"), pytest.param(in_channels, id="in")])
 def test_channel_counts_of_an_unknown_layout_raise(count: Callable[[tuple[int, ...], str, int], int]) -> None:
-    """A layout outside LAYOUTS is a KeyError naming it."""
+    """A layout other than conv, convt, kn and nk is a KeyError naming it."""
     with pytest.raises(KeyError, match="'ck'"):
         count((2, 2), "ck", 1)
 

@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import conv_bn_model, invoke, save_external
 
 import normfold
-from normfold import io
+from normfold import atomic_write
 
 
 def _locations(path: Path) -> set[str]:
@@ -86,9 +86,9 @@ def test_a_crash_between_the_two_renames_leaves_the_old_pair_intact(tmp_path: Pa
             raise KeyboardInterrupt  # the process dies after the data file's rename, before the model's
         real_replace(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", crash_on_the_model)
+    monkeypatch.setattr(atomic_write.os, "replace", crash_on_the_model)
     with pytest.raises(KeyboardInterrupt):
-        io.save_model(model, target, external_data=True)
+        atomic_write.save_model(model, target, external_data=True)
     monkeypatch.undo()
     onnx.checker.check_model(str(target), full_check=True)
     assert _locations(target) == {"out.onnx.data"}

@@ -112,8 +112,8 @@ def test_cli_finite_values_still_work(files: dict[str, Path]) -> None:
 def test_help_shows_the_ranges(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
-    assert "--momentum FLOAT" in result.stdout and "--alpha FLOAT" in result.stdout
-    assert result.stdout.count("[0<=x<=1]") == 2
+    assert "--momentum FLOAT" in result.stdout and "--alpha" not in result.stdout  # --alpha: deprecated, hidden
+    assert result.stdout.count("[0<=x<=1]") == 1
 
 
 @pytest.mark.parametrize("value", BAD_NUMBERS)

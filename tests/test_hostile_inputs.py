@@ -64,7 +64,7 @@ def test_malformed_external_data_fields_are_one_line_errors(tmp_path: Path, case
     before = snapshot(tmp_path)
     assert_one_line_error(invoke("fold", path), f"{path}: {message}", exit_code=3)
     assert_one_line_error(invoke("validate", path, path), f"{path}: {message}", exit_code=3)
-    checked = invoke("check", path)
+    checked = invoke("check", path, "-v")
     assert checked.exit_code == 3 and checked.stdout.splitlines()[0] == f"UNUSABLE {path}: {path}: {message}"
     assert snapshot(tmp_path) == before
 
@@ -93,7 +93,7 @@ def test_a_fifo_is_refused_before_anything_opens_it(tmp_path: Path) -> None:
     assert_one_line_error(invoke("fold", fifo), f"{fifo}: not a regular file", exit_code=3)
     assert_one_line_error(invoke("validate", model, model, "--inputs", fifo), f"{fifo}: not a regular file",
                           exit_code=3)
-    assert invoke("check", fifo).stdout.splitlines()[0] == f"UNUSABLE {fifo}: {fifo}: not a regular file"
+    assert invoke("check", fifo, "-v").stdout.splitlines()[0] == f"UNUSABLE {fifo}: {fifo}: not a regular file"
 
 
 BLOCKED = """
@@ -194,7 +194,7 @@ def test_a_custom_domain_namesake_is_not_judged_as_onnx(tmp_path: Path) -> None:
              helper.make_node("Dropout", ["b"], ["y"], name="drop", domain="vendor", ratio=0.9)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("vendor", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("vendor", 1)], ir_version=10)
     path = tmp_path / "vendor.onnx"
     onnx.save(model, str(path))
     assert check_model(path).findings == []
@@ -208,7 +208,7 @@ def test_a_batch_one_inference_model_is_ready(tmp_path: Path) -> None:
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, x.shape)],
                               [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
     path = tmp_path / "batch1.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=10), str(path))
     assert check_model(path).findings == []  # no bn-batch-below-2: batch statistics exist only in training
 
 
@@ -219,7 +219,7 @@ def test_github_annotations_escape_messages_and_properties_apart(tmp_path: Path)
     nodes = [helper.make_node("Dropout", ["x"], ["y"], name="drop, first: 50%", ratio=0.8)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=10), str(path))
     lines = invoke("check", path, "--format", "github").stdout.splitlines()
     escaped = str(path).replace(":", "%3A").replace(",", "%2C")
     assert lines[0] == (f"::error file={escaped},title=normfold inference-dropout::drop, first: 50%25: an inference "
@@ -257,7 +257,7 @@ def test_names_over_the_file_system_limit_are_clean_errors(tmp_path: Path) -> No
     missing = tmp_path / ("z" * 300 + ".onnx")
     assert_one_line_error(invoke("validate", missing, source), f"{missing}: cannot read (File name too long)",
                           exit_code=3)
-    assert invoke("check", missing).stdout.splitlines()[0] == (f"UNUSABLE {missing}: {missing}: cannot read "
+    assert invoke("check", missing, "-v").stdout.splitlines()[0] == (f"UNUSABLE {missing}: {missing}: cannot read "
                                                                "(File name too long)")
     assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
 

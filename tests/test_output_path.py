@@ -1,4 +1,4 @@
-"""`normfold.io.check_output_path`: each refusal with its exact message (a usage error, exit 2), and each
+"""`normfold.output_paths.check_output_path`: each refusal with its exact message (a usage error, exit 2), and each
 accepted output with the input files it returns (the model and its external data, resolved)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 from graphs import bn_node, bn_params, make_model, rng
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.io import check_output_path, load_model
+from normfold.model_reading import load_model
+from normfold.output_paths import check_output_path
 
 
 @dataclasses.dataclass(frozen=True)

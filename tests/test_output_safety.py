@@ -17,7 +17,7 @@ from graphs import bn_node, bn_params, make_model, rng
 from onnx import helper
 
 from normfold.cli import main
-from normfold.io import _HeldLogs
+from normfold.model_reading import _HeldLogs
 
 NORMFOLD = shutil.which("normfold")
 

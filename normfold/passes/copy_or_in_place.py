@@ -10,6 +10,7 @@ class CopyOrInPlacePass(ir.passes.PassBase):
 
     onnx_ir checks the declaration: an in-place pass must return the model it was given. `normfold.fold`
     copies once and runs its passes in place, instead of copying the whole graph in every pass.
+    `ir.passes.functionalize` clones alike but wraps the pass in another object, not one class taking `in_place`.
     """
 
     def __init__(self, in_place: bool = False) -> None:

@@ -30,7 +30,7 @@ from normfold.layer_fold import (
 from normfold.linear_layers import LINEAR_OPS, LinearLayer, read_linear_layer
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import NOT_PER_CHANNEL, NodeRecord, RewriteResult
+from normfold.records import NON_FINITE, NOT_PER_CHANNEL, NodeRecord, Refusal, RewriteResult, combined_code
 
 AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
 
@@ -70,9 +70,8 @@ def _fold_one(scope: Scope, site: AffineSite, ranks: RankOracle, names: NameSour
             provenance = apply_edit(scope, site, edit, names)
             return NodeRecord(scope.name, node_label(node), node.op_type, "folded", describe(edit), "", provenance)
         reasons.append(edit)
-    code = NOT_PER_CHANNEL if any(r.startswith(_NOT_PER_CHANNEL) for r in reasons) else ""
     detail = f"into its producer: {reasons[0]}; into its consumer: {reasons[1]}"
-    return NodeRecord(scope.name, node_label(node), node.op_type, "skipped", detail, code)
+    return NodeRecord(scope.name, node_label(node), node.op_type, "skipped", detail, combined_code(*reasons))
 
 
 def _candidate(node: ir.Node, ranks: RankOracle) -> AffineSite | None:
@@ -99,15 +98,16 @@ def _candidate(node: ir.Node, ranks: RankOracle) -> AffineSite | None:
 
 
 def _after_layer(node: ir.Node, activation: ir.Value, ranks: RankOracle) -> bool:
-    """The activation comes from a linear layer with a constant weight (through an Add for Mul/Div after MatMul);
-    an Add or Sub right after a MatMul is its bias, not a candidate."""
+    """The activation comes from a linear layer with a constant weight, or from such a layer's bias Add; an Add or
+    Sub right after a MatMul is its bias, not a candidate."""
     producer = activation.producer()
-    if producer is not None and node.op_type in ("Mul", "Div") and is_op(producer, "Add"):
-        inner = [v.producer() for v in producer.inputs if v is not None and constant_array(v) is None]
+    through_add = producer is not None and is_op(producer, "Add")
+    if through_add:
+        inner = [v.producer() for v in producer.inputs if v is not None and constant_array(v) is None]  # type: ignore[union-attr]
         producer = inner[0] if len(inner) == 1 else None
     if producer is None or not is_op(producer, *LINEAR_OPS):
         return False
-    if node.op_type in ("Add", "Sub") and producer.op_type == "MatMul":
+    if node.op_type in ("Add", "Sub") and producer.op_type == "MatMul" and not through_add:
         return False
     return isinstance(read_linear_layer(producer, ranks), LinearLayer)
 
@@ -127,25 +127,23 @@ def _before_layer(node: ir.Node, ranks: RankOracle) -> bool:
     return isinstance(read_linear_layer(consumer, ranks), LinearLayer)
 
 
-_NOT_PER_CHANNEL = "its constant has shape"
-
-
 def _affine_for(op: str, constant: np.ndarray, index: int) -> AffineFor:
     """The node's affine map z = s * x + t on a layer's channels, from its constant c:
     x * c, x / c, x + c, x - c, or c - x (the activation is input `index`)."""
 
-    def affine_for(channels: int, axis: int, rank: int) -> Affine | str:
+    def affine_for(channels: int, axis: int, rank: int) -> Affine | Refusal:
         vector = per_axis(constant, rank, axis, channels)
         if vector is None:
-            return f"{_NOT_PER_CHANNEL} {list(constant.shape)}, not one value per channel (axis {axis} of rank {rank})"
+            return Refusal(f"its constant has shape {list(constant.shape)}, not one value per channel (axis {axis} of "
+                           f"rank {rank})", NOT_PER_CHANNEL)
         ones, zeros = np.ones(channels), np.zeros(channels)
         if not np.isfinite(vector).all():
-            return "its constant contains NaN or Inf"
+            return Refusal("its constant contains NaN or Inf", NON_FINITE)
         if op == "Mul":
             return Affine(vector, zeros)
         if op == "Div":
             if not vector.all():
-                return "it divides by zero"
+                return Refusal("it divides by zero", NON_FINITE)
             return Affine(1.0 / vector, zeros)
         if op == "Add":
             return Affine(ones, vector)

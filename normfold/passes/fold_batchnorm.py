@@ -27,7 +27,17 @@ from normfold.layer_fold import (
 from normfold.modes import bn_epsilon, bn_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import TRAINING_MODE, NodeRecord, RewriteResult
+from normfold.records import (
+    NO_LAYER,
+    NON_FINITE,
+    NOT_PER_CHANNEL,
+    TRAINING_MODE,
+    NodeRecord,
+    Refusal,
+    RewriteResult,
+    code_of,
+    combined_code,
+)
 
 PARAM_ROLES = ("scale", "B", "mean", "var")
 
@@ -74,9 +84,9 @@ def _fold_one(scope: Scope, bn: ir.Node, ranks: RankOracle, names: NameSource) -
         return record("skipped", training, TRAINING_MODE)
     affine = _read_affine(scope, bn)
     if isinstance(affine, str):
-        return record("skipped", affine)
+        return record("skipped", affine, code_of(affine))
     if bn.inputs[0] is None:
-        return record("skipped", "its input is missing")
+        return record("skipped", "its input is missing", NO_LAYER)
     site = AffineSite(bn, bn.inputs[0], lambda channels, axis, rank: affine, 1, affine.scale.shape[0], _sources(bn))
     reasons = []
     for plan in (plan_backward, plan_forward):
@@ -84,7 +94,8 @@ def _fold_one(scope: Scope, bn: ir.Node, ranks: RankOracle, names: NameSource) -
         if isinstance(edit, Edit):
             return record("folded", describe(edit), tensors=apply_edit(scope, site, edit, names))
         reasons.append(edit)
-    return record("skipped", f"into its producer: {reasons[0]}; into its consumer: {reasons[1]}")
+    detail = f"into its producer: {reasons[0]}; into its consumer: {reasons[1]}"
+    return record("skipped", detail, combined_code(*reasons))
 
 
 def _sources(bn: ir.Node) -> tuple[tuple[str, str], ...]:
@@ -93,7 +104,7 @@ def _sources(bn: ir.Node) -> tuple[tuple[str, str], ...]:
     return tuple((role, value.name) for role, value in pairs if value is not None and value.name)
 
 
-def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
+def _read_affine(scope: Scope, bn: ir.Node) -> Affine | Refusal:
     """BN's inference affine map, or why it has none that folding may use."""
     label = node_label(bn)
     values = list(bn.inputs[1:5]) + [None] * (5 - len(bn.inputs))
@@ -108,14 +119,16 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | str:
         described = ", ".join(f"{r} {list(s)}" for r, s in zip(PARAM_ROLES, shapes))
         raise NormfoldError(f"BatchNormalization '{label}' has inconsistent parameter shapes: {described}")
     if arrays[0].ndim != 1:
-        return f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)"
+        return Refusal(f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)",
+                       NOT_PER_CHANNEL)
     eps = bn_epsilon(bn)
     stacked = np.stack([a.astype(np.float64) for a in arrays])
     if not np.isfinite(stacked).all():
-        return "its parameters contain NaN or Inf"
+        return Refusal("its parameters contain NaN or Inf", NON_FINITE)
     bad = int((stacked[3] + eps <= 0).sum())
     if bad:
-        return f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form"
+        return Refusal(f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form",
+                       NON_FINITE)
     return bn_affine(*arrays, eps)
 
 

@@ -18,11 +18,11 @@ import onnx_ir as ir
 
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
 from normfold.graph_walk import STANDARD_DOMAINS, Scope, iter_scopes, node_label
+from normfold.mode_switch import MODE_SWITCH_SUFFIX, unwrap_mode_switch
 from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
-from normfold.passes.set_training_mode import unwrap_mode_switch
 from normfold.ranks import RankOracle
-from normfold.records import NodeRecord, RewriteResult
+from normfold.records import STATISTICS_IN_USE, UNUSABLE_STATISTICS, NodeRecord, RewriteResult
 
 
 class SetInferenceModePass(CopyOrInPlacePass):
@@ -46,7 +46,7 @@ class SetInferenceModePass(CopyOrInPlacePass):
                 elif node.op_type == "Dropout" and (form := dropout_training_form(scope.opset, node)):
                     records.append(_dropout(scope, node, form))
                 elif node.op_type == "If" and scope.is_main and unwrap_mode_switch(scope.body, node):
-                    label = node_label(node).removesuffix(".mode_switch")
+                    label = node_label(node).removesuffix(MODE_SWITCH_SUFFIX)
                     records.append(NodeRecord(scope.name, label, "BatchNormalization", "converted",
                                               "mode switch (normfold mode --train) -> inference BatchNormalization"))
         _drop_unused_flags(model, flags)
@@ -54,21 +54,24 @@ class SetInferenceModePass(CopyOrInPlacePass):
         return RewriteResult(model, changed, records)
 
     def _batchnorm(self, scope: Scope, bn: ir.Node, form: str, ranks: RankOracle, names: NameSource) -> NodeRecord:
-        def record(action: str, detail: str) -> NodeRecord:
-            return NodeRecord(scope.name, node_label(bn), "BatchNormalization", action, detail)  # type: ignore[arg-type]
+        def record(action: str, detail: str, reason: str = "") -> NodeRecord:
+            return NodeRecord(scope.name, node_label(bn), "BatchNormalization", action, detail,  # type: ignore[arg-type]
+                              reason)
 
         unusable = _unusable_statistics(bn)
         if unusable and not self.batch_stats:
             return record("skipped", f"{form}, and {unusable}: switching to them would change the outputs; "
-                                     "--batch-stats keeps batch statistics with standard inference operators")
+                                     "--batch-stats keeps batch statistics with standard inference operators",
+                          UNUSABLE_STATISTICS)
         if unusable:
             reason = _rewrite_with_batch_statistics(scope, bn, ranks, names)
             if reason:
-                return record("skipped", f"{form}, and {unusable}; --batch-stats cannot rewrite it: {reason}")
+                return record("skipped", f"{form}, and {unusable}; --batch-stats cannot rewrite it: {reason}",
+                              UNUSABLE_STATISTICS)
             return record("rewritten", f"{form} -> inference operators computing batch statistics ({unusable})")
         reason = _drop_statistics_outputs(bn, scope.is_main)
         if reason:
-            return record("skipped", f"{form}: {reason}")
+            return record("skipped", f"{form}: {reason}", STATISTICS_IN_USE)
         if scope.opset >= 14:
             bn.attributes.pop("training_mode", None)
         elif scope.opset < 7:

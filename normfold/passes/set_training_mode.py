@@ -26,8 +26,9 @@ from normfold.errors import EXIT_USAGE, NormfoldError, describe
 from normfold.finite import require_finite
 from normfold.graph_edit import NameSource, constant_array, take_over
 from normfold.graph_walk import is_op, node_label
+from normfold.mode_switch import MODE_SWITCH_SUFFIX
 from normfold.modes import bn_epsilon, bn_training_form
-from normfold.records import NodeRecord, RewriteResult
+from normfold.records import STATISTICS_IN_USE, UNKNOWN_TYPE, NodeRecord, RewriteResult
 
 MIN_OPSET = 14
 TARGET_OPSET = 15
@@ -102,13 +103,13 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         label = node_label(bn)
         if bn_training_form(MIN_OPSET, bn) and any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
             return NodeRecord("main", label, "BatchNormalization", "skipped",
-                              "its running-statistics outputs are already used in the graph"), None
+                              "its running-statistics outputs are already used in the graph", STATISTICS_IN_USE), None
         inputs = list(bn.inputs)
         known = [found for found in (_statistic_type(inputs[3]), _statistic_type(inputs[4])) if found is not None]
         if len(known) < 2:
             return NodeRecord("main", label, "BatchNormalization", "skipped",
                               "the type of its running statistics is unknown (computed at run time, no type in "
-                              "the model), and graph outputs need one: run onnx shape inference first"), None
+                              "the model), and graph outputs need one: run onnx shape inference first", UNKNOWN_TYPE), None
         momentum = self.momentum if self.momentum is not None else bn.attributes.get_float("momentum", 0.9)
         epsilon = bn_epsilon(bn)
         base = _safe(label)
@@ -116,7 +117,7 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         train_branch = _train_branch(f"{base}_train", inputs, epsilon, momentum, known, unbiased, names)
         infer_branch = _infer_branch(f"{base}_infer", inputs, epsilon, momentum, known, names)
         switch = ir.Node(
-            "", "If", [flag], num_outputs=3, name=names.fresh(f"{base}.mode_switch"),
+            "", "If", [flag], num_outputs=3, name=names.fresh(f"{base}{MODE_SWITCH_SUFFIX}"),
             attributes=[ir.AttrGraph("then_branch", train_branch), ir.AttrGraph("else_branch", infer_branch)],
         )
         graph.insert_before(bn, switch)
@@ -273,41 +274,6 @@ def _branch_graph(name: str, nodes: list[ir.Node], outputs: list[ir.Value], x: i
     for value, (value_type, shape) in zip(outputs[1:], types):
         value.type, value.shape = value_type, shape
     return ir.Graph([], outputs, nodes=nodes, name=name)
-
-
-def unwrap_mode_switch(graph: ir.Graph, switch: ir.Node) -> bool:
-    """Replace an If made by SetTrainingModePass by its inference BN; False if `switch` is not one."""
-    if switch.op_type != "If" or not switch.name or not switch.name.endswith(".mode_switch"):
-        return False
-    flag = switch.inputs[0]
-    if flag is None or not flag.is_graph_input():
-        return False
-    branch = switch.attributes.get("else_branch")
-    if branch is None:
-        return False
-    body = branch.as_graph()
-    bns = [n for n in body if is_op(n, "BatchNormalization")]
-    if len(bns) != 1 or len(body) != 3 or flag.dtype != ir.DataType.BOOL:
-        return False
-    inner = bns[0]
-    bn = ir.Node("", "BatchNormalization", list(inner.inputs), name=switch.name.removesuffix(".mode_switch"),
-                 attributes=[inner.attributes["epsilon"], inner.attributes["momentum"]])
-    graph.insert_before(switch, bn)
-    take_over(switch.outputs[0], bn.outputs[0])
-    for extra in switch.outputs[1:]:
-        while extra in graph.outputs:
-            graph.outputs.remove(extra)
-    for name in ("then_branch", "else_branch"):
-        _detach(switch.attributes[name].as_graph())
-    graph.remove(switch, safe=True)
-    return True
-
-
-def _detach(body: ir.Graph) -> None:
-    """Drop a discarded branch's references to outer values, so they do not count as consumers."""
-    for node in body:
-        for index in range(len(node.inputs)):
-            node.replace_input_with(index, None)
 
 
 def _safe(label: str) -> str:

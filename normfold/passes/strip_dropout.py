@@ -16,7 +16,7 @@ from normfold.graph_edit import NameSource, drop_if_unused, take_over
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.modes import dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
-from normfold.records import TRAINING_MODE, NodeRecord, RewriteResult
+from normfold.records import MASK_UNSPECIFIED, MISSING_INPUT, TRAINING_MODE, NodeRecord, RewriteResult
 
 MASK_SPECIFIED_OPSET = 12
 
@@ -47,10 +47,10 @@ def _strip_one(scope: Scope, node: ir.Node, names: NameSource) -> NodeRecord:
         return NodeRecord(
             scope.name, label, "Dropout", "skipped",
             f"its mask is used, and at opset {scope.opset} the inference mask is not specified "
-            "(ONNX Runtime returns all false; opset 12 made it all true)",
+            "(ONNX Runtime returns all false; opset 12 made it all true)", MASK_UNSPECIFIED,
         )
     if data is None:
-        return NodeRecord(scope.name, label, "Dropout", "skipped", "it has no data input")
+        return NodeRecord(scope.name, label, "Dropout", "skipped", "it has no data input", MISSING_INPUT)
     detail = "removed"
     replacement = data
     producer = data.producer()

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LoadedModel": "normfold.io",
+    "LoadedModel": "normfold.model_reading",
     "OutputComparison": "normfold.validate.report",
     "Tolerance": "normfold.validate.compare",
     "ValidationConfig": "normfold.validate.config",

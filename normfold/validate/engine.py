@@ -21,7 +21,8 @@ import onnx_ir as ir
 
 from normfold.errors import EXIT_UNUSABLE_INPUT, EXIT_USAGE, NormfoldError
 from normfold.graph_walk import RANDOM_OPS
-from normfold.io import is_folder, load_model_file
+from normfold.model_reading import load_model_file
+from normfold.output_paths import is_folder
 from normfold.validate.compare import Tolerance, default_tolerance, is_float, structural_problem
 from normfold.validate.config import ValidationConfig
 from normfold.validate.float64 import Float64Unavailable

@@ -40,7 +40,7 @@ from normfold.validate.float64_cost import (
 from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel
 
 if TYPE_CHECKING:
-    from normfold.io import LoadedModel
+    from normfold.model_reading import LoadedModel
 
 __all__ = ["FLOAT_TYPES", "Float64Budget", "Float64Unavailable", "check_estimate", "run_float64", "run_float64_samples",
            "to_float64"]

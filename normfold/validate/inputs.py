@@ -32,7 +32,8 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
-from normfold.io import check_external_tensor, require_regular_file
+from normfold.external_data import check_external_tensor
+from normfold.model_reading import require_regular_file
 
 DEFAULT_DIM: int = 1
 DEFAULT_MEMORY_BUDGET: int = 1 << 30

@@ -14,12 +14,13 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import importlib.metadata
 import io
 import os
 import sys
 from pathlib import Path
 
-from normfold.errors import NormfoldError, describe
+from normfold.errors import EXIT_UNUSABLE_INPUT, NormfoldError, describe
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -53,9 +54,57 @@ class ProviderChoice:
 
 
 def _ort():
+    require_one_onnxruntime()
     import onnxruntime
 
     return onnxruntime
+
+
+# Name prefixes of the distributions that may install the `onnxruntime` module (onnxruntime, onnxruntime-gpu,
+# onnxruntime-directml, ort-nightly, ...; confirmed by their file list). Two of them in one folder overwrite each
+# other's files, and the module left behind matches neither.
+RUNTIME_PREFIXES = ("onnxruntime", "ort-nightly")
+
+
+@functools.cache
+def require_one_onnxruntime() -> None:
+    """Refuse to run with two ONNX Runtime packages installed side by side (onnxruntime and onnxruntime-gpu, say).
+
+    Read from the installed packages' metadata (milliseconds), before onnxruntime is imported, since the mix
+    imports and then fails in ways that name neither package.
+    """
+    installed = _runtime_distributions()
+    if len(installed) < 2:
+        return
+    names = [name for name, _ in installed]
+    listed = [f"{name} {version}" for name, version in installed]
+    both = f"both {listed[0]} and {listed[1]}" if len(listed) == 2 else f"{', '.join(listed[:-1])} and {listed[-1]}"
+    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in names and not _driver_missing() else "onnxruntime"
+    raise NormfoldError(f"{both} are installed in this environment; they overwrite each other's files. "
+                        f"Fix: pip uninstall -y {' '.join(names)} && pip install {keep}", exit_code=EXIT_UNUSABLE_INPUT)
+
+
+def _runtime_distributions() -> list[tuple[str, str]]:
+    """(name, version) of the distributions providing the `onnxruntime` module in the first folder holding two.
+
+    Only packages installed into the same folder overwrite each other's files; one in a virtual environment
+    and another in the system's site-packages do not (the first on sys.path is imported).
+    """
+    by_folder: dict[str, dict[str, str]] = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(RUNTIME_PREFIXES) and _provides_onnxruntime(dist):
+            by_folder.setdefault(str(dist.locate_file("")), {}).setdefault(name, dist.version)
+    clashing = [names for names in by_folder.values() if len(names) > 1]
+    return sorted(clashing[0].items()) if clashing else []
+
+
+def _provides_onnxruntime(dist: importlib.metadata.Distribution) -> bool:
+    """Whether the distribution installs the `onnxruntime` package itself (not onnxruntime-extensions, -genai)."""
+    top_level = dist.read_text("top_level.txt")
+    if top_level is not None:
+        return "onnxruntime" in top_level.split()
+    return any(file.parts[:1] == ("onnxruntime",) for file in dist.files or ())
 
 
 @functools.cache
@@ -198,28 +247,3 @@ def _auto(probe_model: Path, opt_level: str) -> ProviderChoice:
     except NormfoldError as error:
         return ProviderChoice("cpu", f"auto: CPU, because {error}")
     return ProviderChoice("cuda", "auto: CUDA runs here", session)
-
-
-@functools.cache
-def cuda_usable() -> str:
-    """'' when a CUDA session runs on this machine, else the reason (used to skip GPU tests)."""
-    import tempfile
-
-    import onnx
-    from onnx import helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "probe.onnx"
-        onnx.save(model, path)
-        try:
-            open_session(path, "cuda")
-        except NormfoldError as error:
-            return str(error)
-    return ""

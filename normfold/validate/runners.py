@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from normfold.errors import NormfoldError, describe
-from normfold.io import LoadedModel
+from normfold.model_reading import LoadedModel
 from normfold.validate.providers import ProviderChoice, open_session
 
 Feeds = list[dict[str, np.ndarray]]

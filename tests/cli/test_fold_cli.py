@@ -101,16 +101,19 @@ def test_training_form_is_reported_as_skipped(workdir: Path) -> None:
     result = invoke("fold", source)
     assert result.exit_code == 0, result.output
     lines = fold_lines(result.stdout)
-    assert len(lines) == 4, lines
-    bn_line, dropout_line, summary, wrote = lines
-    assert bn_line.startswith("SKIPPED  BatchNormalization '")
-    assert "training_mode=1" in bn_line
-    assert dropout_line.startswith("SKIPPED  Dropout '")
-    assert "training_mode is constant true" in dropout_line
-    assert summary == ("BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7; 2 node(s) left in "
-                       "training mode (add --eval to convert them first)")
+    assert len(lines) == 5, lines
+    bn_line, dropout_line, summary, left, wrote = lines
+    assert bn_line.startswith("SKIPPED  BatchNormalization 'batchnormalization8': training_mode=1: ")
+    assert dropout_line.startswith("SKIPPED  Dropout 'dropout14': training_mode is constant true")
+    assert summary == "BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7"
+    assert left == "2 node(s) left in training mode (add --eval to convert them first)"
     target = workdir / "training_export.folded.onnx"
     assert wrote == f"wrote {target}"
+    assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
+    verbose = fold_lines(invoke("fold", source, "-v").stdout)
+    assert verbose[2] == ("BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7; 2 node(s) left in "
+                          "training mode (add --eval to convert them first)")
+    assert verbose[0].startswith(bn_line.removesuffix("...")) and len(verbose[0]) > 100
     assert sha256(source) == before
     onnx.checker.check_model(str(target), full_check=True)
     assert op_types(onnx.load(str(target))).count("BatchNormalization") == 1

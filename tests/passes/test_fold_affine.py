@@ -16,7 +16,7 @@ from numerics import assert_fold_exact, random_feeds
 from onnx import helper
 
 from normfold import fold
-from normfold.records import NOT_PER_CHANNEL
+from normfold.records import NON_FINITE, NOT_PER_CHANNEL, SHARED_VALUE
 
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], x_shape: list, out: str = "out",
@@ -75,8 +75,8 @@ def test_div_and_sub_by_a_constant_after_gemm_fold(op: str, operands: list[str])
 
 
 def test_keras_dense_batchnorm_as_mul_after_matmul_keeps_the_bias_add() -> None:
-    """N-D MatMul -> Add(bias) -> Mul(per-feature): the Mul goes into the weight columns and the bias; the Add
-    stays the MatMul's bias and the MatMul stays a MatMul (no Gemm for rank 3)."""
+    """N-D MatMul -> Add(bias) -> Mul(per-feature) -> Add(shift): the Mul goes into the weight columns and the bias,
+    the shift into the bias; the bias Add stays and the MatMul stays a MatMul (no Gemm for rank 3)."""
     g = rng(4)
     inits = {"w": g.normal(0, 0.3, (5, 6)).astype(np.float32), "bias": g.normal(0, 0.1, 6).astype(np.float32),
              "s": g.uniform(0.5, 2, 6).astype(np.float32), "t": g.normal(0, 0.2, 6).astype(np.float32)}
@@ -85,9 +85,10 @@ def test_keras_dense_batchnorm_as_mul_after_matmul_keeps_the_bias_add() -> None:
              helper.make_node("Mul", ["yb", "s"], ["z"], name="mul"),
              helper.make_node("Add", ["z", "t"], ["out"], name="shift")]
     proto, records = _folded(_model(nodes, inits, ["N", 3, 5]))
-    assert op_types(proto) == ["MatMul", "Add", "Add"]
-    assert [(r.node, r.action) for r in records] == [("mul", "folded")]
-    assert records[0].detail == "into MatMul 'matmul' through Add 'bias_add' (backward)"
+    assert op_types(proto) == ["MatMul", "Add"]
+    assert [(r.node, r.action, r.detail) for r in records] == [
+        ("mul", "folded", "into MatMul 'matmul' through Add 'bias_add' (backward)"),
+        ("shift", "folded", "into MatMul 'matmul' through Add 'bias_add' (backward)")]
 
 
 def test_input_normalization_before_a_padded_first_conv_folds_its_scale_only() -> None:
@@ -217,3 +218,18 @@ def test_summary_and_json_count_the_elementwise_folds() -> None:
                                 "nodes 3 -> 2")
     summary = result.to_dict()["summary"]
     assert (summary["affine_total"], summary["affine_folded"]) == (2, 1)
+
+
+@pytest.mark.parametrize("case,code", [("spatial", NOT_PER_CHANNEL), ("residual", SHARED_VALUE), ("zero", NON_FINITE)])
+def test_every_skip_has_a_reason_code(case: str, code: str) -> None:
+    """Each refusal carries its machine-readable code beside the message."""
+    g = rng(15)
+    inits = {"w": g.normal(0, 0.3, (3, 3, 1, 1)).astype(np.float32),
+             "c": {"spatial": g.uniform(1, 2, (1, 1, 4, 1)), "residual": g.uniform(1, 2, (3, 1, 1)),
+                   "zero": np.zeros((3, 1, 1))}[case].astype(np.float32)}
+    tail = [helper.make_node("Add", ["z", "y"], ["out"], name="residual")] if case == "residual" else []
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("Div", ["y", "c"], ["z" if tail else "out"], name="div"), *tail]
+    result = fold(_model(nodes, inits, ["N", 3, 4, 4]))
+    [record] = result.records
+    assert (record.action, record.reason) == ("skipped", code)

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from graphs import bn_node, bn_params, make_model, op_types, rng
-from numerics import assert_fold_exact, random_feeds
+from numerics import assert_fold_exact, random_feeds, scale_outputs
 from onnx import helper, numpy_helper
 
 from normfold import fold
-from normfold.bn_math import bn_affine, scale_outputs
+from normfold.bn_math import bn_affine
 
 
 def _conv_bn_nodes(**bn_attrs: object) -> list[onnx.NodeProto]:

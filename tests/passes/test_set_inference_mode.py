@@ -85,7 +85,7 @@ def test_runtime_training_flag_input_is_removed() -> None:
 def test_never_tracked_statistics_are_not_switched_silently() -> None:
     result = SetInferenceModePass()(ir.from_proto(_model(training=True, stats="initial")))
     bn_record = result.records[0]
-    assert bn_record.action == "skipped"
+    assert (bn_record.action, bn_record.reason) == ("skipped", "unusable-statistics")
     assert bn_record.detail == (
         "training_mode=1, and its running statistics are the initial mean 0 / variance 1 (never tracked): switching "
         "to them would change the outputs; --batch-stats keeps batch statistics with standard inference operators"

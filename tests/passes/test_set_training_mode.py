@@ -257,8 +257,8 @@ def test_statistics_of_unknown_type_leave_the_bn_with_the_reason() -> None:
     model.graph.node.insert(0, helper.make_node("ReduceMean", ["x"], ["data_mean"], axes=[0], keepdims=0))
     model.graph.node[1].input[3] = "data_mean"
     result = SetTrainingModePass()(ir.from_proto(model))
-    assert [(r.action, r.detail) for r in result.records] == [
+    assert [(r.action, r.detail, r.reason) for r in result.records] == [
         ("skipped", "the type of its running statistics is unknown (computed at run time, no type in the model), and "
-                    "graph outputs need one: run onnx shape inference first")]
+                    "graph outputs need one: run onnx shape inference first", "unknown-type")]
     assert result.switches == [None]
     assert op_types(ir.to_proto(result.model)) == ["ReduceMean", "BatchNormalization"]

@@ -9,12 +9,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
+from gpu_probe import cuda_usable
 from numerics import run_ort
 from onnx import helper, numpy_helper
 
 from normfold.calibrate import calibrate
 from normfold.cli import main
-from normfold.validate.providers import cuda_usable
 
 CHANNEL_MEAN = np.array([3.0, -1.0, 0.5], np.float32)
 CHANNEL_STD = np.array([2.0, 0.5, 1.5], np.float32)

@@ -1,4 +1,4 @@
-"""The seed's pitfalls as lints, reported by `normfold mode --train`."""
+"""BatchNorm and Dropout set-ups known to train badly, as lints reported by `normfold mode --train`."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_mode_train_prints_the_lints(tmp_path: Path) -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("LINT")]
     assert lines == [
         "LINT     high-drop-ratio 'drop': ratio=0.8 drops more than 0.7 of activations (keep probability "
-        "p = 1 - ratio = 0.2), which tends to underfit (seed 2.9)",
+        "p = 1 - ratio = 0.2), which tends to underfit (common ratios are 0.1 to 0.5)",
         "LINT     dropout-before-bn 'bn': Dropout 'drop' feeds it directly: Dropout's variance shift corrupts the "
-        "batch statistics (seed 1.4, 1.9: put Dropout after BN)",
+        "batch statistics, which then differ from what inference (without Dropout) normalizes with (put Dropout after BN)",
     ]

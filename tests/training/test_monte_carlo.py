@@ -10,12 +10,12 @@ import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from examples import MODELS
+from gpu_probe import cuda_usable
 from onnx import helper, numpy_helper
 
 from normfold import NormfoldError
 from normfold.cli import main
 from normfold.monte_carlo import monte_carlo
-from normfold.validate.providers import cuda_usable
 
 RATIO = 0.3
 
@@ -98,7 +98,7 @@ def test_cli_writes_mean_and_std(tmp_path: Path) -> None:
     inputs = tmp_path / "x.npz"
     np.savez(inputs, x=np.ones((1, 64), np.float32))
     out = tmp_path / "mc.npz"
-    result = CliRunner().invoke(main, ["mc", str(source), "--inputs", str(inputs), "--samples", "20",
+    result = CliRunner().invoke(main, ["mc", str(source), "--inputs", str(inputs), "--passes", "20",
                                        "--provider", "cpu", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "20 passes on cpu, Dropout active in 1 node(s): drop"

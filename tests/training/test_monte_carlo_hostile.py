@@ -79,7 +79,7 @@ def test_chained_dropouts_each_sample_a_mask(tmp_path: Path) -> None:
     result = monte_carlo(ir.from_proto(_chained()), ONES, passes=PASSES, seed=0)
     assert result.dropouts == ["d1", "d2"]
     _assert_inverted_dropout(result, [0.3, 0.3])
-    cli = invoke("mc", _saved(_chained(), tmp_path), "--provider", "cpu", "--samples", "3")
+    cli = invoke("mc", _saved(_chained(), tmp_path), "--provider", "cpu", "--passes", "3")
     assert cli.exit_code == 0, cli.output
     assert cli.stdout.splitlines()[0] == "3 passes on cpu, Dropout active in 2 node(s): d1, d2"
 
@@ -109,7 +109,7 @@ def test_generated_names_are_fresh(tmp_path: Path) -> None:
     assert site.mask_input not in TAKEN and site.probe_output not in TAKEN
     assert masked.graph.initializers["d.mc_mask"].const_value.numpy().tolist() == [[1.0] * WIDTH]
     _assert_inverted_dropout(monte_carlo(ir.from_proto(_names_taken()), ONES, passes=PASSES, seed=0), [0.3], offset=1.0)
-    cli = invoke("mc", _saved(_names_taken(), tmp_path), "--provider", "cpu", "--samples", "3")
+    cli = invoke("mc", _saved(_names_taken(), tmp_path), "--provider", "cpu", "--passes", "3")
     assert cli.exit_code == 0, cli.output
     assert cli.stdout.splitlines()[0] == "3 passes on cpu, Dropout active in 1 node(s): d"
 
@@ -125,7 +125,7 @@ def test_dropout_of_an_initializer_samples_masks(tmp_path: Path) -> None:
     """Regression: an initializer was neither a node output nor a graph input, so the probe lost it (KeyError)."""
     zeros = {"x": np.zeros((1, WIDTH), np.float32)}
     _assert_inverted_dropout(monte_carlo(ir.from_proto(_initializer_input()), zeros, passes=PASSES, seed=0), [0.3])
-    cli = invoke("mc", _saved(_initializer_input(), tmp_path), "--provider", "cpu", "--samples", "3")
+    cli = invoke("mc", _saved(_initializer_input(), tmp_path), "--provider", "cpu", "--passes", "3")
     assert cli.exit_code == 0, cli.output
     assert cli.stdout.splitlines()[0] == "3 passes on cpu, Dropout active in 1 node(s): drop"
 
@@ -142,7 +142,7 @@ def test_ratio_attribute_before_opset_12_is_sampled(opset: int, tmp_path: Path) 
     _assert_inverted_dropout(result, [0.9])
     out = tmp_path / "stats.npz"
     cli = invoke("mc", _saved(_attribute_ratio(opset, 0.9), tmp_path), "--provider", "cpu", "--inputs",
-                 _saved_inputs(tmp_path), "--samples", str(PASSES), "-o", out)
+                 _saved_inputs(tmp_path), "--passes", str(PASSES), "-o", out)
     assert cli.exit_code == 0, cli.output
     with np.load(out) as saved:
         np.testing.assert_allclose(saved["y_std"].mean(), 3.0, rtol=0.05)
@@ -254,7 +254,7 @@ def test_random_inputs_over_the_budget_are_refused_with_mc_options(tmp_path: Pat
                "with --dim, give --inputs, or raise --max-input-bytes")
     assert_one_line_error(result, message, 3)
     assert_options_are_mc_options(message)
-    within = invoke("mc", path, "--provider", "cpu", "--dim", "K=8", "--max-input-bytes", "32", "--samples", "2")
+    within = invoke("mc", path, "--provider", "cpu", "--dim", "K=8", "--max-input-bytes", "32", "--passes", "2")
     assert within.exit_code == 0, within.output
 
 

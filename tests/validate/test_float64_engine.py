@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from normfold.io import load_model_file
+from normfold.model_reading import load_model_file
 from normfold.validate import float64_kernels
 from normfold.validate.float64 import (
     Float64Budget,

@@ -136,6 +136,11 @@ def test_cli_prints_the_provider_and_exits_0_or_1(bf16_conv: tuple[Path, Path], 
     ok = invoke("validate", source, target, "--provider", "reference")
     assert ok.exit_code == 0, ok.output
     lines = ok.stdout.splitlines()
+    assert all(len(line) <= 100 for line in lines) and lines[1] == NOTE[:len(lines[1]) - 3] + "..."
+    assert lines[2].startswith(f"PASSED 'out' on {LABEL} | max abs ") and lines[2].endswith(" rtol 0.05")
+    assert lines[3:] == ["PASSED: equivalent"]
+    ok = invoke("validate", source, target, "--provider", "reference", "-v")
+    lines = ok.stdout.splitlines()
     assert lines[0] == f"validate {target} against {source}: 1 sample(s) from random inputs (seed 0), provider(s) {LABEL}"
     assert lines[1] == NOTE
     assert lines[2].startswith(f"PASSED | output 'out' | {LABEL} | max abs ") and lines[2].endswith("rtol 0.05")
@@ -146,7 +151,7 @@ def test_cli_prints_the_provider_and_exits_0_or_1(bf16_conv: tuple[Path, Path], 
     broken = _scaled(target, tmp_path / "broken.onnx", "w", 1.2)
     bad = invoke("validate", source, broken, "--provider", "reference")
     assert bad.exit_code == 1
-    assert f"FAILED | output 'out' | {LABEL} | max abs " in bad.stdout
+    assert f"\nFAILED 'out' on {LABEL} | max abs " in bad.stdout
     assert bad.stdout.splitlines()[-1] == "FAILED: 1 of 1 output comparison(s) differ"
 
 
@@ -163,7 +168,7 @@ def test_auto_stays_on_onnx_runtime_and_its_error_hints_at_reference(bf16_conv: 
     assert not (source.parent / "out.onnx").exists()
     on_reference = invoke("fold", source, "-o", source.parent / "out.onnx", "--provider", "reference")
     assert on_reference.exit_code == 0, on_reference.output
-    assert f"validate: PASSED | output 'out' | {LABEL}" in on_reference.stdout
+    assert f"validate: PASSED 'out' on {LABEL} | max abs " in on_reference.stdout
     assert (source.parent / "out.onnx").exists()
 
 
@@ -216,7 +221,9 @@ def test_expected_outputs_are_checked_on_the_reference_evaluator(
     folder, y = expected_set
     good = invoke("validate", target, "--expected", folder, "--provider", "reference")
     assert good.exit_code == 0, good.output
-    assert f"PASSED | output 'logits' | {LABEL} vs expected" in good.stdout
+    assert "\nPASSED 'logits' on onnx-reference " in good.stdout and " vs expected | max abs " in good.stdout
+    verbose = invoke("validate", target, "--expected", folder, "--provider", "reference", "-v")
+    assert f"PASSED | output 'logits' | {LABEL} vs expected | max abs " in verbose.stdout
     (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y + 0.1, "logits").SerializeToString())
     assert invoke("validate", target, "--expected", folder, "--provider", "reference").exit_code == 1
 

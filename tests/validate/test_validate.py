@@ -14,12 +14,12 @@ import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from examples import MODELS, shipped_and_folded
+from gpu_probe import cuda_usable
 from onnx import numpy_helper
 
 from normfold import NormfoldError, fold, save_model
 from normfold.cli import main
 from normfold.validate import Tolerance, validate
-from normfold.validate.providers import cuda_usable
 
 CUDA_REASON = cuda_usable()
 
@@ -86,7 +86,7 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
     bad = invoke("validate", source, broken, "--provider", "cpu")
     assert bad.exit_code == 1
-    assert "FAILED | output 'logits' | cpu" in bad.stdout
+    assert "\nFAILED 'logits' on cpu | max abs 0.5 | atol " in bad.stdout
     missing = invoke("validate", source, tmp_path / "nope.onnx", "--provider", "cpu")
     assert missing.exit_code == 3 and missing.stderr.strip() == f"normfold: error: {tmp_path / 'nope.onnx'}: no such file"
     usage = invoke("validate", source, target, "--tol", "logits=abc")
@@ -127,7 +127,7 @@ def test_expected_outputs_in_test_data_set_layout(resnet: tuple[Path, Path], exp
     folder, y = expected_set
     good = invoke("validate", target, "--expected", folder, "--provider", "cpu")
     assert good.exit_code == 0, good.output
-    assert "PASSED | output 'logits' | cpu vs expected" in good.stdout
+    assert "\nPASSED 'logits' on cpu vs expected | max abs " in good.stdout
     (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y + 0.1, "logits").SerializeToString())
     assert invoke("validate", target, "--expected", folder, "--provider", "cpu").exit_code == 1
 
@@ -178,7 +178,7 @@ def test_fold_refuses_to_write_a_model_that_fails_validation(tmp_path: Path, mon
     monkeypatch.setattr(fold_command, "fold", broken_fold)
     result = invoke("fold", source, "--provider", "cpu")
     assert result.exit_code == 1
-    assert "FAILED | output 'logits' | cpu" in result.stdout
+    assert "validate: FAILED 'logits' on cpu | max abs " in result.stdout
     assert result.stderr.startswith("normfold: error: the folded model differs from")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.onnx"]
 
@@ -188,8 +188,10 @@ def test_fold_validates_by_default_and_reports_it(tmp_path: Path) -> None:
     shutil.copy(MODELS / "mlp.onnx", source)
     result = invoke("fold", source, "--provider", "cpu")
     assert result.exit_code == 0, result.output
-    assert "validate: PASSED | output 'scores' | cpu" in result.stdout
+    assert "validate: PASSED 'scores' on cpu | max abs " in result.stdout
     assert "validate: PASSED: equivalent" in result.stdout
+    verbose = invoke("fold", source, "--provider", "cpu", "-v").stdout
+    assert "validate: PASSED | output 'scores' | cpu | max abs " in verbose and " | max rel " in verbose
     skipped = invoke("fold", source, "--no-validate", "-o", tmp_path / "other.onnx")
     assert skipped.exit_code == 0 and "validate:" not in skipped.stdout
 
@@ -299,7 +301,7 @@ def test_one_weight_changed_by_1e_3_fails_and_names_the_output(resnet: tuple[Pat
     broken = _perturbed(target if prefix == "fc_w" else source, tmp_path / "broken.onnx", prefix, 1e-3)
     result = invoke("validate", source, broken, "--provider", "cpu")
     assert result.exit_code == 1, result.output
-    assert "FAILED | output 'logits' | cpu" in result.stdout
+    assert "\nFAILED 'logits' on cpu | max abs " in result.stdout
     assert result.stdout.splitlines()[-1] == "FAILED: 1 of 1 output comparison(s) differ"
 
 
@@ -358,7 +360,7 @@ def test_two_folders_compare_pair_by_pair(tmp_path: Path) -> None:
         shutil.copy(MODELS / Path(name).name, originals / name)
         save_model(fold(originals / name).model, folded / name)
     shutil.copy(MODELS / "mlp.onnx", originals / "orphan.onnx")
-    result = invoke("validate", originals, folded, "--provider", "cpu", "-j", "2")
+    result = invoke("validate", originals, folded, "--provider", "cpu", "-j", "2", "-v")
     assert result.exit_code == 3, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"PASSED    {originals / 'mlp.onnx'} -> {folded / 'mlp.onnx'}: 1 output comparison(s) on cpu")
