@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from normfold.cli import verbosity
-from normfold.cli.batch_table import fit_table, render_table
-from normfold.cli.verbosity import Style
+from . import verbosity
+from .batch_table import fit_table, render_table
+from .verbosity import Style
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison, ValidationReport

@@ -12,8 +12,6 @@ import numpy as np
 
 from normfold.atomic_write import save_model
 from normfold.calibrate import METHODS, calibrate
-from normfold.cli.deprecated_options import deprecated_option, momentum_advice, replace_deprecated
-from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.external_data import has_external_data
 from normfold.memory import available_memory
@@ -22,6 +20,9 @@ from normfold.output_paths import check_output_path, is_folder
 from normfold.passes.set_training_mode import RUNNING_VARIANCES
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
 from normfold.validate.providers import require_one_onnxruntime, resolve_providers
+
+from .deprecated_options import deprecated_option, momentum_advice, replace_deprecated
+from .finite_float import FiniteFloat
 
 
 @click.command("calibrate")

@@ -8,9 +8,10 @@ import click
 
 from normfold.check import RULES, Finding, ModelCheck, check_model, model_files
 from normfold.check_formats import FORMATS, disabled_in_pyproject, render
-from normfold.cli.verbosity import output_style, verbosity_options
 from normfold.columns import Cuttable, Squeezable, fit
 from normfold.errors import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE_INPUT, EXIT_USAGE, NormfoldError
+
+from .verbosity import output_style, verbosity_options
 
 
 @click.command("check")

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from normfold.cli.batch import (
+from normfold.columns import WIDTH, Cuttable, Squeezable, cut, fit
+from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
+from normfold.fold_file import FoldFileResult, NotWrittenError, Phase, fold_file
+from normfold.html_report import check_page_path, file_op_counts, fold_page, write_page
+from normfold.output_paths import is_folder
+
+from .batch import (
     BatchReport,
     error_reason,
     failure_reason,
@@ -17,14 +23,9 @@ from normfold.cli.batch import (
     run_and_report,
     worst_comparison,
 )
-from normfold.cli.batch_table import shorten
-from normfold.cli.validation_options import validation_config, validation_options
-from normfold.cli.verbosity import PhaseProgress, Style, output_style, verbosity_options
-from normfold.columns import WIDTH, Cuttable, Squeezable, cut, fit
-from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
-from normfold.fold_file import FoldFileResult, NotWrittenError, Phase, fold_file
-from normfold.html_report import check_page_path, file_op_counts, fold_page, write_page
-from normfold.output_paths import is_folder
+from .batch_table import shorten
+from .validation_options import validation_config, validation_options
+from .verbosity import PhaseProgress, Style, output_style, verbosity_options
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison

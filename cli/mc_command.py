@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from normfold.cli.deprecated_options import deprecated_option, replace_deprecated
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.model_reading import load_model_file
 from normfold.monte_carlo import monte_carlo
@@ -27,6 +26,8 @@ from normfold.validate.inputs import (
     resolve_shape,
 )
 from normfold.validate.providers import require_one_onnxruntime, resolve_providers
+
+from .deprecated_options import deprecated_option, replace_deprecated
 
 
 @click.command("mc")
@@ -55,6 +56,7 @@ def mc_command(model: Path, inputs: Path | None, passes: int, samples: int | Non
     require_one_onnxruntime()
     budget = parse_size(max_input_bytes)
     loaded = load_model_file(model)
+    assert loaded.proto is not None  # a model read from a file keeps the proto it was parsed from
     specs = input_specs(loaded.proto)
     if inputs is not None:
         feeds = load_npz_inputs(inputs, specs, parse_dims(dims), budget)
@@ -99,7 +101,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name[:32]}.", suffix=".npz")
     os.close(handle)
     try:
-        np.savez(temp, **arrays)
+        np.savez(temp, allow_pickle=True, **arrays)  # numpy's default, given so that **arrays names arrays only
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -9,8 +9,6 @@ from pathlib import Path
 import click
 
 from normfold.atomic_write import save_model
-from normfold.cli.deprecated_options import deprecated_option, momentum_advice, replace_deprecated
-from normfold.cli.finite_float import FiniteFloat
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.external_data import has_external_data
 from normfold.lints import training_lints
@@ -18,6 +16,10 @@ from normfold.model_reading import load_model
 from normfold.output_paths import check_output_path
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG, RUNNING_VARIANCES
+from normfold.records import RewriteResult
+
+from .deprecated_options import deprecated_option, momentum_advice, replace_deprecated
+from .finite_float import FiniteFloat
 
 
 @click.command("mode")
@@ -67,6 +69,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     loaded = load_model(model)
     input_files = check_output_path(target, model, loaded)
     lints = []
+    result: RewriteResult
     if to_train:
         result = SetTrainingModePass(flag, momentum, running_var or "biased")(loaded)
         lints = training_lints(loaded)

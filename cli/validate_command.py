@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from normfold.cli.batch import (
+from normfold.columns import WIDTH, Cuttable, Squeezable, fit
+from normfold.errors import EXIT_USAGE, NormfoldError
+from normfold.html_report import check_page_path, file_op_counts, validation_page, write_page
+from normfold.output_paths import is_folder
+from normfold.validate import ValidationConfig, ValidationReport, validate
+
+from .batch import (
     BatchReport,
     error_reason,
     failure_reason,
@@ -17,14 +23,9 @@ from normfold.cli.batch import (
     run_and_report,
     worst_comparison,
 )
-from normfold.cli.batch_table import shorten
-from normfold.cli.validation_options import validation_config, validation_options
-from normfold.cli.verbosity import PhaseProgress, Style, output_style, verbosity_options
-from normfold.columns import WIDTH, Cuttable, Squeezable, fit
-from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.html_report import check_page_path, file_op_counts, validation_page, write_page
-from normfold.output_paths import is_folder
-from normfold.validate import ValidationConfig, ValidationReport, validate
+from .batch_table import shorten
+from .validation_options import validation_config, validation_options
+from .verbosity import PhaseProgress, Style, output_style, verbosity_options
 
 
 @click.command("validate")

@@ -59,7 +59,7 @@ def output_factor(shape: tuple[int, ...], scale: np.ndarray, layout: str, group:
     """Rows -> broadcastable factor multiplying each weight element by scale[its output channel]."""
     spatial = (1,) * (len(shape) - 2)
     if layout == "conv":
-        column = scale.reshape((-1, 1) + spatial)
+        column: np.ndarray = scale.reshape((-1, 1) + spatial)
         return lambda rows: column[rows]
     if layout == "convt":
         c_in, c_out_g = shape[0], shape[1]

@@ -173,7 +173,8 @@ def calibrate(
             except Exception as error:
                 raise NormfoldError(f"calibration batch does not fit the model: {describe(error, 300)}") from None
             for k, (bn, combiner) in enumerate(zip(bns, combiners)):
-                _add_batch(combiner, node_label(bn), index, *outputs[3 * k: 3 * k + 3], running_var)
+                mean, var, shape = outputs[3 * k: 3 * k + 3]
+                _add_batch(combiner, node_label(bn), index, mean, var, shape, running_var)
     return _write(base, bns, [c.result() for c in combiners], method, running_var, len(batches))
 
 

@@ -1,6 +1,7 @@
 """`normfold check`: is a model deployment-ready? Each finding names the node, the rule and the fix.
 
-Rules: what `fold` would still change (foldable-bn, inference-dropout), training-mode nodes
+Rules (the RULES registry): what `fold` would still change (foldable-bn, foldable-affine, inference-dropout, read
+from the reason codes of one run of its passes), training-mode nodes
 (training-bn, training-dropout), broken BN parameters (bn-nonfinite, bn-negative-variance,
 non-positive-epsilon, bn-fp16-overflow), set-ups known to train badly (dropout-before-bn,
 high-drop-ratio, bn-batch-below-2), and a model the installed ONNX Runtime cannot load (runtime-cannot-load).
@@ -22,20 +23,39 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-RULES = {
-    "runtime-cannot-load": "a model whose IR version or opset is newer than the installed ONNX Runtime loads",
-    "foldable-bn": "a BatchNormalization that normfold fold can fold into its neighbour",
-    "inference-dropout": "an inference-time Dropout that normfold fold removes",
-    "training-bn": "a BatchNormalization in training mode (TensorRT refuses it)",
-    "training-dropout": "a Dropout in training mode (samples masks at run time)",
-    "bn-nonfinite": "BatchNormalization parameters with NaN or Inf",
-    "bn-negative-variance": "a BatchNormalization with a negative running variance",
-    "non-positive-epsilon": "a BatchNormalization with epsilon <= 0",
-    "bn-fp16-overflow": "a float16/bfloat16 BatchNormalization whose fold would overflow the dtype",
-    "dropout-before-bn": "a Dropout feeding a BatchNormalization directly (it corrupts the batch statistics in training)",
-    "high-drop-ratio": "a Dropout ratio above 0.7 (tends to underfit)",
-    "bn-batch-below-2": "a training-mode BatchNormalization over a static batch below 2 (degenerate batch statistics)",
-}
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A check rule: its name, what it flags (SARIF's short description) and the usual fix (`{path}` is the
+    model's path; a finding may carry a more specific one)."""
+
+    name: str
+    description: str
+    fix: str
+
+
+_EVAL_FIX = "normfold mode --eval {path} (or normfold fold --eval {path})"
+_CALIBRATE_FIX = "re-estimate statistics with normfold calibrate"
+RULES = {rule.name: rule for rule in (
+    Rule("runtime-cannot-load", "a model whose IR version or opset is newer than the installed ONNX Runtime loads",
+         "upgrade onnxruntime, or convert the model to an older IR version or opset"),
+    Rule("foldable-bn", "a BatchNormalization that normfold fold can fold into its neighbour", "normfold fold {path}"),
+    Rule("foldable-affine", "a per-channel Mul/Div/Add/Sub by a constant that normfold fold can fold into its layer",
+         "normfold fold {path}"),
+    Rule("inference-dropout", "an inference-time Dropout that normfold fold removes", "normfold fold {path}"),
+    Rule("training-bn", "a BatchNormalization in training mode (TensorRT refuses it)", _EVAL_FIX),
+    Rule("training-dropout", "a Dropout in training mode (samples masks at run time)", _EVAL_FIX),
+    Rule("bn-nonfinite", "BatchNormalization parameters with NaN or Inf",
+         "re-export the model, or " + _CALIBRATE_FIX),
+    Rule("bn-negative-variance", "a BatchNormalization with a negative running variance", _CALIBRATE_FIX),
+    Rule("non-positive-epsilon", "a BatchNormalization with epsilon <= 0", "set epsilon > 0"),
+    Rule("bn-fp16-overflow", "a BatchNormalization whose fold would overflow its dtype or lose precision in subnormals",
+         "keep it unfolded, or fold in float32 and convert to float16 afterwards"),
+    Rule("dropout-before-bn", "a Dropout feeding a BatchNormalization directly (it corrupts the batch statistics in "
+         "training)", "change the architecture and re-export"),
+    Rule("high-drop-ratio", "a Dropout ratio above 0.7 (tends to underfit)", "change the architecture and re-export"),
+    Rule("bn-batch-below-2", "a training-mode BatchNormalization over a static batch below 2 (degenerate batch "
+         "statistics)", "change the architecture and re-export"),
+)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,48 +173,51 @@ def runtime_refusal(ir_version: int, opset: int) -> tuple[str, str] | None:
 
 
 def _findings(model: ir.Model, path: str) -> list[Finding]:
+    from normfold.folding import fold
     from normfold.graph_walk import is_op, iter_scopes, node_label
     from normfold.lints import training_lints
     from normfold.modes import bn_training_form, dropout_training_form
-    from normfold.passes.fold_batchnorm import FoldBatchNormPass
-    from normfold.passes.strip_dropout import StripDropoutPass
+    from normfold.passes.fold_affine import AFFINE_OPS
+    from normfold.records import ROUNDING
 
-    fold_fix = f"normfold fold {path}"
-    eval_fix = f"normfold mode --eval {path} (or normfold fold --eval {path})"
-    found = _parameter_findings(model)
-    for record in StripDropoutPass()(model).records:
+    found = _parameter_findings(model, path)
+    for record in fold(model).records:  # what fold would change, from one run of its passes and their codes
         if record.action == "stripped":
-            found.append(Finding("inference-dropout", record.node, "an inference Dropout is the identity; remove it", fold_fix))
-    for record in FoldBatchNormPass()(StripDropoutPass()(model).model).records:
-        if record.action == "folded":
-            found.append(Finding("foldable-bn", record.node, f"can be folded {record.detail}", fold_fix))
-        elif "overflow" in record.detail:
-            found.append(Finding("bn-fp16-overflow", record.node, record.detail,
-                                 "keep it unfolded, or fold in float32 and convert to float16 afterwards"))
+            found.append(_finding("inference-dropout", record.node, "an inference Dropout is the identity; remove it",
+                                  path))
+        elif record.action == "folded" and record.op_type == "BatchNormalization":
+            found.append(_finding("foldable-bn", record.node, f"can be folded {record.detail}", path))
+        elif record.action == "folded" and record.op_type in AFFINE_OPS:
+            found.append(_finding("foldable-affine", record.node, f"{record.op_type} can be folded {record.detail}",
+                                  path))
+        elif record.reason == ROUNDING and record.op_type == "BatchNormalization":
+            found.append(_finding("bn-fp16-overflow", record.node, record.detail, path))
     training = set()
     for scope in iter_scopes(model):
         for node in scope.body:
             if is_op(node, "BatchNormalization") and (form := bn_training_form(scope.opset, node)):
                 training.add(node_label(node))
-                found.append(Finding("training-bn", node_label(node),
-                                     f"{form}: normalizes with batch statistics; TensorRT refuses training-mode "
-                                     "BatchNormalization", eval_fix))
+                found.append(_finding("training-bn", node_label(node), f"{form}: normalizes with batch statistics; "
+                                      "TensorRT refuses training-mode BatchNormalization", path))
             elif is_op(node, "Dropout") and (form := dropout_training_form(scope.opset, node)):
-                found.append(Finding("training-dropout", node_label(node), form, eval_fix))
+                found.append(_finding("training-dropout", node_label(node), form, path))
     for lint in training_lints(model):
         # epsilon is judged above; batch statistics (and so a batch below 2) exist only in training mode
         if lint.rule == "non-positive-epsilon" or (lint.rule == "bn-batch-below-2" and lint.node not in training):
             continue
-        found.append(Finding(lint.rule, lint.node, lint.message, "change the architecture and re-export"))
+        found.append(_finding(lint.rule, lint.node, lint.message, path))
     return found
 
 
-def _parameter_findings(model: ir.Model) -> list[Finding]:
-    import numpy as np
+def _finding(rule: str, node: str, message: str, path: str) -> Finding:
+    """A finding of a registered rule, with the rule's fix for this model."""
+    return Finding(rule, node, message, RULES[rule].fix.format(path=path))
 
+
+def _parameter_findings(model: ir.Model, path: str) -> list[Finding]:
     from normfold.graph_edit import constant_array
     from normfold.graph_walk import is_op, iter_scopes, node_label
-    from normfold.modes import bn_epsilon
+    from normfold.modes import bn_epsilon, bn_parameter_faults
 
     found = []
     for scope in iter_scopes(model):
@@ -202,19 +225,16 @@ def _parameter_findings(model: ir.Model) -> list[Finding]:
             if not is_op(bn, "BatchNormalization"):
                 continue
             label = node_label(bn)
-            arrays = [constant_array(v) for v in bn.inputs[1:5]]
-            if any(a is not None and not np.isfinite(a.astype(np.float64)).all() for a in arrays):
-                found.append(Finding("bn-nonfinite", label, "scale, bias, mean or variance holds NaN or Inf",
-                                     "re-export the model, or re-estimate statistics with normfold calibrate"))
-            var = arrays[3] if len(arrays) > 3 else None
-            if var is not None and (var.astype(np.float64) < 0).any():
-                found.append(Finding("bn-negative-variance", label,
-                                     f"{int((var.astype(np.float64) < 0).sum())} channel(s) have a negative variance",
-                                     "re-estimate statistics with normfold calibrate"))
             epsilon = bn_epsilon(bn)
+            faults = bn_parameter_faults([constant_array(v) for v in bn.inputs[1:5]], epsilon)
+            if faults.nonfinite:
+                found.append(_finding("bn-nonfinite", label, "scale, bias, mean or variance holds NaN or Inf", path))
+            if faults.negative_variance:
+                found.append(_finding("bn-negative-variance", label,
+                                      f"{faults.negative_variance} channel(s) have a negative variance", path))
             if epsilon <= 0:
-                found.append(Finding("non-positive-epsilon", label,
-                                     f"epsilon={epsilon:g}: a zero variance divides by zero", "set epsilon > 0"))
+                found.append(_finding("non-positive-epsilon", label,
+                                      f"epsilon={epsilon:g}: a zero variance divides by zero", path))
     return found
 
 

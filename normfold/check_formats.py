@@ -69,7 +69,7 @@ def _escape_property(text: str) -> str:
 
 
 def _sarif(checks: Sequence[ModelCheck]) -> str:
-    rules = [{"id": rule, "shortDescription": {"text": text}} for rule, text in RULES.items()]
+    rules = [{"id": name, "shortDescription": {"text": rule.description}} for name, rule in RULES.items()]
     results: list[dict[str, Any]] = []
     for check in checks:
         location = [{"physicalLocation": {"artifactLocation": {"uri": Path(check.path).as_posix()}}}]

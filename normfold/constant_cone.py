@@ -58,7 +58,9 @@ def evaluate_cone(value: ir.Value) -> np.ndarray | None:
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()]
     try:
         model = onnx.helper.make_model(proto, opset_imports=opsets)
-        result = ReferenceEvaluator(model).run(None, stand_ins)[0]
+        outputs = ReferenceEvaluator(model).run(None, stand_ins)
+        assert isinstance(outputs, list)  # no intermediate results were asked for: the outputs in a list
+        result = outputs[0]
     except Exception:  # an op or dtype the evaluator lacks: the value stays what it was, computed at run time
         return None
     result = np.asarray(result)
@@ -77,9 +79,11 @@ def _stand_in(value: ir.Value, shaped: bool) -> np.ndarray | None:
         return None
     shape: tuple[int, ...] = ()
     if shaped:
-        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        if value.shape is None:
             return None
-        shape = tuple(value.shape)
+        shape = tuple(d for d in value.shape if isinstance(d, int))
+        if len(shape) != len(value.shape):  # a symbolic or unknown dim
+            return None
     try:
         dtype = value.type.dtype.numpy()
     except (TypeError, ValueError):

@@ -80,8 +80,8 @@ def fold_file(
         outcome.validation = _validate(loaded, staged, result, external, validation, outcome)
         if not outcome.validation.passed:
             worst = outcome.validation.failures[0]
-            raise NotWrittenError(f"the folded model differs from {source}; nothing written ({worst.to_line()})",
-                                  outcome, EXIT_MISMATCH)
+            raise NotWrittenError(f"the folded model differs from {source} in output '{worst.output}' "
+                                  f"({worst.section}); nothing written", outcome, EXIT_MISMATCH)
 
     save_model(result.model, target, external_data=external,
                verify=verify if validation is not None else None, replaced_files=old_files, protected=input_files)

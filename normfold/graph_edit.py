@@ -100,15 +100,17 @@ def add_constant(
     else:
         tensor = array
         tensor.name = name
+    shape = tensor.shape
+    assert isinstance(shape, ir.Shape)  # every onnx_ir tensor's; a value takes no other
     if scope.is_main:
-        value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+        value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=shape, const_value=tensor)
         assert isinstance(scope.body, ir.Graph)
         scope.body.register_initializer(value)
         return value
     node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=names.fresh(f"{name}_constant"))
     node.outputs[0].name = name
     node.outputs[0].type = ir.TensorType(tensor.dtype)
-    node.outputs[0].shape = tensor.shape
+    node.outputs[0].shape = shape
     scope.body.insert_before(before, node)
     return node.outputs[0]
 
@@ -134,9 +136,9 @@ def drop_if_unused(values: Iterable[ir.Value | None]) -> None:
         value = pending.pop()
         if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
             continue
-        owner = value.graph
-        if value.is_initializer() and owner is not None and value.name in owner.initializers:
-            del owner.initializers[value.name]
+        owner, name = value.graph, value.name
+        if value.is_initializer() and owner is not None and name is not None and name in owner.initializers:
+            del owner.initializers[name]
             continue
         producer = value.producer()
         if producer is None or producer.graph is None or not _removable(producer):

@@ -123,7 +123,8 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         return Refusal("its input is a graph input or constant", NO_LAYER)
     if sole_consumer(x) is not node:
         return Refusal(f"its input '{x.name}' has other consumers or is a graph output", SHARED_VALUE)
-    site_axis, layout = site.axis, ()
+    site_axis = site.axis
+    layout: tuple[ir.Node, ...] = ()
     traced = _through_layout(x, site.axis, ranks) if site.axis is not None else None
     if traced is not None:
         x, site_axis, layout = traced
@@ -164,8 +165,9 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     if add_bias is not None:
         per_channel = per_axis(add_bias, layer.out_rank, axis, channels)
         if per_channel is None:
-            return Refusal(f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value per "
-                           "channel", NOT_PER_CHANNEL)
+            assert add_node is not None
+            return Refusal(f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value "
+                           "per channel", NOT_PER_CHANNEL)
         add_vector = per_channel
     s, t = affine.scale, affine.shift
     if layer.op == "Gemm":
@@ -245,7 +247,8 @@ def _axis_before(node: ir.Node, source: ir.Value, result: ir.Value, axis: int, r
 
 def _trailing(dims: tuple[int | None, ...]) -> int | None:
     """The product of static dims (the stride of the axis before them), None if one is symbolic."""
-    return None if None in dims else int(np.prod(dims, dtype=np.int64))
+    static = [d for d in dims if d is not None]
+    return None if len(static) < len(dims) else int(np.prod(static, dtype=np.int64))
 
 
 def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
@@ -269,7 +272,7 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     layer = read_linear_layer(consumer, ranks)
     if isinstance(layer, str):
         return layer
-    if layer.op == "Gemm" and consumer.attributes.get_int("transA", 0):
+    if layer.op == "Gemm" and consumer.attributes.get_int("transA", 0) != 0:
         return Refusal(f"{layer.label} transposes its input (transA=1)", UNSUPPORTED)
     rank = ranks.rank(site.activation)
     if rank is None:
@@ -306,7 +309,7 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         own = np.zeros(layer.out_channels) if layer.bias is None else layer.bias.astype(np.float64)
         bias = response + own
     else:
-        bias = response if shifts else None
+        bias = np.asarray(response) if shifts else None
     factor = None if np.all(s == 1) else input_factor(layer.weight.shape, s, layer.layout, layer.group)
     edit = _rounded(layer, factor, bias, "forward", None, layer.op == "MatMul" and shifts, False)
     if isinstance(edit, Edit):
@@ -330,7 +333,7 @@ def _flattened_affine(site: AffineSite, through: ir.Node, layer: LinearLayer, sh
     if channels is None:
         return Refusal(f"the channel count of {label}'s input is unknown", AXIS_MISMATCH)
     features = layer.in_channels
-    if features % channels or (static and int(np.prod(shape[1:])) != features):
+    if features % channels or (static and _trailing(shape[1:]) != features):
         return Refusal(f"{label} gives {features} features to {layer.label}, not a whole block per each of {channels} "
                        "channels", AXIS_MISMATCH)
     affine = site.affine_for(channels, 1, rank)
@@ -355,7 +358,7 @@ def _keeps_batch_rows(node: ir.Node, shape: tuple[int | None, ...], features: in
     if first == 0 or (shape[0] is not None and first == shape[0]):
         return ""
     rest = shape[1:]
-    if first == -1 and second == features and None not in rest and int(np.prod(rest)) == features:
+    if first == -1 and second == features and _trailing(rest) == features:
         return ""
     return f"reshapes to [{first}, {second}], which may not keep one row per batch element"
 
@@ -394,9 +397,10 @@ def split_add(add: ir.Node) -> tuple[ir.Value, np.ndarray] | Refusal:
     """(activation, constant bias) of an Add, or why it is not one."""
     if len(add.inputs) != 2 or add.inputs[0] is None or add.inputs[1] is None:
         return Refusal(f"Add '{node_label(add)}' does not have two inputs", NO_LAYER)
-    for activation, bias in (add.inputs, add.inputs[::-1]):
+    first, second = add.inputs
+    for activation, bias in ((first, second), (second, first)):
         array = constant_array(bias)
-        if array is not None and constant_array(activation) is None:
+        if activation is not None and array is not None and constant_array(activation) is None:
             return activation, array
     return Refusal(f"Add '{node_label(add)}' does not add a constant bias", NO_LAYER)
 

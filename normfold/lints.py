@@ -67,7 +67,7 @@ def _dropout_lints(node: ir.Node, opset: int) -> list[Lint]:
     return []
 
 
-def _static_batch(value: ir.Value | None, depth: int = 64) -> int | str | None:
+def _static_batch(value: ir.Value | None, depth: int = 64) -> int | ir.SymbolicDim | None:
     """Axis 0 of the value's shape, or of the nearest ancestor (through first inputs) whose shape is known.
 
     The layers between a graph input and a BN (Conv, Relu, Add, pooling) keep the batch axis.

@@ -85,7 +85,8 @@ class _HeldLogs(logging.Handler):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        self._logger, self._records = logging.getLogger(name), []
+        self._logger = logging.getLogger(name)
+        self._records: list[logging.LogRecord] = []
 
     def __enter__(self) -> _HeldLogs:
         self._propagate, self._logger.propagate = self._logger.propagate, False

@@ -7,6 +7,9 @@ Dropout: a `training_mode` input that is constant true or set at run time (opset
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_ir as ir
 
@@ -21,9 +24,34 @@ def bn_epsilon(bn: ir.Node) -> float:
     return bn.attributes.get_float("epsilon", DEFAULT_BN_EPSILON)
 
 
+BN_ROLES = ("scale", "B", "mean", "var")
+
+
+@dataclasses.dataclass(frozen=True)
+class BnParameterFaults:
+    """What is wrong with a BatchNormalization's constant parameters: the one check that fold, check and
+    mode --eval share."""
+
+    nonfinite: tuple[str, ...]  # roles ('scale', 'B', 'mean', 'var') holding NaN or Inf
+    negative_variance: int  # channels whose running variance is negative
+    no_inference_form: int  # channels where variance + epsilon <= 0 (no finite inference form)
+
+
+def bn_parameter_faults(arrays: Sequence[np.ndarray | None], epsilon: float) -> BnParameterFaults:
+    """The faults of parameters given in BN_ROLES order (None where a parameter is not a constant)."""
+    values = dict(zip(BN_ROLES, arrays))
+    nonfinite = tuple(role for role, a in values.items()
+                      if a is not None and not np.isfinite(a.astype(np.float64)).all())
+    var = values.get("var")
+    if var is None or "var" in nonfinite:
+        return BnParameterFaults(nonfinite, 0, 0)
+    var64 = var.astype(np.float64)
+    return BnParameterFaults(nonfinite, int((var64 < 0).sum()), int((var64 + np.float64(epsilon) <= 0).sum()))
+
+
 def bn_training_form(opset: int, bn: ir.Node) -> str:
     """'' for an inference BN, else how it is marked as training (for reports)."""
-    if opset >= 14 and bn.attributes.get_int("training_mode", 0):
+    if opset >= 14 and bn.attributes.get_int("training_mode", 0) != 0:
         return "training_mode=1"
     if opset < 7 and not bn.attributes.get_int("is_test", 0):
         return f"is_test=0 (opset {opset} training mode)"

@@ -131,12 +131,14 @@ def monte_carlo(model: ModelArgument, feeds: dict[str, np.ndarray], *, passes: i
             inputs[site.mask_input].shape = ir.Shape(list(shape))
         session = _session(masked, Path(folder) / "mc.onnx", provider, source)
         names = [o.name for o in session.get_outputs()]
-        count, mean, m2 = 0, None, None
+        count = 0
+        mean: list[np.ndarray] = []
+        m2: list[np.ndarray] = []
         for _ in range(passes):
             masks = {s.mask_input: _mask(rng, shape, dtype, s.ratio) for s, (shape, dtype) in zip(sites, shapes)}
             outputs = [o.astype(np.float64) for o in _run(session, {**feeds, **masks}, provider, source)]
             count += 1
-            if mean is None:
+            if count == 1:
                 mean, m2 = outputs, [np.zeros_like(o) for o in outputs]
                 continue
             for index, value in enumerate(outputs):

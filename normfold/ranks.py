@@ -45,7 +45,7 @@ class RankOracle:
     def _infer(self) -> dict[str, int]:
         copy = self._model.clone()
         ShapeInferencePass(strict_mode=False)(copy)
-        self._shapes: dict[str, ir.Shape] = {}
+        self._shapes = {}
         for node in copy.graph:
             for out in node.outputs:
                 if out.name and out.shape is not None:

@@ -23,8 +23,8 @@ SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx") if ".folded." not in p.na
 
 def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: float = 0.0, epsilon: float = 1e-5,
               dtype: int = onnx.TensorProto.FLOAT, weight: float = 0.5, dropout: str | None = None,
-              batch: int | str = "N", ratio: float = 0.2, opset: int = 15) -> Path:
-    """Conv -> BN (-> Dropout) with the knobs each rule needs."""
+              batch: int | str = "N", ratio: float = 0.2, opset: int = 15, scaled: bool = False) -> Path:
+    """Conv -> BN (-> Dropout) (-> Mul by a constant) with the knobs each rule needs."""
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     inits = {"w": np.full((3, 3, 1, 1), weight), "s": np.full(3, 8.0 if dtype == onnx.TensorProto.FLOAT16 else 1.0),
              "b": np.zeros(3), "m": np.full(3, mean), "v": np.full(3, var), "ratio": np.array(ratio)}
@@ -43,6 +43,9 @@ def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: flo
         nodes.append(helper.make_node("Dropout", ["z", *extra], ["out"], name="drop"))
         out = "out"
         inits["t"] = np.array(True)
+    if scaled:
+        nodes.append(helper.make_node("Mul", [out, "k"], ["scaled"], name="mul"))
+        out, inits["k"] = "scaled", np.array(2.0)
     tensors = [numpy_helper.from_array(np.asarray(v).astype(np.bool_ if k == "t" else np_dtype), k) for k, v in inits.items()]
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", dtype, [batch, 3, 2, 2])],
                               [helper.make_tensor_value_info(out, dtype, [batch, 3, 2, 2])], tensors)
@@ -54,6 +57,7 @@ def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: flo
 
 TRIPS = {
     "foldable-bn": {},
+    "foldable-affine": {"scaled": True},
     "inference-dropout": {"dropout": "inference"},
     "training-bn": {"training": True},
     "training-dropout": {"dropout": "training"},
@@ -80,7 +84,7 @@ def test_rule_trips_and_names_node_and_fix(tmp_path: Path, rule: str) -> None:
     rules = [f.rule for f in check.findings]
     assert rule in rules, rules
     finding = next(f for f in check.findings if f.rule == rule)
-    assert finding.node in ("bn", "drop", "(model)") and finding.fix
+    assert finding.node in ("bn", "drop", "mul", "(model)") and finding.fix
     if rule == "training-bn":
         assert "TensorRT refuses" in finding.message
     assert rule not in [f.rule for f in check_model(path, disabled=[rule]).findings]
@@ -126,7 +130,7 @@ def test_cli_exit_codes_formats_and_folders(tmp_path: Path) -> None:
 def test_rule_descriptions_and_messages_use_no_internal_references(tmp_path: Path) -> None:
     """SARIF rule descriptions and every finding speak of the model, not of design notes ("seed 1.9", "issue 5")."""
     internal = re.compile(r"\bseed\b|\bissue\b", re.IGNORECASE)
-    assert not [text for text in RULES.values() if internal.search(text)]
+    assert not [rule.description for rule in RULES.values() if internal.search(rule.description)]
     paths = [_bn_model(tmp_path / f"{rule}.onnx", **TRIPS[rule])
              for rule in ("dropout-before-bn", "high-drop-ratio", "bn-batch-below-2")]
     sarif = json.loads(CliRunner().invoke(main, ["check", *map(str, paths), "--format", "sarif"]).stdout)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from normfold.records import RewriteResult
+
 
 class CopyOrInPlacePass(ir.passes.PassBase):
     """Rewrites a copy of the model (weights shared, read-only) unless built with `in_place=True`.
@@ -26,6 +28,12 @@ class CopyOrInPlacePass(ir.passes.PassBase):
     def changes_input(self) -> bool:
         """Only an in-place pass changes its input."""
         return self._in_place
+
+    def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> RewriteResult:
+        """onnx_ir's run with its checks, typed as what every normfold rewrite returns: the records too."""
+        result = super().__call__(model_or_result)
+        assert isinstance(result, RewriteResult)
+        return result
 
     def target(self, model: ir.Model) -> ir.Model:
         """The model to rewrite: the input itself, or its copy."""

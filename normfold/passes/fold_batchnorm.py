@@ -9,7 +9,6 @@ record says why.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from normfold.bn_math import Affine, bn_affine
@@ -24,7 +23,7 @@ from normfold.layer_fold import (
     plan_backward,
     plan_forward,
 )
-from normfold.modes import bn_epsilon, bn_training_form
+from normfold.modes import bn_epsilon, bn_parameter_faults, bn_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
 from normfold.records import (
@@ -122,14 +121,15 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | Refusal:
         return Refusal(f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)",
                        NOT_PER_CHANNEL)
     eps = bn_epsilon(bn)
-    stacked = np.stack([a.astype(np.float64) for a in arrays])
-    if not np.isfinite(stacked).all():
+    faults = bn_parameter_faults(arrays, eps)
+    if faults.nonfinite:
         return Refusal("its parameters contain NaN or Inf", NON_FINITE)
-    bad = int((stacked[3] + eps <= 0).sum())
+    bad = faults.no_inference_form
     if bad:
         return Refusal(f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form",
                        NON_FINITE)
-    return bn_affine(*arrays, eps)
+    gamma, beta, mean, var = arrays  # one array per PARAM_ROLES entry
+    return bn_affine(gamma, beta, mean, var, eps)
 
 
 def _training_reason(opset: int, bn: ir.Node) -> str:

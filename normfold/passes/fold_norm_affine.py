@@ -181,7 +181,7 @@ def _plan(site: _Site, ranks: RankOracle) -> list[_LayerEdit] | Refusal:
             return layer
         if use.idx != 0:
             return Refusal(f"its output is not the activation input of {layer.label}", NO_LAYER)
-        if layer.op == "Gemm" and use.node.attributes.get_int("transA", 0):
+        if layer.op == "Gemm" and use.node.attributes.get_int("transA", 0) != 0:
             return Refusal(f"{layer.label} transposes its input (transA=1)", UNSUPPORTED)
         if layer.in_channels != site.scale.size:
             return Refusal(f"{layer.label} reads {layer.in_channels} features, not {site.scale.size}", AXIS_MISMATCH)

@@ -19,10 +19,10 @@ import onnx_ir as ir
 from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
 from normfold.graph_walk import STANDARD_DOMAINS, Scope, iter_scopes, node_label
 from normfold.mode_switch import MODE_SWITCH_SUFFIX, unwrap_mode_switch
-from normfold.modes import bn_epsilon, bn_training_form, dropout_training_form
+from normfold.modes import bn_epsilon, bn_parameter_faults, bn_training_form, dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import STATISTICS_IN_USE, UNUSABLE_STATISTICS, NodeRecord, RewriteResult
+from normfold.records import STATISTICS_IN_USE, UNUSABLE_STATISTICS, Action, NodeRecord, RewriteResult
 
 
 class SetInferenceModePass(CopyOrInPlacePass):
@@ -45,7 +45,7 @@ class SetInferenceModePass(CopyOrInPlacePass):
                     records.append(self._batchnorm(scope, node, form, ranks, names))
                 elif node.op_type == "Dropout" and (form := dropout_training_form(scope.opset, node)):
                     records.append(_dropout(scope, node, form))
-                elif node.op_type == "If" and scope.is_main and unwrap_mode_switch(scope.body, node):
+                elif node.op_type == "If" and scope.is_main and unwrap_mode_switch(model.graph, node):
                     label = node_label(node).removesuffix(MODE_SWITCH_SUFFIX)
                     records.append(NodeRecord(scope.name, label, "BatchNormalization", "converted",
                                               "mode switch (normfold mode --train) -> inference BatchNormalization"))
@@ -54,9 +54,8 @@ class SetInferenceModePass(CopyOrInPlacePass):
         return RewriteResult(model, changed, records)
 
     def _batchnorm(self, scope: Scope, bn: ir.Node, form: str, ranks: RankOracle, names: NameSource) -> NodeRecord:
-        def record(action: str, detail: str, reason: str = "") -> NodeRecord:
-            return NodeRecord(scope.name, node_label(bn), "BatchNormalization", action, detail,  # type: ignore[arg-type]
-                              reason)
+        def record(action: Action, detail: str, reason: str = "") -> NodeRecord:
+            return NodeRecord(scope.name, node_label(bn), "BatchNormalization", action, detail, reason)
 
         unusable = _unusable_statistics(bn)
         if unusable and not self.batch_stats:
@@ -85,10 +84,10 @@ def _unusable_statistics(bn: ir.Node) -> str:
     var = constant_array(bn.inputs[4] if len(bn.inputs) > 4 else None)
     if mean is None or var is None:
         return ""
-    mean64, var64 = mean.astype(np.float64), var.astype(np.float64)
-    if not (np.isfinite(mean64).all() and np.isfinite(var64).all()) or (var64 < 0).any():
+    faults = bn_parameter_faults([None, None, mean, var], bn_epsilon(bn))
+    if faults.nonfinite or faults.negative_variance:
         return "its running statistics are not finite or have a negative variance"
-    if (mean64 == 0).all() and (var64 == 1).all():
+    if (mean == 0).all() and (var == 1).all():
         return "its running statistics are the initial mean 0 / variance 1 (never tracked)"
     return ""
 
@@ -103,7 +102,9 @@ def _drop_statistics_outputs(bn: ir.Node, in_main_graph: bool) -> str:
             return f"its output '{output.name}' (batch statistics saved for training) is used"
     for index, output in enumerate(extra, start=1):
         if output.uses() and index <= 2:
-            output.replace_all_uses_with(bn.inputs[2 + index])
+            running = bn.inputs[2 + index]
+            assert running is not None  # BN's mean and var inputs are required
+            output.replace_all_uses_with(running)
         _remove_graph_output(output)
     bn.resize_outputs(1)
     return ""
@@ -132,7 +133,7 @@ def _drop_unused_flags(model: ir.Model, flags: list[ir.Value]) -> None:
     for value in flags:
         if not value.uses() and value in model.graph.inputs and not value.is_graph_output():
             model.graph.inputs.remove(value)
-            if value.name in model.graph.initializers:
+            if value.name is not None and value.name in model.graph.initializers:
                 del model.graph.initializers[value.name]
 
 

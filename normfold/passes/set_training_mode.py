@@ -69,6 +69,12 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         self.running_var = running_var
         self.dropout = dropout
 
+    def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> TrainingModeResult:
+        """onnx_ir's run with its checks, typed as what `call` returns: the records, flag and switches too."""
+        result = super().__call__(model_or_result)
+        assert isinstance(result, TrainingModeResult)
+        return result
+
     def call(self, model: ir.Model) -> TrainingModeResult:
         opset = model.opset_imports.get("", 1)
         records = []

@@ -62,7 +62,7 @@ def _strip_one(scope: Scope, node: ir.Node, names: NameSource) -> NodeRecord:
         replacement = identity.outputs[0]
         detail = "replaced by Identity: its output is a graph output and its input cannot take that name"
     take_over(output, replacement)
-    if needs_mask:
+    if mask is not None and needs_mask:
         _replace_mask(scope, node, data, mask, names)
         detail += "; mask replaced by an all-true tensor of the input's shape"
     extra_inputs = list(node.inputs[1:])

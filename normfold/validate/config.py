@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,7 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-PARSERS = {
+PARSERS: dict[str, Callable[[Any], Any]] = {
     "providers": tuple,
     "dims": parse_dims,
     "tolerances": lambda texts: dict(parse_tolerance_override(t) for t in texts),

@@ -37,7 +37,7 @@ from normfold.validate.float64_cost import (
     kernel_flops,
     schedule,
 )
-from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel
+from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel, Shape, required
 
 if TYPE_CHECKING:
     from normfold.model_reading import LoadedModel
@@ -229,7 +229,7 @@ class _Executor:
     def __init__(self, model: onnx.ModelProto, budget: Float64Budget, base_dir: Path | None = None) -> None:
         self.plan = schedule(model.graph)
         self.budget = budget
-        self.base_dir = None if base_dir is None else str(base_dir)
+        self.base_dir = "" if base_dir is None else str(base_dir)  # "": onnx's default, the working directory
         self.steps = [_Step.of(node) for node in self.plan.order]
         self.evaluators = _NodeEvaluators(model)
         self.values: dict[str, Any] = {}
@@ -245,8 +245,9 @@ class _Executor:
         for step, drops in zip(self.steps, self.plan.drops):
             node = step.node
             inputs = [self._read(name, node) if name else None for name in node.input]
+            outputs: Sequence[Any]
             if step.kernel is not None and _all_float64(inputs):
-                outputs = self._run_kernel(step, inputs)
+                outputs = self._run_kernel(step, step.kernel, inputs)
             else:
                 outputs = self.evaluators.run(step, inputs)
             for name, value in zip(node.output, outputs):
@@ -256,9 +257,9 @@ class _Executor:
                 self._over_memory(node, 0)
             for name in drops:
                 self.live -= _nbytes(self.values.pop(name, None))
-        outputs = [self._read(name, None) for name in self.plan.outputs]
+        results = [self._read(name, None) for name in self.plan.outputs]
         self.values = {}
-        return outputs
+        return results
 
     def _keep(self, name: str, value: Any) -> None:
         self.live += _nbytes(value)
@@ -278,23 +279,23 @@ class _Executor:
         raise Float64Unavailable(f"{reader} reads '{name}', which no input, initializer or node gives",
                                  code="missing-input")
 
-    def _run_kernel(self, step: _Step, inputs: list[Any]) -> tuple[np.ndarray, ...]:
-        """The node on normfold's kernel, after checking its outputs and flops against the budget."""
+    def _run_kernel(self, step: _Step, kernel: Kernel, inputs: list[Any]) -> tuple[np.ndarray, ...]:
+        """The node on normfold's kernel (step.kernel), after checking its outputs and flops against the budget."""
         node, count = step.node, len(step.node.output)
-        shapes = [None if value is None else value.shape for value in inputs]
-        produced = step.kernel.output_shapes(shapes, step.attributes, count)
+        shapes: list[Shape | None] = [None if value is None else value.shape for value in inputs]
+        produced = kernel.output_shapes(shapes, step.attributes, count)
         needed = ITEM * sum(math.prod(shape) for shape in produced)
         if self.live + needed > self.budget.max_bytes:
             self._over_memory(node, needed)
         if node.op_type in CONTRACTIONS:
-            self.flops += kernel_flops(node.op_type, shapes, produced)
+            self.flops += kernel_flops(node.op_type, [required(shape) for shape in shapes[:2]], produced)
             if self.flops > self.budget.max_flops:
                 raise Float64Unavailable(
                     f"stopped at node '{node.name or node.op_type}' ({node.op_type}): {self.flops:.3g} "
                     f"floating-point operations so far, over the budget of {self.budget.max_flops:.3g} "
                     f"({FLOPS_OPTION})",
                     code="runtime-flops")
-        return step.kernel.run(inputs, step.attributes, count, self.budget.chunk_bytes)
+        return kernel.run(inputs, step.attributes, count, self.budget.chunk_bytes)
 
     def _over_memory(self, node: onnx.NodeProto, needed: int) -> None:
         """Float64Unavailable: the node's outputs (`needed` bytes yet to come) bring the live tensors over budget."""
@@ -397,6 +398,10 @@ def _op_name(node: onnx.NodeProto) -> str:
 class _KernelBug(Exception):
     """Carries an exception of normfold's own kernel out of onnx's evaluator, to be re-raised as it was."""
 
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
 
 def _run_whole_model(model: onnx.ModelProto, feeds: Mapping[str, Any], budget: Float64Budget) -> list[Any]:
     """The whole float64 copy on onnx's evaluator with normfold's Conv, ConvTranspose and BatchNormalization
@@ -410,12 +415,14 @@ def _run_whole_model(model: onnx.ModelProto, feeds: Mapping[str, Any], budget: F
         raise Float64Unavailable(f"onnx's reference evaluator cannot load the model: {describe(error, 300)}",
                                  code="no-kernel") from error
     try:
-        return evaluator.run(None, dict(feeds))
+        outputs = evaluator.run(None, dict(feeds))
     except _KernelBug as bug:
-        raise bug.__cause__ from None
+        raise bug.error from None
     except Exception as error:  # an op or dtype onnx's evaluator cannot run
         raise Float64Unavailable(f"onnx's reference evaluator failed: {describe(error, 300)}",
                                  code="evaluator-failed") from error
+    assert isinstance(outputs, list)  # no intermediate results were asked for: the outputs in a list
+    return outputs
 
 
 def _kernel_op(op_type: str, chunk_bytes: int) -> type:
@@ -428,6 +435,6 @@ def _kernel_op(op_type: str, chunk_bytes: int) -> type:
         try:
             return tuple(kernel.run(list(inputs), attributes, len(self.onnx_node.output), chunk_bytes))
         except Exception as error:
-            raise _KernelBug from error
+            raise _KernelBug(error) from error
 
     return type(op_type, (OpRun,), {"op_domain": "", "_run": _run})

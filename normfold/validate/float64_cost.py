@@ -114,8 +114,9 @@ def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
     loaded into `model` lives)."""
     plan = plan or schedule(model.graph)
     types = static_types(model, {name: value.shape for name, value in feeds.items()}, base_dir)
-    sizes = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
-    weights = {name: _float64_bytes(t.data_type, tuple(t.dims)) for name, t in plan.initializers.items()
+    sizes: dict[str, int | None] = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
+    # A string initializer has no float64 size: it counts 0, as a tensor of unknown size does.
+    weights = {name: _float64_bytes(t.data_type, tuple(t.dims)) or 0 for name, t in plan.initializers.items()
                if name not in feeds}
     unknown: list[str] = []
 
@@ -153,8 +154,9 @@ def _node_flops(node: onnx.NodeProto, types: dict[str, tuple[int, Shape | None]]
             return tuple(initializers[name].dims)
         return types.get(name, (0, None))[1]
 
-    inputs, outputs = [shape(n) for n in node.input[:2]], [shape(n) for n in node.output[:1]]
-    if None in inputs or None in outputs or len(inputs) < 2 or not outputs:
+    inputs = [s for n in node.input[:2] if (s := shape(n)) is not None]
+    outputs = [s for n in node.output[:1] if (s := shape(n)) is not None]
+    if len(inputs) < 2 or not outputs:  # an input or the output is absent or of unknown shape
         unknown.append(node.output[0] if node.output else node.name)
         return 0.0
     return kernel_flops(node.op_type, inputs, outputs)

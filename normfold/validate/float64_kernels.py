@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ def block_lengths(sizes: Sequence[int], unit: int, bound: int) -> list[int]:
 
     Later dims stay whole as long as they fit; a dim that does not fit even alone is cut to 1 and the next is cut.
     """
-    blocks = []
+    blocks: list[int] = []
     for index, size in enumerate(sizes):
         rest = unit * math.prod(sizes[index + 1:])
         if rest <= bound:
@@ -155,9 +156,10 @@ def _convolve(xg: np.ndarray, wg: np.ndarray, y: np.ndarray, geo: Geometry, chun
         for reads, writes, tap in _tap_slices(geo, rows, xg.shape[3:], transposed):
             for start in range(0, c_in, blocks[3]):
                 in_channels = slice(start, min(c_in, start + blocks[3]))
-                source = xg[(batch, group_block, in_channels, *reads)]
+                read = (batch, group_block, in_channels, *reads)
+                written = (batch, group_block, out_channels, *writes)
                 weights = wg[group_block, out_channels, in_channels, tap]
-                y[(batch, group_block, out_channels, *writes)] += _contract(weights, source)
+                y[written] += _contract(weights, xg[read])
 
 
 def _tap_slices(geo: Geometry, rows: slice, sizes: Shape, transposed: bool) -> Iterator[tuple[list, list, int]]:
@@ -234,7 +236,8 @@ def matmul(a: np.ndarray, b: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> n
     grid = [*batch, m]
     for block in block_slices(grid, block_lengths(grid, ITEM * (k + n), chunk_bytes)):
         lead, rows = block[:-1], block[-1]
-        np.matmul(wide_a[(*lead, rows)], wide_b[lead], out=y[(*lead, rows)])
+        written = (*lead, rows)
+        np.matmul(wide_a[written], wide_b[lead], out=y[written])
     if a.ndim == 1:
         y = y[..., 0, :]
     return y[..., 0] if b.ndim == 1 else y
@@ -298,19 +301,27 @@ def max_pool(x: np.ndarray, *, kernel_shape: Sequence[int], auto_pad: str | byte
     spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
     padded = np.full((*x.shape[:2], *(max(span, b + i) for span, b, i in zip(spans, geo.begins, x.shape[2:]))),
                      -np.inf)
-    padded[(..., *(slice(b, b + i) for b, i in zip(geo.begins, x.shape[2:])))] = x
+    inside: tuple[EllipsisType | slice, ...] = (..., *(slice(b, b + i) for b, i in zip(geo.begins, x.shape[2:])))
+    padded[inside] = x
     y = np.full((*x.shape[:2], *geo.out), -np.inf)
     for taps in itertools.product(*(range(k) for k in geo.kernel)):
-        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
-                       for t, d, o, s in zip(taps, geo.dilations, geo.out, geo.strides))
-        np.maximum(y, padded[(..., *window)], out=y)
+        window: tuple[EllipsisType | slice, ...] = (
+            ..., *(slice(t * d, t * d + (o - 1) * s + 1, s)
+                   for t, d, o, s in zip(taps, geo.dilations, geo.out, geo.strides)))
+        np.maximum(y, padded[window], out=y)
     return y
 
 
 def _max_pool_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
-    x, kernel = shapes[0], tuple(attributes["kernel_shape"])
+    x, kernel = required(shapes[0]), tuple(attributes["kernel_shape"])
     geo = conv_geometry(x, (1, 1, *kernel), *(attributes.get(k) for k in ("auto_pad", "dilations", "pads", "strides")))
     return [(*x[:2], *geo.out)]
+
+
+def required(shape: Shape | None) -> Shape:
+    """The shape of an input the op requires: only optional inputs are absent (None) in a valid node."""
+    assert shape is not None, "a required input is absent"
+    return shape
 
 
 def _per_dim(values: Sequence[int] | None, rank: int, default: int = 1) -> tuple[int, ...]:
@@ -345,25 +356,25 @@ def matmul_shape(a: Shape, b: Shape) -> Shape:
 
 
 def _conv_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
-    x, w = shapes[0], shapes[1]
+    x, w = required(shapes[0]), required(shapes[1])
     geo = conv_geometry(x, w, *(attributes.get(k) for k in ("auto_pad", "dilations", "pads", "strides")))
     return [(x[0], w[0], *geo.out)]
 
 
 def _conv_transpose_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
-    x, w = shapes[0], shapes[1]
+    x, w = required(shapes[0]), required(shapes[1])
     names = ("auto_pad", "dilations", "pads", "strides", "output_padding", "output_shape")
     geo = conv_transpose_geometry(x, w, *(attributes.get(k) for k in names))
     return [(x[0], w[1] * (attributes.get("group") or 1), *geo.out)]
 
 
 def _gemm_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
-    a, b = shapes[0], shapes[1]
+    a, b = required(shapes[0]), required(shapes[1])
     return [(a[1] if attributes.get("transA") else a[0], b[0] if attributes.get("transB") else b[1])]
 
 
 def _batch_normalization_shapes(shapes: list[Shape | None], attributes: dict[str, Any], outputs: int) -> list[Shape]:
-    return [shapes[0], *[shapes[1]] * (outputs - 1)]
+    return [required(shapes[0]), *(required(shapes[1]) for _ in range(outputs - 1))]
 
 
 KERNELS: dict[str, Kernel] = {
@@ -372,7 +383,7 @@ KERNELS: dict[str, Kernel] = {
                             _conv_transpose_shapes),
     "Gemm": Kernel(lambda i, a, o, chunk: (gemm(*i, **a, chunk_bytes=chunk),), _gemm_shapes),
     "MatMul": Kernel(lambda i, a, o, chunk: (matmul(*i, **a, chunk_bytes=chunk),),
-                     lambda s, a, o: [matmul_shape(s[0], s[1])]),
+                     lambda s, a, o: [matmul_shape(required(s[0]), required(s[1]))]),
     "MaxPool": Kernel(lambda i, a, o, chunk: (max_pool(*i, **a),), _max_pool_shapes,
                       # Indices, ceil mode and SAME padding with dilation (where ONNX Runtime departs from the
                       # spec) stay with onnx's evaluator

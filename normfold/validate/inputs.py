@@ -307,7 +307,8 @@ def _check_names(source: str, arrays: Mapping[str, np.ndarray], specs: Sequence[
 
 def _has_samples_axis(source: str, arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> bool:
     """True when every array has a leading samples axis, False when none has; anything else is an error."""
-    stacked, single = [], []
+    stacked: list[str] = []
+    single: list[str] = []
     for spec in specs:
         rank, ndim = len(spec.shape), arrays[spec.name].ndim
         if ndim not in (rank, rank + 1):

@@ -137,10 +137,9 @@ class ValidationReport:
                         f": {self.samples} sample(s) from ", Cuttable(self.inputs)], width)
             return [head, *(cut(note, width) for note in self.notes),
                     *(c.to_short_line(width) for c in self.comparisons), verdict]
-        head = [f"validate {self.candidate} against {self.reference}: {self.samples} sample(s) from {self.inputs}, "
-                f"provider(s) {', '.join(self.providers)}"]
-        body = [c.to_line() for c in self.comparisons]
-        return head + self.notes + body + [verdict]
+        first = (f"validate {self.candidate} against {self.reference}: {self.samples} sample(s) from {self.inputs}, "
+                 f"provider(s) {', '.join(self.providers)}")
+        return [first, *self.notes, *(c.to_line() for c in self.comparisons), verdict]
 
     def to_dict(self) -> dict[str, Any]:
         """The versioned JSON document."""

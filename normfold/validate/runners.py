@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,7 +25,9 @@ Outputs = list[list[np.ndarray]]
 class Runner(Protocol):
     """Something that runs a model on every sample: its label in reports and its outputs."""
 
-    label: str
+    @property
+    def label(self) -> str:
+        """The runner's name in reports."""
 
     def outputs(self) -> Outputs:
         """Per sample, the model's outputs in graph order."""
@@ -39,7 +41,7 @@ class OrtRunner:
     choice: ProviderChoice
     opt_level: str
     feeds: Feeds
-    session: object | None = None
+    session: Any = None  # an onnxruntime.InferenceSession opened beforehand (onnxruntime has no type information)
     _outputs: Outputs | None = None
 
     @property
@@ -53,7 +55,7 @@ class OrtRunner:
             session = self.session or open_session(self.path, self.choice.key, self.opt_level, suggest_reference=True)
             self.session = None  # the session's memory is not needed once the outputs are held
             try:
-                self._outputs = [session.run(None, feed) for feed in self.feeds]  # type: ignore[attr-defined]
+                self._outputs = [session.run(None, feed) for feed in self.feeds]
             except Exception as error:  # ONNX Runtime raises its own types for models it cannot run
                 raise NormfoldError(f"{self.path}: ONNX Runtime failed on {self.choice.key}: {describe(error, 2000)} "
                                     "(--no-validate skips validation)") from None
