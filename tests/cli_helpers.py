@@ -10,9 +10,12 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+import pytest
 from click.testing import CliRunner, Result
 from graphs import bn_node, bn_params, op_types, rng
 from numerics import assert_fold_exact, random_feeds
@@ -151,3 +154,19 @@ def assert_equivalent_fold(original_path: Path, folded_path: Path) -> onnx.Model
     assert not {"BatchNormalization", "Dropout"} & set(op_types(folded))
     assert_fold_exact(original, folded, random_feeds(original))
     return folded
+
+
+def break_folds_gemm_bias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `fold_file`'s fold add 1 to the first Gemm's bias: a wrong fold that validation must catch."""
+    import normfold.fold_file as fold_file_module
+
+    real_fold = fold_file_module.fold
+
+    def broken_fold(model: Any, **kwargs: Any) -> Any:
+        result = real_fold(model, **kwargs)
+        gemm = next(node for node in result.model.graph if node.op_type == "Gemm")
+        bias = gemm.inputs[2]
+        bias.const_value = ir.tensor(bias.const_value.numpy() + 1.0, name=bias.name)
+        return result
+
+    monkeypatch.setattr(fold_file_module, "fold", broken_fold)

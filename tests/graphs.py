@@ -93,3 +93,9 @@ def layernorm_qkv_model(extra_consumer: bool = False, axis: int = -1) -> onnx.Mo
         nodes.append(helper.make_node("Add", ["n", "x"], ["res"], name="residual"))
         outputs.append("res")
     return make_model(nodes, {"x": ["N", L, C]}, outputs, inits)
+
+
+def int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
+    """A Constant node holding int64 `values` (a Reshape target, axes), its output named `name`."""
+    return helper.make_node("Constant", [], [name], name=f"{name}_node",
+                            value=numpy_helper.from_array(np.array(values, np.int64)))

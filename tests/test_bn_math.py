@@ -163,17 +163,22 @@ ROUND_CASES = [
 ]
 
 
-@pytest.mark.parametrize("weight, factor, dtype, expected, reason", ROUND_CASES)
-def test_scale_and_round(weight: np.ndarray, factor: Factor, dtype: type, expected: np.ndarray | None,
-                         reason: str) -> None:
-    """weight * factor in float64, rounded once to dtype; or no array and exactly this reason."""
-    result, why = scale_and_round(weight, factor, np.dtype(dtype))
+def _assert_rounded(result: np.ndarray | None, why: str, expected: np.ndarray | None, reason: str, dtype: type) -> None:
+    """Exactly this reason, and the expected array in the dtype (or no array)."""
     assert why == reason
     if expected is None:
         assert result is None
     else:
         assert result is not None and result.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("weight, factor, dtype, expected, reason", ROUND_CASES)
+def test_scale_and_round(weight: np.ndarray, factor: Factor, dtype: type, expected: np.ndarray | None,
+                         reason: str) -> None:
+    """weight * factor in float64, rounded once to dtype; or no array and exactly this reason."""
+    result, why = scale_and_round(weight, factor, np.dtype(dtype))
+    _assert_rounded(result, why, expected, reason, dtype)
 
 
 ROUND_ONCE_CASES = [
@@ -190,12 +195,7 @@ ROUND_ONCE_CASES = [
 def test_round_once(exact: np.ndarray, dtype: type, expected: np.ndarray | None, reason: str) -> None:
     """Small float64 values (biases) rounded to dtype as 1-D, or no array and exactly this reason."""
     result, why = round_once(exact, np.dtype(dtype))
-    assert why == reason
-    if expected is None:
-        assert result is None
-    else:
-        assert result is not None and result.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(result, expected)
+    _assert_rounded(result, why, expected, reason, dtype)
 
 
 G = np.random.default_rng(11)

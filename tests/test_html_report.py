@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
+from cli_helpers import break_folds_gemm_bias
 from click.testing import CliRunner
 from examples import MODELS
 from graphs import bn_params, make_model, rng
@@ -206,18 +206,7 @@ def test_report_is_written_when_validation_fails(resnet: Path, tmp_path: Path) -
 
 def test_fold_that_writes_nothing_still_writes_its_page(resnet: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import normfold.fold_file as fold_file_module
-
-    real_fold = fold_file_module.fold
-
-    def broken_fold(model, **kwargs):
-        result = real_fold(model, **kwargs)
-        gemm = next(node for node in result.model.graph if node.op_type == "Gemm")
-        bias = gemm.inputs[2]
-        bias.const_value = ir.tensor(bias.const_value.numpy() + 1.0, name=bias.name)
-        return result
-
-    monkeypatch.setattr(fold_file_module, "fold", broken_fold)
+    break_folds_gemm_bias(monkeypatch)
     page_path = tmp_path / "page.html"
     result = invoke("fold", resnet, "--provider", "cpu", "--report", page_path)
     assert result.exit_code == 1

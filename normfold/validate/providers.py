@@ -240,8 +240,7 @@ def _auto(probe_model: Path, opt_level: str) -> ProviderChoice:
     if name not in _ort().get_available_providers():
         return ProviderChoice("cpu", f"auto: CPU, because {name} is not in this onnxruntime build ({_ort().__version__})")
     if _driver_missing():
-        return ProviderChoice("cpu", f"auto: CPU, because {name} was requested but does not run here: "
-                                     f"{provider_failure_reason('cuda')}")
+        return ProviderChoice("cpu", f"auto: CPU, CUDA does not run here: {provider_failure_reason('cuda')}")
     try:
         session = open_session(probe_model, "cuda", opt_level, suggest_reference=True)
     except NormfoldError as error:

@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_ir as ir
-from graphs import bn_node, bn_params, make_model, op_types, rng
-from numerics import assert_fold_exact, random_feeds
-from onnx import helper, numpy_helper
-
-from normfold import fold
+from fold_helpers import fold_exactly, skipped_bn_reasons
+from graphs import bn_node, bn_params, int64_constant, make_model, rng
+from onnx import helper
 
 L, C_IN, C = 5, 6, 4
-
-
-def _shape(name: str, values: list[int]) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], name=f"{name}_node",
-                            value=numpy_helper.from_array(np.array(values, np.int64)))
 
 
 def _inits(seed: int) -> dict[str, np.ndarray]:
@@ -31,20 +23,12 @@ def _inits(seed: int) -> dict[str, np.ndarray]:
             **bn_params("bn", C, g)}
 
 
-def _fold_exact(model: onnx.ModelProto) -> tuple[list[str], list]:
-    result = fold(model)
-    proto = ir.to_proto(result.model)
-    onnx.checker.check_model(proto, full_check=True)
-    assert_fold_exact(model, result.model, random_feeds(model))
-    return op_types(proto), result.records
-
-
 def _levit(with_bias: bool) -> onnx.ModelProto:
     head = [helper.make_node("MatMul", ["x", "w"], ["y0" if with_bias else "y"], name="mm")]
     if with_bias:
         head.append(helper.make_node("Add", ["y0", "b"], ["y"], name="bias_add"))
-    nodes = [*head, _shape("flat_shape", [-1, C]), helper.make_node("Reshape", ["y", "flat_shape"], ["t"], name="flat"),
-             bn_node("t", "u", "bn"), _shape("back_shape", [-1, L, C]),
+    nodes = [*head, int64_constant("flat_shape", [-1, C]), helper.make_node("Reshape", ["y", "flat_shape"], ["t"], name="flat"),
+             bn_node("t", "u", "bn"), int64_constant("back_shape", [-1, L, C]),
              helper.make_node("Reshape", ["u", "back_shape"], ["out"], name="back")]
     inits = _inits(41)
     if not with_bias:
@@ -54,7 +38,7 @@ def _levit(with_bias: bool) -> onnx.ModelProto:
 
 def test_levit_batchnorm1d_over_flattened_tokens_folds_into_the_matmul_columns() -> None:
     """MatMul (N, L, C) -> Reshape (N*L, C) -> BN: the weight's columns are scaled, a bias Add takes the shift."""
-    ops, records = _fold_exact(_levit(with_bias=False))
+    ops, records = fold_exactly(_levit(with_bias=False))
     assert ops == ["MatMul", "Add", "Constant", "Reshape", "Constant", "Reshape"]
     assert records[0].detail == "into MatMul 'mm' through Reshape 'flat' and a new bias Add (backward)"
     assert records[0].tensors == {"w_folded": ["w", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
@@ -63,7 +47,7 @@ def test_levit_batchnorm1d_over_flattened_tokens_folds_into_the_matmul_columns()
 
 def test_levit_with_a_bias_add_folds_into_that_add() -> None:
     """A Linear with bias (MatMul -> Add) keeps its Add, now holding the folded bias; no node is added."""
-    ops, records = _fold_exact(_levit(with_bias=True))
+    ops, records = fold_exactly(_levit(with_bias=True))
     assert ops == ["MatMul", "Add", "Constant", "Reshape", "Constant", "Reshape"]
     assert records[0].detail == "into MatMul 'mm' through Add 'bias_add' through Reshape 'flat' (backward)"
 
@@ -74,7 +58,7 @@ def test_batchnorm1d_over_a_transposed_sequence_folds() -> None:
              helper.make_node("Add", ["y", "b"], ["yb"], name="bias_add"),
              helper.make_node("Transpose", ["yb"], ["t"], name="to_ncl", perm=[0, 2, 1]), bn_node("t", "u", "bn"),
              helper.make_node("Transpose", ["u"], ["out"], name="to_nlc", perm=[0, 2, 1])]
-    ops, records = _fold_exact(make_model(nodes, {"x": ["N", L, C_IN]}, ["out"], _inits(42)))
+    ops, records = fold_exactly(make_model(nodes, {"x": ["N", L, C_IN]}, ["out"], _inits(42)))
     assert ops == ["MatMul", "Add", "Transpose", "Transpose"]
     assert records[0].detail == "into MatMul 'mm' through Add 'bias_add' through Transpose 'to_ncl' (backward)"
 
@@ -87,28 +71,20 @@ def test_nhwc_transpose_pair_between_conv_and_bn_folds_into_the_conv() -> None:
              helper.make_node("Transpose", ["y"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
              helper.make_node("Transpose", ["nhwc"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
              bn_node("nchw", "out", "bn")]
-    ops, records = _fold_exact(make_model(nodes, {"x": ["N", 3, 6, 6]}, ["out"], inits))
+    ops, records = fold_exactly(make_model(nodes, {"x": ["N", 3, 6, 6]}, ["out"], inits))
     assert ops == ["Conv", "Transpose", "Transpose"]
     assert records[0].detail == "into Conv 'conv' through Transpose 'to_nhwc', Transpose 'to_nchw' (backward)"
 
 
-def _left(model: onnx.ModelProto) -> str:
-    result = fold(model)
-    assert "BatchNormalization" in op_types(ir.to_proto(result.model))
-    [record] = result.records
-    assert record.action == "skipped"
-    return record.detail.split("; into its consumer: ")[0]
-
-
 def test_a_reshape_that_splits_the_channel_axis_is_left() -> None:
     """(N, L, 4) -> (N, 2L, 2): BN's two channels are halves of the MatMul's features, not whole features."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), _shape("split", [0, 2 * L, 2]),
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), int64_constant("split", [0, 2 * L, 2]),
              helper.make_node("Reshape", ["y", "split"], ["t"], name="split_reshape"),
              helper.make_node("Transpose", ["t"], ["tt"], name="tr", perm=[0, 2, 1]), bn_node("tt", "out", "bn")]
     g = rng(44)
     inits = {"w": g.normal(0, 0.4, (C_IN, C)).astype(np.float32), **bn_params("bn", 2, g)}
     model = make_model(nodes, {"x": ["N", L, C_IN]}, ["out"], inits)
-    assert _left(model) == "into its producer: Transpose 'tr' is not a Conv, ConvTranspose, Gemm or MatMul"
+    assert skipped_bn_reasons(model)[0] == "into its producer: Transpose 'tr' is not a Conv, ConvTranspose, Gemm or MatMul"
 
 
 def test_a_layout_node_read_twice_is_left() -> None:
@@ -120,7 +96,7 @@ def test_a_layout_node_read_twice_is_left() -> None:
     inits = _inits(45)
     del inits["b"]
     model = make_model(nodes, {"x": ["N", L, C_IN]}, ["out", "seen"], inits)
-    assert _left(model) == "into its producer: its input 't' has other consumers or is a graph output"
+    assert skipped_bn_reasons(model)[0] == "into its producer: its input 't' has other consumers or is a graph output"
 
 
 def test_a_transpose_that_leaves_bn_on_the_token_axis_is_left() -> None:
@@ -130,4 +106,4 @@ def test_a_transpose_that_leaves_bn_on_the_token_axis_is_left() -> None:
     g = rng(46)
     inits = {"w": g.normal(0, 0.4, (C_IN, C)).astype(np.float32), **bn_params("bn", L, g)}
     model = make_model(nodes, {"x": ["N", L, C_IN]}, ["out"], inits)
-    assert _left(model) == "into its producer: MatMul 'mm' outputs rank 3; BN's channel axis 1 is not its feature axis"
+    assert skipped_bn_reasons(model)[0] == "into its producer: MatMul 'mm' outputs rank 3; BN's channel axis 1 is not its feature axis"
