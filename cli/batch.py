@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from normfold.report_version import REPORT_VERSION
+
 from . import verbosity
 from .batch_table import fit_table, render_table
 from .verbosity import Style
@@ -82,7 +84,7 @@ def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item
             click.echo(how.line(row) if style == "verbose" else how.short_line(row))
     worst = max(row["exit_code"] for row in rows)
     if style == "json":
-        click.echo(json.dumps({"normfold_report": how.report, "version": 1, "exit_code": worst, how.key: rows},
+        click.echo(json.dumps({"normfold_report": how.report, "version": REPORT_VERSION, "exit_code": worst, how.key: rows},
                               indent=2))
         return worst
     if text:

@@ -12,6 +12,7 @@ from normfold.columns import WIDTH, Cuttable, Squeezable, cut, fit
 from normfold.errors import EXIT_OK, EXIT_USAGE, NormfoldError
 from normfold.fold_file import FoldFileResult, NotWrittenError, Phase, fold_file
 from normfold.html_report import check_page_path, file_op_counts, fold_page, write_page
+from normfold.model_folders import onnx_files
 from normfold.output_paths import is_folder
 
 from .batch import (
@@ -94,7 +95,7 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if is_folder(path):
-            files += sorted(p for p in path.rglob("*.onnx") if ".folded." not in p.name)
+            files += [p for p in onnx_files(path) if ".folded." not in p.name]
         else:
             files.append(path)
     if not files:

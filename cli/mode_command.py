@@ -17,6 +17,7 @@ from normfold.output_paths import check_output_path
 from normfold.passes import SetInferenceModePass, SetTrainingModePass
 from normfold.passes.set_training_mode import DEFAULT_FLAG, RUNNING_VARIANCES
 from normfold.records import RewriteResult
+from normfold.report_version import REPORT_VERSION
 
 from .deprecated_options import deprecated_option, momentum_advice, replace_deprecated
 from .finite_float import FiniteFloat
@@ -77,7 +78,7 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
         result = SetInferenceModePass(batch_stats)(loaded)
     save_model(result.model, target, external_data=has_external_data(loaded), protected=input_files)
     if as_json:
-        document = {"normfold_report": "mode", "version": 1, "mode": suffix, "input": str(model),
+        document = {"normfold_report": "mode", "version": REPORT_VERSION, "mode": suffix, "input": str(model),
                     "output": str(target), "nodes": [r.to_dict() for r in result.records],
                     "lints": [dataclasses.asdict(lint) for lint in lints]}
         click.echo(json.dumps(document, indent=2))

@@ -11,6 +11,7 @@ import click
 from normfold.columns import WIDTH, Cuttable, Squeezable, fit
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.html_report import check_page_path, file_op_counts, validation_page, write_page
+from normfold.model_folders import onnx_files
 from normfold.output_paths import is_folder
 from normfold.validate import ValidationConfig, ValidationReport, validate
 
@@ -88,7 +89,7 @@ def _validate_folders(reference: Path, candidate: Path, config: ValidationConfig
 
     The default table names each pair by its path below the two folders (which the pair's line spells out).
     """
-    pairs = [(path, candidate / path.relative_to(reference)) for path in sorted(reference.rglob("*.onnx"))]
+    pairs = [(path, candidate / path.relative_to(reference)) for path in onnx_files(reference)]
     if not pairs:
         raise NormfoldError(f"{reference}: no .onnx files", exit_code=EXIT_USAGE)
 

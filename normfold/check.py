@@ -240,9 +240,10 @@ def _parameter_findings(model: ir.Model, path: str) -> list[Finding]:
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
     """The given files, and every *.onnx below the given folders, sorted."""
+    from normfold.model_folders import onnx_files
     from normfold.output_paths import is_folder
 
     files: list[Path] = []
     for path in paths:
-        files += sorted(path.rglob("*.onnx")) if is_folder(path) else [path]
+        files += onnx_files(path) if is_folder(path) else [path]
     return files

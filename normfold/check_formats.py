@@ -10,9 +10,9 @@ from typing import Any
 
 from normfold.check import RULES, ModelCheck
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
+from normfold.report_version import REPORT_VERSION
 
 FORMATS = ("text", "json", "github", "sarif")
-REPORT_VERSION = 1
 
 
 def render(checks: Sequence[ModelCheck], form: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,29 +78,17 @@ def check_external_tensor(tensor: onnx.TensorProto, owner: Path) -> None:
         )
 
 
-_UNSIZED = {"STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
-
-
-@functools.cache
-def _itemsize(data_type: int) -> int:
-    """Bytes per element of an ONNX dtype (0 for strings, packed sub-byte and unknown types)."""
-    try:
-        if onnx.TensorProto.DataType.Name(data_type) in _UNSIZED:
-            return 0
-        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return 0
-
-
 def stored_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes a tensor's raw data takes, from its dims and dtype (0 for strings and packed sub-byte types)."""
-    itemsize = _itemsize(tensor.data_type)
-    if not itemsize:
+    """Bytes a tensor's raw data takes, from its dims and dtype (sub-byte types packed, as ONNX stores them;
+    0 for strings and unknown types)."""
+    try:
+        bits = ir.DataType(tensor.data_type).bitwidth
+    except (TypeError, ValueError):
         return 0
     count = 1
     for dim in tensor.dims:
         count *= dim
-    return itemsize * count
+    return (bits * count + 7) // 8
 
 
 def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:

@@ -18,8 +18,7 @@ from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 from normfold.records import TRAINING_MODE, NodeRecord
-
-REPORT_VERSION = 1
+from normfold.report_version import REPORT_VERSION
 
 
 @dataclasses.dataclass

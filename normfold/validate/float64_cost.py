@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from normfold.external_data import stored_bytes
 from normfold.graph_walk import is_op
 from normfold.validate.float64_kernels import ITEM
 
@@ -193,7 +194,7 @@ def _light_copy(model: onnx.ModelProto, shapes: Mapping[str, Shape], base_dir: P
     """The model without its large initializers (typed inputs instead), the fed inputs at concrete shapes; small
     initializers stored outside the model are read from `base_dir` (shape inference needs Reshape's shapes)."""
     graph = model.graph
-    kept = [t for t in graph.initializer if _tensor_bytes(t) <= KEPT_INITIALIZER_BYTES]
+    kept = [t for t in graph.initializer if stored_bytes(t) <= KEPT_INITIALIZER_BYTES]
     if base_dir is not None:
         kept = [numpy_helper.from_array(numpy_helper.to_array(t, base_dir=str(base_dir)), t.name)
                 if t.data_location == TensorProto.EXTERNAL else t for t in kept]
@@ -237,13 +238,6 @@ def _float64_bytes(dtype: np.dtype | int, shape: Shape | None) -> int | None:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(dtype))
     itemsize = ITEM if dtype.kind == "f" or dtype.name == "bfloat16" else dtype.itemsize
     return itemsize * math.prod(shape)
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """The stored tensor's size, from its dims and type (not its data)."""
-    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
-        return 0
-    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize * math.prod(tensor.dims)
 
 
 def format_bytes(count: float) -> str:

@@ -7,9 +7,8 @@ from typing import Any
 
 from normfold.columns import WIDTH, Cuttable, Squeezable, cut, fit
 from normfold.errors import EXIT_MISMATCH, EXIT_OK
+from normfold.report_version import REPORT_VERSION
 from normfold.validate.compare import ErrorHistogram, Metrics, Tolerance
-
-REPORT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
