@@ -1,4 +1,9 @@
-"""Every graph of a model, with the opset it runs at: main graph, control-flow bodies, local functions."""
+"""Every graph of a model, with the opset it runs at: main graph, control-flow bodies, local functions.
+
+Not onnx_ir's `Model.graphs()` / `ir.traversal`: those yield graphs without the path that reports name them by
+(`main/If.then_branch`) or the opset that decides a node's meaning (Dropout, BatchNormalization forms), and
+without the model's functions.
+"""
 
 from __future__ import annotations
 

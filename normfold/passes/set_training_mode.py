@@ -70,10 +70,24 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         self.dropout = dropout
 
     def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> TrainingModeResult:
-        """onnx_ir's run with its checks, typed as what `call` returns: the records, flag and switches too."""
-        result = super().__call__(model_or_result)
+        """onnx_ir's run with its checks, typed as what `call` returns: the records, flag and switches too.
+
+        A precondition that fails for a user's reason (see `requires`) is that NormfoldError, not onnx_ir's wrapper.
+        """
+        try:
+            result = super().__call__(model_or_result)
+        except ir.passes.PreconditionError as error:
+            if isinstance(error.__cause__, NormfoldError):
+                raise error.__cause__ from None
+            raise
         assert isinstance(result, TrainingModeResult)
         return result
+
+    def requires(self, model: ir.Model) -> None:
+        """The flag's name must be free: a graph input or initializer of that name would be shadowed."""
+        if any(v.name == self.flag for v in model.graph.inputs) or self.flag in model.graph.initializers:
+            raise NormfoldError(f"the model already has an input named '{self.flag}'; choose another with --flag",
+                                exit_code=EXIT_USAGE)
 
     def call(self, model: ir.Model) -> TrainingModeResult:
         opset = model.opset_imports.get("", 1)
@@ -86,9 +100,6 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         else:
             model = model.clone()
         names = NameSource(model)
-        if any(v.name == self.flag for v in model.graph.inputs) or self.flag in model.graph.initializers:
-            raise NormfoldError(f"the model already has an input named '{self.flag}'; choose another with --flag",
-                                exit_code=EXIT_USAGE)
         flag = _flag_input(model.graph, names.fresh(self.flag))
         switches: list[ir.Node | None] = []
         for node in list(model.graph):
