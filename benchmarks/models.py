@@ -16,6 +16,13 @@ committed PyTorch exports from `models/`.
                        0.15-0.3, positive shift), so a 5000-layer stack neither overflows nor vanishes
                        and its rounding errors stay at float32 level.
 - big (optional):      MatMul with a 16384 x 33000 weight (2.16 GB) -> BN, external data.
+
+For the scale tables (`run.py --scale-only`), written into the work folder, never committed:
+- scale_one, scale_forty, scale_4000: about 450 MB of Conv 3x3 C->C + BN layers split into one weight
+                       (C 3535), forty of 11 MB (C 553) or four thousand of 0.11 MB (C 56); each saved with
+                       external data and inline.
+- small0 ... small49:  a small CNN (five Conv+BN+ReLU, 16 to 64 channels, Gemm), seeded apart: the folder
+                       of small models folded in one invocation.
 """
 
 from __future__ import annotations
@@ -58,16 +65,32 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, [f"{name}_out"], name=name, **attrs))
         return f"{name}_out"
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, bias: bool = False,
-             dilation: int = 1) -> str:
+    def conv(
+        self,
+        x: str,
+        c_in: int,
+        c_out: int,
+        k: int,
+        stride: int = 1,
+        group: int = 1,
+        bias: bool = False,
+        dilation: int = 1,
+    ) -> str:
         fan_in = c_in // group * k * k
         w = self.rng.standard_normal((c_out, c_in // group, k, k), dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
         inputs = [x, self.const(w, "w")]
         if bias:
             inputs.append(self.const(self.rng.normal(0, 0.1, c_out).astype(np.float32), "b"))
         dilated = {"dilations": [dilation, dilation]} if dilation != 1 else {}
-        return self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[dilation * (k // 2)] * 4,
-                         group=group, **dilated)
+        return self.node(
+            "Conv",
+            inputs,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[dilation * (k // 2)] * 4,
+            group=group,
+            **dilated,
+        )
 
     def conv_transpose(self, x: str, c_in: int, c_out: int) -> str:
         w = self.rng.standard_normal((c_in, c_out, 2, 2), dtype=np.float32) * np.float32(np.sqrt(1 / c_in))
@@ -80,8 +103,17 @@ class Builder:
         names = [self.const(p.astype(np.float32), n) for p, n in zip((scale, bias, mean, var), ("s", "bb", "m", "v"))]
         return self.node("BatchNormalization", [x, *names], epsilon=1e-5)
 
-    def conv_bn(self, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1, act: str | None = "Relu",
-                dilation: int = 1) -> str:
+    def conv_bn(
+        self,
+        x: str,
+        c_in: int,
+        c_out: int,
+        k: int,
+        stride: int = 1,
+        group: int = 1,
+        act: str | None = "Relu",
+        dilation: int = 1,
+    ) -> str:
         y = self.batchnorm(self.conv(x, c_in, c_out, k, stride, group, dilation=dilation), c_out)
         if act == "Relu":
             return self.node("Relu", [y])
@@ -104,7 +136,8 @@ class Builder:
 
     def model(self, name: str, x_shape: list[int | str], out: str, out_shape: list[int | str]) -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, name,
+            self.nodes,
+            name,
             [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
             [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
             self.initializers,
@@ -146,7 +179,15 @@ def mobilenetv2() -> onnx.ModelProto:
     """torchvision's MobileNetV2 layout: inverted residuals, depthwise 3x3, ReLU6 as Clip."""
     b = Builder(2)
     x, c_in = b.conv_bn("input", 3, 32, 3, 2, act="Relu6"), 32
-    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+    for t, c, n, s in [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]:
         for i in range(n):
             stride, hidden = s if i == 0 else 1, c_in * t
             y = b.conv_bn(x, c_in, hidden, 1, act="Relu6") if t != 1 else x
@@ -212,7 +253,13 @@ def mlp() -> onnx.ModelProto:
     """784 -> 1024 -> 1024 -> 10: MatMul+Add -> BN -> ReLU -> Dropout, Gemm -> BN -> ReLU -> Dropout, Gemm."""
     b = Builder(3)
     w = b.rng.standard_normal((784, 1024), dtype=np.float32) * np.float32(np.sqrt(2 / 784))
-    x = b.node("Add", [b.node("MatMul", ["input", b.const(w, "mm_w")]), b.const(b.rng.normal(0, 0.1, 1024).astype(np.float32), "mm_b")])
+    x = b.node(
+        "Add",
+        [
+            b.node("MatMul", ["input", b.const(w, "mm_w")]),
+            b.const(b.rng.normal(0, 0.1, 1024).astype(np.float32), "mm_b"),
+        ],
+    )
     x = b.dropout(b.node("Relu", [b.batchnorm(x, 1024)]))
     x = b.dropout(b.node("Relu", [b.batchnorm(b.gemm(x, 1024, 1024), 1024)]))
     return b.model("mlp", ["batch", 784], b.gemm(x, 1024, 10), ["batch", 10])
@@ -240,9 +287,15 @@ def write_big(path: Path, k: int = 16384, n: int = 33000) -> None:
         return ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
 
     weight = initializer("w", g.standard_normal((k, n), dtype=np.float32))
-    params = [initializer(name, a.astype(np.float32)) for name, a in (
-        ("scale", g.uniform(0.5, 1.5, n)), ("bias", g.normal(0, 0.2, n)), ("mean", g.normal(0, 0.5, n)),
-        ("var", g.uniform(0.5, 2.0, n)))]
+    params = [
+        initializer(name, a.astype(np.float32))
+        for name, a in (
+            ("scale", g.uniform(0.5, 1.5, n)),
+            ("bias", g.normal(0, 0.2, n)),
+            ("mean", g.normal(0, 0.5, n)),
+            ("var", g.uniform(0.5, 2.0, n)),
+        )
+    ]
     x = ir.Value(name="input", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", k]))
     matmul = ir.Node("", "MatMul", [x, weight], name="matmul")
     bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *params], name="bn")
@@ -316,3 +369,55 @@ def model_bytes(path: Path) -> int:
 
 def has_external_data(path: Path) -> bool:
     return path.with_name(f"{path.name}.data").exists()
+
+
+# name -> (layers, channels): about 450 MB of Conv 3x3 weights, split three ways.
+SCALE_SHAPES = {"scale_one": (1, 3535), "scale_forty": (40, 553), "scale_4000": (4000, 56)}
+SMALL_MODELS = 50
+
+
+def conv_chain(name: str, layers: int, channels: int) -> onnx.ModelProto:
+    """`layers` x (Conv 3x3 channels->channels + BN) on channels x 4 x 4: every weight the same size."""
+    b = Builder(layers)
+    x = "input"
+    for _ in range(layers):
+        x = b.batchnorm(b.conv(x, channels, channels, 3), channels)
+    return b.model(name, ["batch", channels, 4, 4], x, ["batch", channels, 4, 4])
+
+
+def write_scale_models(folder: Path) -> list[Path]:
+    """Each scale shape saved twice, `<name>_external.onnx` (tensors of 1 KiB or more in `.data`) and
+    `<name>_inline.onnx`, unless already there; built once per shape (the inline file is written first:
+    saving with external data moves the proto's data out)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (layers, channels) in SCALE_SHAPES.items():
+        external, inline = folder / f"{name}_external.onnx", folder / f"{name}_inline.onnx"
+        if not (external.exists() and inline.exists()):
+            model = conv_chain(name, layers, channels)
+            onnx.save(model, inline)
+            onnx.save(
+                model, external, save_as_external_data=True, location=f"{external.name}.data", size_threshold=1024
+            )
+            del model
+        paths += [external, inline]
+    return paths
+
+
+def small_cnn(seed: int) -> onnx.ModelProto:
+    """A small CNN on 3x64x64: five Conv+BN+ReLU (16, 32, 32, 64, 64 channels), global pool, Gemm to 10."""
+    b = Builder(1000 + seed)
+    x, c_in = "input", 3
+    for c_out, stride in ((16, 2), (32, 2), (32, 1), (64, 2), (64, 1)):
+        x, c_in = b.conv_bn(x, c_in, c_out, 3, stride), c_out
+    return b.model(f"small{seed}", ["batch", 3, 64, 64], _classifier(b, x, c_in, classes=10), ["batch", 10])
+
+
+def write_small_models(folder: Path, count: int = SMALL_MODELS) -> list[Path]:
+    """`folder/small<i>.onnx` for i < count (and nothing else there), unless already written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"small{seed}.onnx" for seed in range(count)]
+    for seed, path in enumerate(paths):
+        if not path.exists():
+            onnx.save(small_cnn(seed), path)
+    return paths

@@ -29,11 +29,17 @@ IMPORT_S = time.perf_counter() - start
 
 def phases(model: Path, output: Path) -> dict[str, float]:
     """Seconds per phase, with the checker runs and the serialization timed inside load_model and save_model."""
-    spent = {"import": IMPORT_S, "load: checker (beside parsing)": 0.0,
-             "save: serialize": 0.0, "save: full check (beside the write)": 0.0}
-    patched = {(model_reading, "_run_checker"): "load: checker (beside parsing)",
-               (atomic_write, "_serialize"): "save: serialize",
-               (atomic_write, "_full_check"): "save: full check (beside the write)"}
+    spent = {
+        "import": IMPORT_S,
+        "load: checker (beside parsing)": 0.0,
+        "save: serialize": 0.0,
+        "save: full check (beside the write)": 0.0,
+    }
+    patched = {
+        (model_reading, "_run_checker"): "load: checker (beside parsing)",
+        (atomic_write, "_serialize"): "save: serialize",
+        (atomic_write, "_full_check"): "save: full check (beside the write)",
+    }
     real = {(module, name): getattr(module, name) for module, name in patched}
 
     def timed(name, function):
@@ -43,6 +49,7 @@ def phases(model: Path, output: Path) -> dict[str, float]:
                 return function(*args, **kwargs)
             finally:
                 spent[name] += time.perf_counter() - t0
+
         return wrapper
 
     for (module, name), label in patched.items():

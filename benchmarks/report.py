@@ -87,9 +87,20 @@ def tool_rows(results: list[dict], tools: list[str]) -> list[str]:
             else:
                 verdict = f"{'yes' if check.get('equivalent') else 'NO'} ({_e(check.get('max_abs_diff'))})"
             f64 = f"{_e(check.get('float64_error'))} (orig {_e(original_f64)})" if "float64_error" in check else "-"
-            rows.append([r["name"], label, _s(timing["seconds"]), _mib(timing["rss"]), bn, dropout, nodes, verdict, f64])
-    head = ["model", "tool", "time s", "peak RSS MiB", "BN left", "Dropout left", "nodes", "equivalent (max abs diff)",
-            "max error vs float64"]
+            rows.append(
+                [r["name"], label, _s(timing["seconds"]), _mib(timing["rss"]), bn, dropout, nodes, verdict, f64]
+            )
+    head = [
+        "model",
+        "tool",
+        "time s",
+        "peak RSS MiB",
+        "BN left",
+        "Dropout left",
+        "nodes",
+        "equivalent (max abs diff)",
+        "max error vs float64",
+    ]
     return _table(head, rows)
 
 
@@ -98,10 +109,28 @@ def io_rows(results: list[dict]) -> list[str]:
     for r in results:
         nf, io = r["timings"]["normfold"], r["timings"]["io"]
         rss_ratio = f"{nf['rss'] / r['bytes']:.2f}" if nf["rss"] else "-"
-        rows.append([r["name"], _s(io["seconds"]), _s(nf["seconds"]), _s(ratio(r)), _mib(io["rss"]), _mib(nf["rss"]),
-                     f"{r['bytes'] / MiB:.1f}", rss_ratio])
-    head = ["model", "I/O limit s", "normfold s", "normfold / I/O", "I/O RSS MiB", "normfold RSS MiB", "model MiB",
-            "normfold RSS / model size"]
+        rows.append(
+            [
+                r["name"],
+                _s(io["seconds"]),
+                _s(nf["seconds"]),
+                _s(ratio(r)),
+                _mib(io["rss"]),
+                _mib(nf["rss"]),
+                f"{r['bytes'] / MiB:.1f}",
+                rss_ratio,
+            ]
+        )
+    head = [
+        "model",
+        "I/O limit s",
+        "normfold s",
+        "normfold / I/O",
+        "I/O RSS MiB",
+        "normfold RSS MiB",
+        "model MiB",
+        "normfold RSS / model size",
+    ]
     return _table(head, rows)
 
 
@@ -133,10 +162,27 @@ def default_fold_rows(results: list[dict]) -> list[str]:
     rows = []
     for r in results:
         time_ratio, rss_ratio = (_ratio(r, *target[1:4])[0] for target in DEFAULT_FOLD_TARGETS)
-        rows.append([r["name"], *_time_rss(_timing(r, "normfold")), *_time_rss(_timing(r, "normfold-default")),
-                     _s(time_ratio), *_time_rss(_timing(r, "ort-session")), _s(rss_ratio)])
-    head = ["model", "--no-validate s", "--no-validate RSS MiB", "default s", "default RSS MiB",
-            "default / --no-validate time", "ORT session s", "ORT session RSS MiB", "default RSS / ORT session RSS"]
+        rows.append(
+            [
+                r["name"],
+                *_time_rss(_timing(r, "normfold")),
+                *_time_rss(_timing(r, "normfold-default")),
+                _s(time_ratio),
+                *_time_rss(_timing(r, "ort-session")),
+                _s(rss_ratio),
+            ]
+        )
+    head = [
+        "model",
+        "--no-validate s",
+        "--no-validate RSS MiB",
+        "default s",
+        "default RSS MiB",
+        "default / --no-validate time",
+        "ORT session s",
+        "ORT session RSS MiB",
+        "default RSS / ORT session RSS",
+    ]
     return _table(head, rows)
 
 
@@ -153,8 +199,15 @@ def latency_rows(results: list[dict]) -> list[str]:
             speedup = f"{before / after:.2f}x" if before is not None and after is not None else "-"
             cells += [_ms(before), _ms(after), speedup]
         rows.append(cells)
-    head = ["model", "original DISABLE_ALL ms", "folded DISABLE_ALL ms", "speed-up", "original ENABLE_ALL ms",
-            "folded ENABLE_ALL ms", "speed-up"]
+    head = [
+        "model",
+        "original DISABLE_ALL ms",
+        "folded DISABLE_ALL ms",
+        "speed-up",
+        "original ENABLE_ALL ms",
+        "folded ENABLE_ALL ms",
+        "speed-up",
+    ]
     return _table(head, rows)
 
 
@@ -181,9 +234,14 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
     ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
     over = {k: v for k, v in ratios.items() if v > 1.3}
     worst = max(ratios, key=ratios.get) if ratios else None
-    out.append(("1. normfold fold time <= 1.3x I/O limit on every model", "MISS" if over else "PASS",
-                f"worst {worst} {ratios.get(worst, 0):.2f}x; over 1.3x: "
-                + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none")))
+    out.append(
+        (
+            "1. normfold fold time <= 1.3x I/O limit on every model",
+            "MISS" if over else "PASS",
+            f"worst {worst} {ratios.get(worst, 0):.2f}x; over 1.3x: "
+            + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none"),
+        )
+    )
     measured, missed = [], False
     for r in results:
         if r["name"] not in FOLD_SPEEDUP_MODELS:
@@ -193,16 +251,30 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
         slower = {t: s for t, s in peers.items() if nf is None or s <= nf}
         missed |= bool(slower)
         fastest = min(peers, key=peers.get) if peers else None
-        measured.append(f"{r['name']}: normfold {_s(nf)} s, fastest peer {fastest} {_s(peers.get(fastest))} s"
-                        + (f" (faster than normfold: {', '.join(slower)})" if slower else ""))
-    out.append(("2. normfold faster than every peer on ResNet-50 and the 1000-layer stack",
-                "n/a" if not measured else ("MISS" if missed else "PASS"), "; ".join(measured) or "models not in this run"))
+        measured.append(
+            f"{r['name']}: normfold {_s(nf)} s, fastest peer {fastest} {_s(peers.get(fastest))} s"
+            + (f" (faster than normfold: {', '.join(slower)})" if slower else "")
+        )
+    out.append(
+        (
+            "2. normfold faster than every peer on ResNet-50 and the 1000-layer stack",
+            "n/a" if not measured else ("MISS" if missed else "PASS"),
+            "; ".join(measured) or "models not in this run",
+        )
+    )
     big = [r for r in results if r["bytes"] >= RSS_TARGET_MIN_BYTES and r["timings"]["normfold"]["rss"]]
     rss = {r["name"]: r["timings"]["normfold"]["rss"] / r["bytes"] for r in big}
-    out.append(("3. peak RSS <= 0.5x model size for models >= 400 MB",
-                "n/a" if not rss else ("MISS" if max(rss.values()) > 0.5 else "PASS"),
-                ", ".join(f"{k} {v:.2f}x ({r['timings']['normfold']['rss'] / MiB:.0f} MiB of {r['bytes'] / MiB:.0f} MiB)"
-                          for (k, v), r in zip(rss.items(), big)) or "no model >= 400 MB in this run"))
+    out.append(
+        (
+            "3. peak RSS <= 0.5x model size for models >= 400 MB",
+            "n/a" if not rss else ("MISS" if max(rss.values()) > 0.5 else "PASS"),
+            ", ".join(
+                f"{k} {v:.2f}x ({r['timings']['normfold']['rss'] / MiB:.0f} MiB of {r['bytes'] / MiB:.0f} MiB)"
+                for (k, v), r in zip(rss.items(), big)
+            )
+            or "no model >= 400 MB in this run",
+        )
+    )
     errors = []
     for r in results:
         original, folded = r["checks"].get("original", {}), r["checks"].get("normfold", {})
@@ -210,9 +282,18 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
             errors.append((r["name"], folded["float64_error"], original["float64_error"]))
     bad = [e for e in errors if e[1] > 1.05 * e[2]]
     worst_e = max(errors, key=lambda e: e[1] / e[2] if e[2] else float("inf")) if errors else None
-    out.append(("4. folded error vs float64 <= 1.05x original's", "n/a" if not errors else ("MISS" if bad else "PASS"),
-                (f"worst {worst_e[0]} {worst_e[1]:.2e} vs {worst_e[2]:.2e} ({worst_e[1] / worst_e[2]:.2f}x)" if worst_e else "")
-                + ("; over: " + ", ".join(f"{n} {a / b:.2f}x" for n, a, b in bad) if bad else "")))
+    out.append(
+        (
+            "4. folded error vs float64 <= 1.05x original's",
+            "n/a" if not errors else ("MISS" if bad else "PASS"),
+            (
+                f"worst {worst_e[0]} {worst_e[1]:.2e} vs {worst_e[2]:.2e} ({worst_e[1] / worst_e[2]:.2f}x)"
+                if worst_e
+                else ""
+            )
+            + ("; over: " + ", ".join(f"{n} {a / b:.2f}x" for n, a, b in bad) if bad else ""),
+        )
+    )
     left = []
     for r in results:
         checks = r["checks"]
@@ -224,8 +305,13 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
             bn, drop, _ = _ops(entry)
             if bn < nf_bn or drop < nf_drop:
                 left.append(f"{r['name']}: normfold leaves BN {nf_bn} / Dropout {nf_drop}, {tool} {bn} / {drop}")
-    out.append(("5. no BN/Dropout left that an (equivalent) peer removes", "MISS" if left else "PASS",
-                "; ".join(left) or "normfold leaves no more BN or Dropout than any peer whose output is equivalent"))
+    out.append(
+        (
+            "5. no BN/Dropout left that an (equivalent) peer removes",
+            "MISS" if left else "PASS",
+            "; ".join(left) or "normfold leaves no more BN or Dropout than any peer whose output is equivalent",
+        )
+    )
     out += default_fold_targets(results)
     return out
 
@@ -240,8 +326,14 @@ def default_fold_targets(results: list[dict]) -> list[tuple[str, str, str]]:
         failed = [f"{name}: {why}" for name, (_, why) in ratios.items() if why]
         over = {name: value for name, value in values.items() if value > limit}
         worst = max(values, key=values.get) if values else None
-        text = [f"worst {worst} {values[worst]:.2f}x",
-                f"over {limit:g}x: " + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none")] if worst else []
+        text = (
+            [
+                f"worst {worst} {values[worst]:.2f}x",
+                f"over {limit:g}x: " + (", ".join(f"{k} {v:.2f}x" for k, v in over.items()) or "none"),
+            ]
+            if worst
+            else []
+        )
         result = "n/a" if not measured else ("MISS" if over or failed else "PASS")
         out.append((label, result, "; ".join(text + failed).replace("|", "/") or "not measured in this run"))
     return out
@@ -257,8 +349,9 @@ def profile_worst(results: list[dict], workdir: Path, here: Path) -> list[dict]:
     for name in chosen:
         model = workdir / "models" / f"{name}.onnx"
         output = workdir / "out" / name / "profile.onnx"
-        done = subprocess.run([sys.executable, str(here / "profile_normfold.py"), str(model), str(output)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(here / "profile_normfold.py"), str(model), str(output)], capture_output=True, text=True
+        )
         if done.returncode == 0:
             profiles.append({"model": name} | json.loads(done.stdout.strip().splitlines()[-1]))
         else:
@@ -284,8 +377,10 @@ def profile_lines(profiles: list[dict]) -> list[str]:
         lines += _table(["phase", "s", "share"], rows)
         lines.append("Top functions by own time (cProfile, load + fold + save):")
         lines.append("")
-        lines += _table(["function", "calls", "own s", "cumulative s"],
-                        [[t["function"], t["calls"], f"{t['tottime']:.3f}", f"{t['cumtime']:.3f}"] for t in p["top"]])
+        lines += _table(
+            ["function", "calls", "own s", "cumulative s"],
+            [[t["function"], t["calls"], f"{t['tottime']:.3f}", f"{t['cumtime']:.3f}"] for t in p["top"]],
+        )
     return lines
 
 
@@ -296,9 +391,12 @@ def startup_lines(startup: dict | None) -> list[str]:
         return lines + ["not measured in this run (--no-startup, or results saved before it was measured)", ""]
     if "error" in startup:
         return lines + [f"FAILED: {startup['error']}".replace("|", "/"), ""]
-    lines += [f"Whole process, from the repository root; median of {startup['runs']} rounds, each running the four "
-              "commands one after another (a first warm-up round not counted). Target: each normfold command at "
-              f"most {START_UP_LIMIT:g}x `{BASELINE}`.", ""]
+    lines += [
+        f"Whole process, from the repository root; median of {startup['runs']} rounds, each running the four "
+        "commands one after another (a first warm-up round not counted). Target: each normfold command at "
+        f"most {START_UP_LIMIT:g}x `{BASELINE}`.",
+        "",
+    ]
     medians = {label: statistics.median(times) for label, times in startup["times"].items()}
     rows = []
     for label, median in medians.items():
@@ -309,8 +407,17 @@ def startup_lines(startup: dict | None) -> list[str]:
     return lines + _table(["command", "median s", "min-max s", "/ import onnx", f"<= {START_UP_LIMIT:g}x"], rows)
 
 
-def render(results: list[dict], header: list[str], notes: list[str], profiles: list[dict] | None, tools: list[str],
-           elapsed: float, startup: dict | None, command: str, rerendered_by: str | None = None) -> str:
+def render(
+    results: list[dict],
+    header: list[str],
+    notes: list[str],
+    profiles: list[dict] | None,
+    tools: list[str],
+    elapsed: float,
+    startup: dict | None,
+    command: str,
+    rerendered_by: str | None = None,
+) -> str:
     """The whole report; `command` is the command line that measured, `rerendered_by` a --report-only run's."""
     failed = [f"evaluation of {r['name']} failed: {r['checks']['error']}" for r in results if "error" in r["checks"]]
     again = f" (re-rendered by `{rerendered_by}`)" if rerendered_by else ""
@@ -319,16 +426,24 @@ def render(results: list[dict], header: list[str], notes: list[str], profiles: l
     lines += ["## Targets", ""]
     lines += _table(["target", "result", "measured"], [list(t) for t in targets(results)])
     lines += ["## Models", ""] + model_rows(results)
-    lines += ["## Every tool on every model", "",
-              "Time: whole process, median. Equivalent: ORT CPU at ORT_DISABLE_ALL, seeded inputs, batch 1, "
-              "rtol 1e-4 and atol 1e-4 x max|ref|. Error vs float64: max abs error of the tool's output against the "
-              "original model evaluated in float64, with the original's own error beside it.", ""]
+    lines += [
+        "## Every tool on every model",
+        "",
+        "Time: whole process, median. Equivalent: ORT CPU at ORT_DISABLE_ALL, seeded inputs, batch 1, "
+        "rtol 1e-4 and atol 1e-4 x max|ref|. Error vs float64: max abs error of the tool's output against the "
+        "original model evaluated in float64, with the original's own error beside it.",
+        "",
+    ]
     lines += tool_rows(results, tools)
     lines += ["## normfold against the I/O limit (onnx_ir.load + onnx_ir.save)", ""] + io_rows(results)
-    lines += ["## normfold's default fold (validation on) against --no-validate and an ONNX Runtime session", "",
-              "Default: `normfold fold MODEL -o OUT` (validation on, float64 reference as by default). ORT session: a "
-              "process that only creates an ONNX Runtime CPU session (ORT_DISABLE_ALL, as normfold validates) on the "
-              "original model and runs it once on seeded random inputs. Time: whole process, median; RSS: peak.", ""]
+    lines += [
+        "## normfold's default fold (validation on) against --no-validate and an ONNX Runtime session",
+        "",
+        "Default: `normfold fold MODEL -o OUT` (validation on, float64 reference as by default). ORT session: a "
+        "process that only creates an ONNX Runtime CPU session (ORT_DISABLE_ALL, as normfold validates) on the "
+        "original model and runs it once on seeded random inputs. Time: whole process, median; RSS: peak.",
+        "",
+    ]
     lines += default_fold_rows(results)
     lines += ["## Inference latency on ONNX Runtime CPU (batch 1, median)", ""] + latency_rows(results)
     lines += ["## Fold time per layer (Conv+BN+ReLU stacks)", ""] + layer_rows(results)
@@ -336,3 +451,109 @@ def render(results: list[dict], header: list[str], notes: list[str], profiles: l
     if profiles:
         lines += ["## Where normfold's time goes", ""] + profile_lines(profiles)
     return "\n".join(lines) + "\n"
+
+
+SCALE_RSS_LIMIT = 0.5
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def scale_lines(scale: dict) -> list[str]:
+    """The scale section: peak RSS / model size and time against the I/O limit per model, then the folder's
+    models per second per way of folding it."""
+    runs = scale["runs"]
+    lines = [
+        "## Memory however the weights are split",
+        "",
+        f"`normfold fold MODEL -o OUT --no-validate` beside the I/O limit (onnx_ir.load + onnx_ir.save of the "
+        f"same model, external data memory-mapped), run one after the other in each of {runs} round(s). "
+        "Models: about 450 MB of Conv 3x3 + BN layers as one weight, forty of 11 MB or four thousand of "
+        f"0.11 MB. Peak RSS: the largest of the runs; time: whole process, median. Target: peak RSS <= "
+        f"{SCALE_RSS_LIMIT:g}x the model's size.",
+        "",
+    ]
+    rows = []
+    for entry in scale["models"]:
+        nf, io = entry["tools"]["normfold"], entry["tools"]["io"]
+        size = entry["bytes"]
+        if "error" in nf:
+            rows.append(
+                [
+                    entry["name"],
+                    entry["weights"],
+                    _mib(size),
+                    "yes" if entry["external"] else "no",
+                    f"FAILED: {nf['error']}".replace("|", "/"),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
+            continue
+        nf_s, io_s = _median(nf["seconds"]), _median(io["seconds"])
+        verdict = "PASS" if nf["rss"] <= SCALE_RSS_LIMIT * size else "MISS"
+        io_cells = ["-", "-", "-"] if "error" in io else [_mib(io["rss"]), f"{io['rss'] / size:.2f}x", _s(io_s)]
+        rows.append(
+            [
+                entry["name"],
+                entry["weights"],
+                _mib(size),
+                "yes" if entry["external"] else "no",
+                _mib(nf["rss"]),
+                f"{nf['rss'] / size:.2f}x",
+                verdict,
+                _s(nf_s),
+                *io_cells,
+                "-" if not io_s or nf_s is None else f"{nf_s / io_s:.2f}x",
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "weights",
+            "MiB",
+            "external data",
+            "normfold peak RSS MiB",
+            "/ size",
+            f"<= {SCALE_RSS_LIMIT:g}x",
+            "normfold s",
+            "I/O limit RSS MiB",
+            "I/O / size",
+            "I/O s",
+            "time / I/O",
+        ],
+        rows,
+    )
+    folder = scale["folder"]
+    lines += [
+        f"## A folder of {folder['count']} small models",
+        "",
+        f"{folder['count']} small CNNs ({folder['bytes'] / folder['count'] / 1e6:.2f} MB each: five "
+        "Conv+BN+ReLU, 16 to 64 channels, a Gemm). normfold folds the folder in one invocation; onnxslim "
+        "and onnxsim run once per model, a process each, as a shell loop runs them (the sum of those "
+        f"processes' wall times). Median of {folder['runs']} round(s), each running every way once.",
+        "",
+    ]
+    medians = {way: _median(times) for way, times in folder["times"].items()}
+    first = next((m for m in medians.values() if m), None)
+    rows = []
+    for way, median in medians.items():
+        if way in folder["errors"]:
+            rows.append([f"`{way}`", f"FAILED: {folder['errors'][way]}".replace("|", "/"), "-", "-"])
+        elif median:
+            rows.append(
+                [
+                    f"`{way}`",
+                    _s(median),
+                    f"{folder['count'] / median:.1f}",
+                    "-" if first is None else f"{median / first:.2f}x",
+                ]
+            )
+    rows += [[f"`{way}`", f"skipped: {why}", "-", "-"] for way, why in folder["errors"].items() if way not in medians]
+    return lines + _table(["way", "wall s", "models/s", "time / one normfold process"], rows)

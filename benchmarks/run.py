@@ -3,6 +3,7 @@
     python benchmarks/run.py [--big] [--runs N] [--markdown benchmarks/RESULTS.md]   (the full run)
     python benchmarks/run.py --quick|--models NAME,... [--markdown OTHER.md]          (a partial run)
     python benchmarks/run.py --startup-only [--startup-runs N]
+    python benchmarks/run.py --scale-only [--runs N] [--small-models N] [--markdown benchmarks/SCALE.md]
 
 Models, outputs and logs go to a temporary folder that is removed at the end (its size printed), unless
 --keep-temp; --workdir DIR writes them to DIR instead and keeps it (--resume and --report-only read it).
@@ -19,6 +20,8 @@ its float64 reference runs past those limits, it runs again without it. Peers th
 are skipped with the reason; AIMET runs in the interpreter given by --aimet-python (or
 $NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch. Last, the start-up table (benchmarks/startup.py):
 `normfold --help`, `normfold check --help` and `normfold check` on a small model against `import onnx`.
+--scale-only measures only the scale tables (benchmarks/scale.py): peak RSS of `--no-validate` on ~450 MB
+models split into one, forty or four thousand weights beside the I/O limit, and a folder of small models.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ RESULTS = HERE / "RESULTS.md"  # the committed results of a full run
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+import scale  # noqa: E402
 import startup  # noqa: E402
 
 import models  # noqa: E402
@@ -117,8 +121,9 @@ class Timing:
     runs: list[float] = dataclasses.field(default_factory=list)
 
 
-def run_once(command: list[str], timeout: float, log: Path, rss_limit: int | None = None,
-             cwd: Path | None = None) -> tuple[float, int, int, str | None]:
+def run_once(
+    command: list[str], timeout: float, log: Path, rss_limit: int | None = None, cwd: Path | None = None
+) -> tuple[float, int, int, str | None]:
     """Wall seconds, peak RSS bytes and exit status of one process, and why it was killed if it was:
     after `timeout`, or (polled every 50 ms) once its RSS passes `rss_limit` bytes. The process is
     started by SPAWN, which reports its wall time and peak RSS (the exit status is SPAWN's, the same),
@@ -129,8 +134,13 @@ def run_once(command: list[str], timeout: float, log: Path, rss_limit: int | Non
     report_file.unlink(missing_ok=True)
     with open(log, "wb") as err:
         start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", SPAWN, str(report_file), *command],
-                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, cwd=cwd)
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", SPAWN, str(report_file), *command],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            cwd=cwd,
+        )
 
         def kill(reason: str) -> None:
             if not killed and not finished.is_set():
@@ -141,7 +151,9 @@ def run_once(command: list[str], timeout: float, log: Path, rss_limit: int | Non
         timer = threading.Timer(timeout, kill, [f"timeout after {timeout:.0f} s"])
         timer.start()
         if rss_limit is not None:
-            threading.Thread(target=_watch_rss, args=(report_file, rss_limit, start, finished, kill), daemon=True).start()
+            threading.Thread(
+                target=_watch_rss, args=(report_file, rss_limit, start, finished, kill), daemon=True
+            ).start()
         _, status, _ = os.wait4(process.pid, 0)
         finished.set()
         wall, rss = time.perf_counter() - start, 0
@@ -153,8 +165,9 @@ def run_once(command: list[str], timeout: float, log: Path, rss_limit: int | Non
     return wall, rss, process.returncode, (killed or [None])[0]
 
 
-def _watch_rss(report_file: Path, limit: int, start: float, finished: threading.Event,
-               kill: Callable[[str], None]) -> None:
+def _watch_rss(
+    report_file: Path, limit: int, start: float, finished: threading.Event, kill: Callable[[str], None]
+) -> None:
     """Kill the process SPAWN started (its pid is the report's first line) once its RSS passes `limit`."""
     page, pid = os.sysconf("SC_PAGE_SIZE"), None
     while not finished.wait(0.05):
@@ -165,12 +178,15 @@ def _watch_rss(report_file: Path, limit: int, start: float, finished: threading.
         except (OSError, IndexError, ValueError):  # the report not written yet, or the process gone
             continue
         if rss > limit:
-            kill(f"killed at {rss / GiB:.1f} GiB RSS (limit {limit / GiB:g} GiB) after {time.perf_counter() - start:.0f} s")
+            kill(
+                f"killed at {rss / GiB:.1f} GiB RSS (limit {limit / GiB:g} GiB) after {time.perf_counter() - start:.0f} s"
+            )
             return
 
 
-def measure(command: list[str], output: Path, runs: int, timeout: float, repeat_slow: bool = True,
-            rss_limit: int | None = None) -> Timing:
+def measure(
+    command: list[str], output: Path, runs: int, timeout: float, repeat_slow: bool = True, rss_limit: int | None = None
+) -> Timing:
     """Median wall time over `runs` (one run only when it takes over SLOW_RUN_S and not `repeat_slow`);
     the first failed run (or one killed past `timeout` or `rss_limit`) makes the result a failure."""
     timing, peak = Timing(), 0
@@ -198,8 +214,12 @@ def _last_line(log: Path, code: int) -> str:
 def available_tools(aimet_python: str | None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Command prefix per tool (input, output, mode appended), and the reason for each skipped peer."""
     normfold_cli = shutil.which("normfold", path=str(Path(sys.executable).parent)) or shutil.which("normfold")
-    commands = {"normfold": [normfold_cli, "fold"], "normfold-default": [normfold_cli, "fold"],
-                "io": [sys.executable, str(HERE / "tools.py"), "io"], "ort-session": [sys.executable, "-c", ORT_SESSION]}
+    commands = {
+        "normfold": [normfold_cli, "fold"],
+        "normfold-default": [normfold_cli, "fold"],
+        "io": [sys.executable, str(HERE / "tools.py"), "io"],
+        "ort-session": [sys.executable, "-c", ORT_SESSION],
+    }
     skipped = {}
     for tool, module in PEERS.items():
         python = sys.executable
@@ -227,17 +247,23 @@ def tool_command(tool: str, prefix: list[str], model: Path, output: Path, extern
     return [*prefix, str(model), str(output), "external" if external else "inline"]
 
 
-def evaluate(model: Path, outputs: dict[str, Path], float64: bool, folder: Path, timeout: float,
-             rss_limit: int | None) -> tuple[dict, str | None]:
+def evaluate(
+    model: Path, outputs: dict[str, Path], float64: bool, folder: Path, timeout: float, rss_limit: int | None
+) -> tuple[dict, str | None]:
     """The checks of every output, and why the evaluation process was killed (timeout, RSS), if it was."""
-    job = {"original": str(model), "candidates": {k: str(v) for k, v in outputs.items()}, "float64": float64,
-           "latency": ["normfold"]}
+    job = {
+        "original": str(model),
+        "candidates": {k: str(v) for k, v in outputs.items()},
+        "float64": float64,
+        "latency": ["normfold"],
+    }
     job_file, result_file = folder / "evaluate.job.json", folder / "evaluate.result.json"
     job_file.write_text(json.dumps(job))
     result_file.unlink(missing_ok=True)
     log = folder / "evaluate.log"
-    _, _, code, killed = run_once([sys.executable, str(HERE / "evaluate.py"), str(job_file), str(result_file)],
-                                  timeout, log, rss_limit)
+    _, _, code, killed = run_once(
+        [sys.executable, str(HERE / "evaluate.py"), str(job_file), str(result_file)], timeout, log, rss_limit
+    )
     if code != 0:
         return {"error": killed or _last_line(log, code)}, killed
     return json.loads(result_file.read_text()), None
@@ -269,8 +295,15 @@ def bench_model(name: str, args: argparse.Namespace, commands: dict[str, list[st
         float64, float64_note = False, f"skipped: with it the evaluation was {killed}"
         print(f"  {name:28} {'evaluation':16} float64 reference {float64_note}", flush=True)
         checks, _ = evaluate(path, outputs, False, folder, args.timeout * 10, None)
-    result = {"name": name, "bytes": size, "external": external, "float64": float64, "float64_note": float64_note,
-              "timings": {k: dataclasses.asdict(v) for k, v in timings.items()}, "checks": checks}
+    result = {
+        "name": name,
+        "bytes": size,
+        "external": external,
+        "float64": float64,
+        "float64_note": float64_note,
+        "timings": {k: dataclasses.asdict(v) for k, v in timings.items()},
+        "checks": checks,
+    }
     (folder / "result.json").write_text(json.dumps(result))
     return result
 
@@ -285,12 +318,32 @@ def saved_or_bench(name: str, args: argparse.Namespace, commands: dict[str, list
 
 
 def machine() -> list[str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     versions = []
-    for package in ("normfold", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "onnxoptimizer",
-                    "onnxsim", "onnxslim", "aimet-onnx", "torch", "numpy"):
+    for package in (
+        "normfold",
+        "onnx",
+        "onnx-ir",
+        "onnxscript",
+        "onnxruntime-gpu",
+        "onnxruntime",
+        "onnxoptimizer",
+        "onnxsim",
+        "onnxslim",
+        "aimet-onnx",
+        "torch",
+        "numpy",
+    ):
         try:
             versions.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -307,8 +360,11 @@ def big_fits(workdir: Path) -> str | None:
     """Why the >2 GB model cannot run here, or None."""
     workdir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(workdir).free
-    memory = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemAvailable"))
+    memory = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemAvailable")
+    )
     if free < BIG_NEEDS_DISK:
         return f"--big needs {BIG_NEEDS_DISK / 2**30:.0f} GiB free disk in {workdir}, {free / 2**30:.1f} GiB free"
     if memory < BIG_NEEDS_MEMORY:
@@ -320,56 +376,121 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options, checked: a partial run may not write RESULTS.md, --resume needs the folder it resumes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(models.QUICK)}, one run each")
-    parser.add_argument("--models", type=lambda text: [n for n in text.split(",") if n], metavar="NAME,...",
-                        help=f"only these models (of {', '.join(models.model_names(False, False))}), in this order")
-    parser.add_argument("--big", action="store_true", help="also a >2 GB model with external data (off by default: "
-                        "needs ~30 GiB disk and ~20 GiB memory)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="runs per normfold (both ways), I/O and ORT session measurement, and per peer on "
-                        "resnet50 and stack1000 (default 3, --quick 1)")
+    parser.add_argument(
+        "--models",
+        type=lambda text: [n for n in text.split(",") if n],
+        metavar="NAME,...",
+        help=f"only these models (of {', '.join(models.model_names(False, False))}), in this order",
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="also a >2 GB model with external data (off by default: needs ~30 GiB disk and ~20 GiB memory)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs per normfold (both ways), I/O and ORT session measurement, and per peer on "
+        "resnet50 and stack1000 (default 3, --quick 1)",
+    )
     parser.add_argument("--peer-runs", type=int, default=None, help="runs per peer on the other models (default 1)")
-    parser.add_argument("--timeout", type=float, default=60,
-                        help="seconds before one peer run is killed (normfold --no-validate, I/O, the ORT session "
-                        "and the evaluation: 10x this)")
-    parser.add_argument("--default-fold-timeout", type=float, default=300,
-                        help="seconds before one default (validating) normfold fold is killed")
-    parser.add_argument("--rss-limit", type=float, default=8,
-                        help="GiB of RSS at which a default normfold fold, or an evaluation with the float64 reference, "
-                        "is killed (the evaluation then runs again without float64)")
-    parser.add_argument("--workdir", type=Path,
-                        help="write models, outputs, logs and results.json here and keep them (needed by --resume and "
-                        "--report-only); default: a new temporary folder, removed at the end")
-    parser.add_argument("--keep-temp", action="store_true",
-                        help="keep the temporary folder (without --workdir) instead of removing it at the end")
-    parser.add_argument("--aimet-python", default=os.environ.get("NORMFOLD_BENCH_AIMET_PYTHON"),
-                        help="a Python with aimet-onnx (and torch) installed, if not this one")
-    parser.add_argument("--markdown", type=Path,
-                        help="also write the report to this file (benchmarks/RESULTS.md: full runs only)")
-    parser.add_argument("--skip", action="append", default=[], metavar="TOOL", choices=sorted(PEERS),
-                        help="leave out a peer (repeatable), e.g. --skip aimet")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="seconds before one peer run is killed (normfold --no-validate, I/O, the ORT session "
+        "and the evaluation: 10x this)",
+    )
+    parser.add_argument(
+        "--default-fold-timeout",
+        type=float,
+        default=300,
+        help="seconds before one default (validating) normfold fold is killed",
+    )
+    parser.add_argument(
+        "--rss-limit",
+        type=float,
+        default=8,
+        help="GiB of RSS at which a default normfold fold, or an evaluation with the float64 reference, "
+        "is killed (the evaluation then runs again without float64)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="write models, outputs, logs and results.json here and keep them (needed by --resume and "
+        "--report-only); default: a new temporary folder, removed at the end",
+    )
+    parser.add_argument(
+        "--keep-temp",
+        action="store_true",
+        help="keep the temporary folder (without --workdir) instead of removing it at the end",
+    )
+    parser.add_argument(
+        "--aimet-python",
+        default=os.environ.get("NORMFOLD_BENCH_AIMET_PYTHON"),
+        help="a Python with aimet-onnx (and torch) installed, if not this one",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, help="also write the report to this file (benchmarks/RESULTS.md: full runs only)"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        choices=sorted(PEERS),
+        help="leave out a peer (repeatable), e.g. --skip aimet",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip profiling normfold on its worst model")
     parser.add_argument("--resume", action="store_true", help="reuse per-model results already in --workdir")
     parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
-    parser.add_argument("--startup-runs", type=int, default=7,
-                        help="rounds of the start-up table (each runs its four commands once; median)")
+    parser.add_argument(
+        "--startup-runs",
+        type=int,
+        default=7,
+        help="rounds of the start-up table (each runs its four commands once; median)",
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up table")
-    parser.add_argument("--startup-only", action="store_true",
-                        help="measure only the start-up table and print it (--markdown then writes only it)")
+    parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="measure only the start-up table and print it (--markdown then writes only it)",
+    )
+    parser.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="measure only the scale tables: peak RSS and time of --no-validate on ~450 MB models "
+        "split three ways (external data and inline) beside the I/O limit, and a folder of small "
+        "models against onnxslim and onnxsim per model (needs ~4 GiB of disk)",
+    )
+    parser.add_argument(
+        "--small-models",
+        type=int,
+        default=models.SMALL_MODELS,
+        help="models in the folder of small models (--scale-only)",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.models or [] if n not in models.model_names(False, False)]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(models.model_names(False, False))}")
     if args.startup_runs < 1:
         parser.error("--startup-runs must be at least 1")
+    if args.small_models < 1:
+        parser.error("--small-models must be at least 1")
     if args.workdir is None and (args.resume or args.report_only):
-        parser.error(f"--{'resume' if args.resume else 'report-only'} reads an earlier run's folder: give it with "
-                     "--workdir (a run keeps it when given --workdir, or --keep-temp)")
+        parser.error(
+            f"--{'resume' if args.resume else 'report-only'} reads an earlier run's folder: give it with "
+            "--workdir (a run keeps it when given --workdir, or --keep-temp)"
+        )
     if args.workdir is not None and args.keep_temp:
         parser.error("--keep-temp keeps the temporary folder of a run without --workdir; a --workdir is always kept")
     partial = partial_run(args)
     if partial and writes_results(args.markdown):
-        parser.error(f"{partial}, and {RESULTS.relative_to(HERE.parent)} holds the full run's results: write this "
-                     "report elsewhere (e.g. --markdown quick.md)")
+        parser.error(
+            f"{partial}, and {RESULTS.relative_to(HERE.parent)} holds the full run's results: write this "
+            "report elsewhere (e.g. --markdown quick.md)"
+        )
     args.runs = args.runs or (1 if args.quick else 3)
     args.peer_runs = args.peer_runs or 1
     return args
@@ -383,6 +504,8 @@ def partial_run(args: argparse.Namespace) -> str | None:
         return "--models runs a subset of the models"
     if args.startup_only:
         return "--startup-only measures only the start-up table"
+    if args.scale_only:
+        return "--scale-only measures only the scale tables"
     return None
 
 
@@ -431,13 +554,47 @@ def benchmark(args: argparse.Namespace) -> None:
         saved = json.loads((args.workdir / "results.json").read_text())
         partial = saved.get("partial")
         if partial and writes_results(args.markdown):
-            raise SystemExit(f"{args.workdir / 'results.json'} is from a partial run ({partial}); "
-                             f"{RESULTS.relative_to(HERE.parent)} holds the full run's results: write it elsewhere")
-        render(args, saved["results"], saved["header"], saved["notes"], saved["tools"], saved["elapsed"],
-               saved.get("startup"), saved.get("command", "not recorded"), rerendered_by=args.command)
+            raise SystemExit(
+                f"{args.workdir / 'results.json'} is from a partial run ({partial}); "
+                f"{RESULTS.relative_to(HERE.parent)} holds the full run's results: write it elsewhere"
+            )
+        render(
+            args,
+            saved["results"],
+            saved["header"],
+            saved["notes"],
+            saved["tools"],
+            saved["elapsed"],
+            saved.get("startup"),
+            saved.get("command", "not recorded"),
+            rerendered_by=args.command,
+        )
         return
     if args.startup_only:
         text = "\n".join([f"Command: `{args.command}`", "", *report.startup_lines(measure_startup(args))])
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text)
+        return
+    if args.scale_only:
+        header = machine()
+        for line in header:
+            print(line, flush=True)
+        started = time.perf_counter()
+        measured = scale.measure_scale(run_once, args.workdir, args.runs, args.timeout * 10, args.small_models)
+        (args.workdir / "scale.json").write_text(json.dumps(measured))
+        text = "\n".join(
+            [
+                "# normfold at scale",
+                "",
+                f"Command: `{args.command}`",
+                "",
+                *[f"- {line}" for line in header],
+                f"- benchmark wall time: {time.perf_counter() - started:.0f} s",
+                "",
+                *report.scale_lines(measured),
+            ]
+        )
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
@@ -455,27 +612,45 @@ def benchmark(args: argparse.Namespace) -> None:
         notes += [f"skipped big model: {why_not}"] if why_not else []
     else:
         notes.append("big (>2 GB, external data) model not run: pass --big (needs ~30 GiB disk, ~20 GiB memory)")
-    notes.append(f"a peer run is killed after {args.timeout:.0f} s (normfold --no-validate, I/O and the ORT session after "
-                 f"{10 * args.timeout:.0f} s); a default (validating) normfold fold after {args.default_fold_timeout:.0f} s "
-                 f"or at {args.rss_limit:g} GiB RSS, and then shown as failed")
-    notes.append("ORT session: a process that only creates an ONNX Runtime CPU InferenceSession (ORT_DISABLE_ALL, as "
-                 "normfold validates) on the original model and runs it once on seeded random inputs (symbolic dims 1)")
-    notes.append(f"float64 reference skipped for models over {FLOAT64_LIMIT / 2**20:.0f} MiB "
-                 "(onnx's reference evaluator holds a float64 copy of every weight)")
-    notes.append(f"runs: normfold (--no-validate and default), I/O and ORT session median of {args.runs}; peers median "
-                 f"of {args.runs} on {' and '.join(report.FOLD_SPEEDUP_MODELS)}, {args.peer_runs} elsewhere, and one run "
-                 f"when it takes over {SLOW_RUN_S:.0f} s (AIMET: torch import); time is the whole process (interpreter "
-                 "start and imports included)")
+    notes.append(
+        f"a peer run is killed after {args.timeout:.0f} s (normfold --no-validate, I/O and the ORT session after "
+        f"{10 * args.timeout:.0f} s); a default (validating) normfold fold after {args.default_fold_timeout:.0f} s "
+        f"or at {args.rss_limit:g} GiB RSS, and then shown as failed"
+    )
+    notes.append(
+        "ORT session: a process that only creates an ONNX Runtime CPU InferenceSession (ORT_DISABLE_ALL, as "
+        "normfold validates) on the original model and runs it once on seeded random inputs (symbolic dims 1)"
+    )
+    notes.append(
+        f"float64 reference skipped for models over {FLOAT64_LIMIT / 2**20:.0f} MiB "
+        "(onnx's reference evaluator holds a float64 copy of every weight)"
+    )
+    notes.append(
+        f"runs: normfold (--no-validate and default), I/O and ORT session median of {args.runs}; peers median "
+        f"of {args.runs} on {' and '.join(report.FOLD_SPEEDUP_MODELS)}, {args.peer_runs} elsewhere, and one run "
+        f"when it takes over {SLOW_RUN_S:.0f} s (AIMET: torch import); time is the whole process (interpreter "
+        "start and imports included)"
+    )
     for line in header + notes:
         print(line, flush=True)
     started = time.perf_counter()
     results = [saved_or_bench(name, args, commands) for name in names]
     start_up = None if args.no_startup else measure_startup(args)
     elapsed = time.perf_counter() - started
-    (args.workdir / "results.json").write_text(json.dumps({"results": results, "header": header, "notes": notes,
-                                                          "tools": list(commands), "elapsed": elapsed,
-                                                          "startup": start_up, "command": args.command,
-                                                          "partial": partial_run(args)}))
+    (args.workdir / "results.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "header": header,
+                "notes": notes,
+                "tools": list(commands),
+                "elapsed": elapsed,
+                "startup": start_up,
+                "command": args.command,
+                "partial": partial_run(args),
+            }
+        )
+    )
     render(args, results, header, notes, list(commands), elapsed, start_up, args.command)
 
 
@@ -484,8 +659,17 @@ def measure_startup(args: argparse.Namespace) -> dict:
     return startup.measure_startup(run_once, args.workdir / "startup", args.startup_runs)
 
 
-def render(args: argparse.Namespace, results: list[dict], header: list[str], notes: list[str], tools: list[str],
-           elapsed: float, start_up: dict | None, command: str, rerendered_by: str | None = None) -> None:
+def render(
+    args: argparse.Namespace,
+    results: list[dict],
+    header: list[str],
+    notes: list[str],
+    tools: list[str],
+    elapsed: float,
+    start_up: dict | None,
+    command: str,
+    rerendered_by: str | None = None,
+) -> None:
     """Print the report and write it to --markdown; it records `command`, the run that measured, and
     `rerendered_by`, the --report-only run that rendered it again."""
     profile = None

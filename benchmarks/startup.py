@@ -53,7 +53,8 @@ def measure_startup(run_once: RunOnce, folder: Path, runs: int, timeout: float =
                 return {"runs": runs, "error": f"{label}: {reason}"[:200]}
             if round_number:
                 times[label].append(wall)
-        print(f"  start-up round {round_number}/{runs}" + (" (warm-up, not counted)" if not round_number else ""),
-              flush=True)
+        print(
+            f"  start-up round {round_number}/{runs}" + (" (warm-up, not counted)" if not round_number else ""),
+            flush=True,
+        )
     return {"runs": runs, "times": times}
-

@@ -70,7 +70,9 @@ def ort_basic(model: Path, output: Path, external: bool) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(output)
     if external:
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{output.name}.data")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", f"{output.name}.data"
+        )
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 

@@ -102,8 +102,6 @@ def main() -> None:
     """
 
 
-
-
 def run() -> None:
     """The console script: signal handlers before anything heavy is imported, then the command."""
     install_signal_handlers()

@@ -28,13 +28,15 @@ if TYPE_CHECKING:
 Item = TypeVar("Item")
 
 
-def run_batch(function: Callable[..., Any], items: Sequence[Item], settings: Any, jobs: int,
-              label: str, show_progress: bool) -> Iterator[tuple[Item, Any]]:
+def run_batch(
+    function: Callable[..., Any], items: Sequence[Item], settings: Any, jobs: int, label: str, show_progress: bool
+) -> Iterator[tuple[Item, Any]]:
     """Yield (item, function(item, settings)) in order; `function` must be picklable for jobs > 1."""
     interactive = show_progress and verbosity.stderr_is_terminal()
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(click.progressbar(length=len(items), label=label,
-                                                    file=sys.stderr if interactive else io.StringIO()))
+        bar = stack.enter_context(
+            click.progressbar(length=len(items), label=label, file=sys.stderr if interactive else io.StringIO())
+        )
         if jobs > 1:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs))
             results = pool.map(function, items, [settings] * len(items))
@@ -69,8 +71,14 @@ class BatchReport:
     droppable: Sequence[int] = ()
 
 
-def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item], settings: Any, jobs: int,
-                   style: Style, how: BatchReport) -> int:
+def run_and_report(
+    function: Callable[..., dict[str, Any]],
+    items: Sequence[Item],
+    settings: Any,
+    jobs: int,
+    style: Style,
+    how: BatchReport,
+) -> int:
     """Run the batch, print a line per row as it finishes, then the JSON document or the table and the count
     (with -q the count alone).
 
@@ -84,14 +92,21 @@ def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item
             click.echo(how.line(row) if style == "verbose" else how.short_line(row))
     worst = max(row["exit_code"] for row in rows)
     if style == "json":
-        click.echo(json.dumps({"normfold_report": how.report, "version": REPORT_VERSION, "exit_code": worst, how.key: rows},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {"normfold_report": how.report, "version": REPORT_VERSION, "exit_code": worst, how.key: rows}, indent=2
+            )
+        )
         return worst
     if text:
         click.echo()
-        table = render_table(how.header, [how.cells(row) for row in rows]) if style == "verbose" else \
-            fit_table(how.short_header, [how.short_cells(row) for row in rows], squeeze=how.squeeze,
-                      droppable=how.droppable)
+        table = (
+            render_table(how.header, [how.cells(row) for row in rows])
+            if style == "verbose"
+            else fit_table(
+                how.short_header, [how.short_cells(row) for row in rows], squeeze=how.squeeze, droppable=how.droppable
+            )
+        )
         for line in table:
             click.echo(line)
     click.echo(how.count.format(done=sum(row["exit_code"] == 0 for row in rows), total=len(rows)))
@@ -100,8 +115,11 @@ def run_and_report(function: Callable[..., dict[str, Any]], items: Sequence[Item
 
 def worst_comparison(report: ValidationReport) -> OutputComparison | None:
     """The comparison a row shows: failures before passes, then the largest max abs error (no figures = largest)."""
-    return max(report.comparisons, default=None,
-               key=lambda c: (not c.passed, c.metrics.max_abs if c.metrics is not None else math.inf))
+    return max(
+        report.comparisons,
+        default=None,
+        key=lambda c: (not c.passed, c.metrics.max_abs if c.metrics is not None else math.inf),
+    )
 
 
 def max_abs(comparison: OutputComparison | None) -> float | None:
@@ -117,9 +135,15 @@ def figure(value: float | None) -> str:
 def failure_reason(comparison: OutputComparison) -> str:
     """Why one output failed, in a few words: what exceeds tolerance, then its problem (shape, dtype, float64 check)."""
     metrics = comparison.metrics
-    counts = [] if metrics is None else [(metrics.violations, "element(s) beyond tolerance"),
-                                         (metrics.nan_mismatch, "NaN mismatch(es)"),
-                                         (metrics.inf_mismatch, "Inf mismatch(es)")]
+    counts = (
+        []
+        if metrics is None
+        else [
+            (metrics.violations, "element(s) beyond tolerance"),
+            (metrics.nan_mismatch, "NaN mismatch(es)"),
+            (metrics.inf_mismatch, "Inf mismatch(es)"),
+        ]
+    )
     parts = [f"{count} {what}" for count, what in counts if count] + [comparison.problem]
     return f"output '{comparison.output}' ({comparison.section}): {', '.join(part for part in parts if part)}"
 

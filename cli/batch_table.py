@@ -23,8 +23,14 @@ def shorten(text: str, width: int = REASON_WIDTH) -> str:
     return cut(" ".join(text.split()), width)
 
 
-def fit_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, squeeze: Sequence[int] = (0,),
-              droppable: Sequence[int] = (), width: int = WIDTH) -> list[str]:
+def fit_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    squeeze: Sequence[int] = (0,),
+    droppable: Sequence[int] = (),
+    width: int = WIDTH,
+) -> list[str]:
     """render_table in `width` columns: the `squeeze` columns' cells lose their middle, the last column's cells
     their end; where that is not enough, the `droppable` columns go, in the order given."""
     natural = [max(len(cell) for cell in column) for column in zip(header, *rows)]

@@ -27,26 +27,62 @@ from .finite_float import FiniteFloat
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Calibration batches: .npz (one array per graph input, leading axis = batches) or a test_data_set folder.")
-@click.option("--method", type=click.Choice(METHODS), default="cumulative", show_default=True,
-              help="cumulative: statistics of all the data (see --running-var); running: the running-average "
-                   "update per batch.")
-@click.option("--momentum", type=FiniteFloat(0, 1),
-              help="With --method running: BN momentum as ONNX defines it, the weight of the OLD running statistic "
-                   "(PyTorch's momentum=0.1 is 0.9 here) [default: 0.9].")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Calibration batches: .npz (one array per graph input, leading axis = batches) or a test_data_set folder.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="cumulative",
+    show_default=True,
+    help="cumulative: statistics of all the data (see --running-var); running: the running-average update per batch.",
+)
+@click.option(
+    "--momentum",
+    type=FiniteFloat(0, 1),
+    help="With --method running: BN momentum as ONNX defines it, the weight of the OLD running statistic "
+    "(PyTorch's momentum=0.1 is 0.9 here) [default: 0.9].",
+)
 @deprecated_option("--alpha", "--momentum", type=FiniteFloat(0, 1))
-@click.option("--running-var", type=click.Choice(RUNNING_VARIANCES), default="biased", show_default=True,
-              help="Batch variance that the statistics are built from: biased (ONNX's convention) or unbiased "
-                   "(PyTorch's: times n/(n-1), n = values per channel in the batch; cumulative then averages batches "
-                   "as PyTorch's momentum=None).")
-@click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
-              help="Execution provider: auto is CUDA when it really runs, else CPU.")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write (default: MODEL.calibrated.onnx beside MODEL).")
-def calibrate_command(model: Path, data: Path, method: str, momentum: float | None, alpha: float | None,
-                      running_var: str, provider: str, dims: tuple[str, ...], output: Path | None) -> None:
+@click.option(
+    "--running-var",
+    type=click.Choice(RUNNING_VARIANCES),
+    default="biased",
+    show_default=True,
+    help="Batch variance that the statistics are built from: biased (ONNX's convention) or unbiased "
+    "(PyTorch's: times n/(n-1), n = values per channel in the batch; cumulative then averages batches "
+    "as PyTorch's momentum=None).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(("auto", "cuda", "cpu")),
+    default="auto",
+    show_default=True,
+    help="Execution provider: auto is CUDA when it really runs, else CPU.",
+)
+@click.option(
+    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write (default: MODEL.calibrated.onnx beside MODEL).",
+)
+def calibrate_command(
+    model: Path,
+    data: Path,
+    method: str,
+    momentum: float | None,
+    alpha: float | None,
+    running_var: str,
+    provider: str,
+    dims: tuple[str, ...],
+    output: Path | None,
+) -> None:
     """Re-estimate every BN's running mean and variance from data (AdaBN).
 
     Runs the training-side graph on ONNX Runtime (BN on batch statistics, Dropout off) over the
@@ -71,15 +107,25 @@ def calibrate_command(model: Path, data: Path, method: str, momentum: float | No
     loaded = load_model(model)
     input_files = check_output_path(target, model, loaded)
     with contextlib.ExitStack() as bars:
+
         def progress(items: Iterable[dict[str, np.ndarray]]) -> Iterable[dict[str, np.ndarray]]:
             """A bar on stderr from when calibrate() has checked the batches and starts running them."""
             return bars.enter_context(click.progressbar(items, label="calibrating", file=sys.stderr))
 
-        result = calibrate(loaded, batches, method=method, momentum=onnx_momentum, running_var=running_var,
-                           provider=choice.key, progress=progress)
+        result = calibrate(
+            loaded,
+            batches,
+            method=method,
+            momentum=onnx_momentum,
+            running_var=running_var,
+            provider=choice.key,
+            progress=progress,
+        )
     save_model(result.model, target, external_data=has_external_data(loaded), protected=input_files)
     for record in result.records:
         click.echo(record.to_line())
-    click.echo(f"calibrated {len(result.records)} BatchNormalization node(s) on {result.batches} batch(es) "
-               f"({method}, provider {choice.key}) from the {running_var} batch variance")
+    click.echo(
+        f"calibrated {len(result.records)} BatchNormalization node(s) on {result.batches} batch(es) "
+        f"({method}, provider {choice.key}) from the {running_var} batch variance"
+    )
     click.echo(f"wrote {target}")

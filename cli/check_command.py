@@ -16,17 +16,40 @@ from .verbosity import output_style, verbosity_options
 
 @click.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "form", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text for people, json for machines, github for Actions annotations, sarif for code scanning.")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text for people, json for machines, github for Actions annotations, sarif for code scanning.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--disable", multiple=True, metavar="RULE",
-              help="Skip a rule, repeatable (also `[tool.normfold] disable = [...]` in pyproject.toml).")
-@click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
-              help="Also write a self-contained HTML page: a section per model with its findings and operator counts.")
+@click.option(
+    "--disable",
+    multiple=True,
+    metavar="RULE",
+    help="Skip a rule, repeatable (also `[tool.normfold] disable = [...]` in pyproject.toml).",
+)
+@click.option(
+    "--report",
+    "page_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE.html",
+    help="Also write a self-contained HTML page: a section per model with its findings and operator counts.",
+)
 @verbosity_options
 @click.pass_context
-def check_command(ctx: click.Context, paths: tuple[Path, ...], form: str, as_json: bool, disable: tuple[str, ...],
-                  page_path: Path | None, verbose: bool, quiet: bool) -> None:
+def check_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    form: str,
+    as_json: bool,
+    disable: tuple[str, ...],
+    page_path: Path | None,
+    verbose: bool,
+    quiet: bool,
+) -> None:
     """Check that each model (file, or every *.onnx in a folder) is deployment-ready.
 
     Exit codes: 0 all ready, 1 a model is not ready, 3 a model is unusable. Text lines fit 100 columns, each
@@ -34,6 +57,7 @@ def check_command(ctx: click.Context, paths: tuple[Path, ...], form: str, as_jso
     """
     style = output_style(as_json or form != "text", verbose, quiet)
     from normfold.html_report import check_page, check_page_path, file_op_counts, write_page
+
     disabled = [*disable, *disabled_in_pyproject(Path.cwd())]
     unknown = sorted(set(disabled) - set(RULES))
     if unknown:
@@ -47,13 +71,16 @@ def check_command(ctx: click.Context, paths: tuple[Path, ...], form: str, as_jso
     if style in ("json", "verbose"):
         click.echo(render(checks, "json" if as_json else form))
     else:
-        click.echo("\n".join(short_text(checks)[-1 if style == "quiet" else 0:]))
+        click.echo("\n".join(short_text(checks)[-1 if style == "quiet" else 0 :]))
     if page_path is not None:
         ops = {c.path: file_op_counts(c.path) for c in checks if not c.error}
         write_page(page_path, check_page(checks, ops))
         if style in ("default", "verbose"):
-            click.echo(f"wrote report {page_path}" if style == "verbose" else
-                       fit(["wrote report ", Squeezable(str(page_path))]))
+            click.echo(
+                f"wrote report {page_path}"
+                if style == "verbose"
+                else fit(["wrote report ", Squeezable(str(page_path))])
+            )
     if any(c.error for c in checks):
         ctx.exit(EXIT_UNUSABLE_INPUT)
     ctx.exit(EXIT_OK if all(c.ready for c in checks) else EXIT_MISMATCH)
@@ -76,7 +103,9 @@ def short_text(checks: list[ModelCheck]) -> list[str]:
                 by_fix.setdefault(finding.fix, []).append(finding)
             for fix, findings in by_fix.items():
                 lines += [fit([f"  {f.rule} '", Squeezable(f.node), "': ", Cuttable(f.message)]) for f in findings]
-                spelled = [part for piece in fix.split(check.path) for part in (piece, path)][:-1] if check.path else [fix]
+                spelled = (
+                    [part for piece in fix.split(check.path) for part in (piece, path)][:-1] if check.path else [fix]
+                )
                 lines.append(fit(["  fix: ", *spelled]))
     lines.append(f"{sum(c.ready for c in checks)} of {len(checks)} model(s) deployment-ready")
     return lines

@@ -39,29 +39,74 @@ def default_output(model_path: Path) -> Path:
 
 @click.command("fold")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Where to write (default: MODEL.folded.onnx beside MODEL).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write (default: MODEL.folded.onnx beside MODEL).",
+)
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
-@click.option("--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold.")
-@click.option("--fold-norm-affine", is_flag=True,
-              help="Also fold LayerNorm/RMSNorm scale and shift into the MatMul/Gemm layers reading them.")
-@click.option("--eval", "eval_mode", is_flag=True,
-              help="First switch training-mode BN and Dropout to inference mode (as `normfold mode --eval`).")
-@click.option("--batch-stats", is_flag=True,
-              help="With --eval: where running statistics are unusable, compute batch statistics instead.")
-@click.option("--validate/--no-validate", "check", default=True, show_default=True,
-              help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With several models: fold this many in parallel processes.")
-@click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
-              help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
-                   "also when nothing is written; one model only.")
+@click.option(
+    "--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold."
+)
+@click.option(
+    "--fold-norm-affine",
+    is_flag=True,
+    help="Also fold LayerNorm/RMSNorm scale and shift into the MatMul/Gemm layers reading them.",
+)
+@click.option(
+    "--eval",
+    "eval_mode",
+    is_flag=True,
+    help="First switch training-mode BN and Dropout to inference mode (as `normfold mode --eval`).",
+)
+@click.option(
+    "--batch-stats",
+    is_flag=True,
+    help="With --eval: where running statistics are unusable, compute batch statistics instead.",
+)
+@click.option(
+    "--validate/--no-validate",
+    "check",
+    default=True,
+    show_default=True,
+    help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With several models: fold this many in parallel processes.",
+)
+@click.option(
+    "--report",
+    "page_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE.html",
+    help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
+    "also when nothing is written; one model only.",
+)
 @verbosity_options
 @validation_options
 @click.pass_context
-def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | None, in_place: bool, as_json: bool,
-                 simplify: bool, fold_norm_affine: bool, eval_mode: bool, batch_stats: bool, check: bool, jobs: int, page_path: Path | None,
-                 **options: Any) -> None:
+def fold_command(
+    ctx: click.Context,
+    models: tuple[Path, ...],
+    output: Path | None,
+    in_place: bool,
+    as_json: bool,
+    simplify: bool,
+    fold_norm_affine: bool,
+    eval_mode: bool,
+    batch_stats: bool,
+    check: bool,
+    jobs: int,
+    page_path: Path | None,
+    **options: Any,
+) -> None:
     """Fold every BatchNormalization and strip every inference Dropout in MODELS.
 
     Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
@@ -75,19 +120,26 @@ def fold_command(ctx: click.Context, models: tuple[Path, ...], output: Path | No
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)
     if batch_stats and not eval_mode:
         raise NormfoldError("--batch-stats applies with --eval", exit_code=EXIT_USAGE)
-    settings = {"in_place": in_place, "simplify": simplify, "eval_mode": eval_mode, "batch_stats": batch_stats,
-                "fold_norm_affine": fold_norm_affine,
-                "validation": validation_config(options) if check else None}
+    settings = {
+        "in_place": in_place,
+        "simplify": simplify,
+        "eval_mode": eval_mode,
+        "batch_stats": batch_stats,
+        "fold_norm_affine": fold_norm_affine,
+        "validation": validation_config(options) if check else None,
+    }
     files = _expand(models)
     if len(files) == 1 and not is_folder(models[0]):
         _fold_one(files[0], output, settings, style, page_path)
         return
     if output is not None:
-        raise NormfoldError("-o names one output; with several models each is written beside its input",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            "-o names one output; with several models each is written beside its input", exit_code=EXIT_USAGE
+        )
     if page_path is not None:
-        raise NormfoldError("--report writes the page of one model; give one MODEL, not several or a folder",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            "--report writes the page of one model; give one MODEL, not several or a folder", exit_code=EXIT_USAGE
+        )
     ctx.exit(_fold_many(files, settings, jobs, style))
 
 
@@ -103,8 +155,7 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], style: Style,
-              page_path: Path | None) -> None:
+def _fold_one(model: Path, output: Path | None, settings: dict[str, Any], style: Style, page_path: Path | None) -> None:
     target = model if settings["in_place"] else (output or default_output(model))
     input_ops = None
     if page_path is not None:  # checked before the fold; the input's operators counted before --in-place replaces it
@@ -145,8 +196,10 @@ class _FoldPrinter:
         """Everything not printed yet."""
         result, report = outcome.fold, outcome.validation
         if self.style == "json":
-            document = result.to_dict() | {"input": str(outcome.source),
-                                           "output": str(outcome.target) if outcome.written else None}
+            document = result.to_dict() | {
+                "input": str(outcome.source),
+                "output": str(outcome.target) if outcome.written else None,
+            }
             document["validation"] = report.to_dict() if report else None
             click.echo(json.dumps(document, indent=2))
             return
@@ -158,8 +211,13 @@ class _FoldPrinter:
         if outcome.written:
             self._echo("wrote ", outcome.target)
 
-    def page(self, page_path: Path | None, outcome: FoldFileResult, error: NormfoldError | None,
-             input_ops: dict[str, int] | None) -> None:
+    def page(
+        self,
+        page_path: Path | None,
+        outcome: FoldFileResult,
+        error: NormfoldError | None,
+        input_ops: dict[str, int] | None,
+    ) -> None:
         """The --report page, written or not, validated or not; its path is printed with the text report."""
         if page_path is None:
             return
@@ -181,17 +239,26 @@ class _FoldPrinter:
         self.progress.echo(f"{what}{path}" if self.width is None else fit([what, Squeezable(str(path))], self.width))
 
 
-FOLD_HEADER = ("MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VALIDATION", "MAX ABS", "EXIT",
-               "REASON")
+FOLD_HEADER = ("MODEL", "STATUS", "BN FOLDED", "DROPOUT STRIPPED", "NODES", "VALIDATION", "MAX ABS", "EXIT", "REASON")
 SHORT_FOLD_HEADER = ("MODEL", "STATUS", "BN", "DROPOUT", "NODES", "VALIDATION", "MAX ABS", "EXIT", "REASON")
 
 
 def _fold_many(files: list[Path], settings: dict[str, Any], jobs: int, style: Style) -> int:
     """One line per model as it finishes (a progress bar on a terminal), a table, a count; the worst exit code."""
-    how = BatchReport("folding", lambda row: f"{row['status']:9} {row['path']}: {row['detail']}", "fold-batch",
-                      "models", FOLD_HEADER, lambda row: [*_fold_cells(row)[:-1], shorten(row["reason"] or "")],
-                      "{done} of {total} model(s) folded and written", _short_fold_line, SHORT_FOLD_HEADER,
-                      _fold_cells, squeeze=(0,), droppable=(6, 4, 7))
+    how = BatchReport(
+        "folding",
+        lambda row: f"{row['status']:9} {row['path']}: {row['detail']}",
+        "fold-batch",
+        "models",
+        FOLD_HEADER,
+        lambda row: [*_fold_cells(row)[:-1], shorten(row["reason"] or "")],
+        "{done} of {total} model(s) folded and written",
+        _short_fold_line,
+        SHORT_FOLD_HEADER,
+        _fold_cells,
+        squeeze=(0,),
+        droppable=(6, 4, 7),
+    )
     return run_and_report(_fold_quietly, files, settings, jobs, style, how)
 
 
@@ -207,11 +274,24 @@ def _short_fold_line(row: dict[str, Any]) -> str:
 def _fold_cells(row: dict[str, Any]) -> list[str]:
     """One table row: counts as x/y, '-' where there is nothing to show, the reason whole."""
     s = row["summary"]
-    counts = ["-", "-", "-"] if s is None else [
-        f"{s['batchnorm_folded']}/{s['batchnorm_total']}", f"{s['dropout_stripped']}/{s['dropout_total']}",
-        f"{s['nodes_before']} -> {s['nodes_after']}"]
-    return [row["path"], row["status"], *counts, row["validation"] or "-", figure(row["max_abs"]),
-            str(row["exit_code"]), row["reason"] or ""]
+    counts = (
+        ["-", "-", "-"]
+        if s is None
+        else [
+            f"{s['batchnorm_folded']}/{s['batchnorm_total']}",
+            f"{s['dropout_stripped']}/{s['dropout_total']}",
+            f"{s['nodes_before']} -> {s['nodes_after']}",
+        ]
+    )
+    return [
+        row["path"],
+        row["status"],
+        *counts,
+        row["validation"] or "-",
+        figure(row["max_abs"]),
+        str(row["exit_code"]),
+        row["reason"] or "",
+    ]
 
 
 def _fold_quietly(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -229,12 +309,17 @@ def _fold_row(path: Path, outcome: FoldFileResult | None, error: NormfoldError |
     """The row's facts: status, counts, validation verdict and worst error, exit code, reason, where it wrote."""
     report = outcome.validation if outcome is not None else None
     worst = worst_comparison(report) if report is not None else None
-    return {"status": "FAILED" if error else "FOLDED", "path": str(path), "detail": _fold_detail(outcome, error),
-            "exit_code": error.exit_code if error else EXIT_OK,
-            "output": str(outcome.target) if outcome is not None and outcome.written else None,
-            "summary": outcome.fold.to_dict()["summary"] if outcome is not None else None,
-            "validation": _verdict(outcome, error), "max_abs": max_abs(worst),
-            "reason": _fold_reason(path, worst, error)}
+    return {
+        "status": "FAILED" if error else "FOLDED",
+        "path": str(path),
+        "detail": _fold_detail(outcome, error),
+        "exit_code": error.exit_code if error else EXIT_OK,
+        "output": str(outcome.target) if outcome is not None and outcome.written else None,
+        "summary": outcome.fold.to_dict()["summary"] if outcome is not None else None,
+        "validation": _verdict(outcome, error),
+        "max_abs": max_abs(worst),
+        "reason": _fold_reason(path, worst, error),
+    }
 
 
 def _fold_detail(outcome: FoldFileResult | None, error: NormfoldError | None) -> str:

@@ -32,20 +32,60 @@ from .deprecated_options import deprecated_option, replace_deprecated
 
 @click.command("mc")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--inputs", type=click.Path(path_type=Path), help="Inputs: .npz with one array per graph input (default: seeded random).")
-@click.option("--passes", type=click.IntRange(min=2), default=50, show_default=True,
-              help="Stochastic forward passes, each with new Dropout masks.")
+@click.option(
+    "--inputs",
+    type=click.Path(path_type=Path),
+    help="Inputs: .npz with one array per graph input (default: seeded random).",
+)
+@click.option(
+    "--passes",
+    type=click.IntRange(min=2),
+    default=50,
+    show_default=True,
+    help="Stochastic forward passes, each with new Dropout masks.",
+)
 @deprecated_option("--samples", "--passes", type=click.IntRange(min=2))
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the Dropout masks (and random inputs).")
-@click.option("--provider", type=click.Choice(("auto", "cuda", "cpu")), default="auto", show_default=True,
-              help="Execution provider: auto is CUDA when it really runs, else CPU.")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable.")
-@click.option("--max-input-bytes", default=f"{DEFAULT_MEMORY_BUDGET // 2**30}GiB", show_default=True, metavar="SIZE",
-              help="Refuse inputs (from --inputs or random) larger than this in total.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write NAME_mean and NAME_std arrays for every output to this .npz.")
-def mc_command(model: Path, inputs: Path | None, passes: int, samples: int | None, seed: int, provider: str,
-               dims: tuple[str, ...], max_input_bytes: str, output: Path | None) -> None:
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the Dropout masks (and random inputs).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(("auto", "cuda", "cpu")),
+    default="auto",
+    show_default=True,
+    help="Execution provider: auto is CUDA when it really runs, else CPU.",
+)
+@click.option(
+    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable."
+)
+@click.option(
+    "--max-input-bytes",
+    default=f"{DEFAULT_MEMORY_BUDGET // 2**30}GiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Refuse inputs (from --inputs or random) larger than this in total.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write NAME_mean and NAME_std arrays for every output to this .npz.",
+)
+def mc_command(
+    model: Path,
+    inputs: Path | None,
+    passes: int,
+    samples: int | None,
+    seed: int,
+    provider: str,
+    dims: tuple[str, ...],
+    max_input_bytes: str,
+    output: Path | None,
+) -> None:
     """Monte Carlo Dropout: N seeded passes, mean and std per output.
 
     BN runs in inference mode and every Dropout samples inverted-Dropout masks (keep probability 1 - ratio).
@@ -67,28 +107,37 @@ def mc_command(model: Path, inputs: Path | None, passes: int, samples: int | Non
         feed = _random_feed(model, specs, parse_dims(dims), seed, budget)
     choice = resolve_providers((provider,), model)[0]
     result = monte_carlo(loaded, feed, passes=passes, seed=seed, provider=choice.key)
-    click.echo(f"{passes} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
-               f"{', '.join(result.dropouts)}")
+    click.echo(
+        f"{passes} passes on {choice.key}, Dropout active in {len(result.dropouts)} node(s): "
+        f"{', '.join(result.dropouts)}"
+    )
     for name in result.mean:
         mean, std = result.mean[name], result.std[name]
-        click.echo(f"output '{name}' {list(mean.shape)}: mean of means {mean.mean():.6g}, "
-                   f"mean std {std.mean():.6g}, max std {std.max():.6g}")
+        click.echo(
+            f"output '{name}' {list(mean.shape)}: mean of means {mean.mean():.6g}, "
+            f"mean std {std.mean():.6g}, max std {std.max():.6g}"
+        )
     if output is not None:
-        arrays = {f"{n}_{kind}": a for n in result.mean for kind, a in (("mean", result.mean[n]), ("std", result.std[n]))}
+        arrays = {
+            f"{n}_{kind}": a for n in result.mean for kind, a in (("mean", result.mean[n]), ("std", result.std[n]))
+        }
         _save_npz(output, arrays)
         click.echo(f"wrote {output}")
 
 
-def _random_feed(model: Path, specs: Sequence[InputSpec], dims: Mapping[str, int], seed: int,
-                 budget: int) -> dict[str, np.ndarray]:
+def _random_feed(
+    model: Path, specs: Sequence[InputSpec], dims: Mapping[str, int], seed: int, budget: int
+) -> dict[str, np.ndarray]:
     """One seeded random input set, refused before anything is allocated when it is over the budget.
 
     Checked here rather than left to random_inputs, whose message suggests validate's options.
     """
     total = sum(math.prod(resolve_shape(spec, dims)) * spec.dtype.itemsize for spec in specs)
     if total > budget:
-        raise NormfoldError(f"{model}: random inputs need {total} bytes, over --max-input-bytes ({budget} bytes); "
-                            "set symbolic dimensions with --dim, give --inputs, or raise --max-input-bytes")
+        raise NormfoldError(
+            f"{model}: random inputs need {total} bytes, over --max-input-bytes ({budget} bytes); "
+            "set symbolic dimensions with --dim, give --inputs, or raise --max-input-bytes"
+        )
     return random_inputs(specs, dims=dims, seed=seed, memory_budget=budget)[0]
 
 

@@ -25,25 +25,56 @@ from .finite_float import FiniteFloat
 
 @click.command("mode")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--train", "to_train", is_flag=True,
-              help="Build the training-side graph: a boolean input switches every BN and Dropout together.")
-@click.option("--eval", "to_eval", is_flag=True,
-              help="Switch every training-mode BN and Dropout (and --train switches) to inference mode.")
-@click.option("--batch-stats", is_flag=True,
-              help="With --eval: where running statistics are unusable, compute batch statistics instead.")
+@click.option(
+    "--train",
+    "to_train",
+    is_flag=True,
+    help="Build the training-side graph: a boolean input switches every BN and Dropout together.",
+)
+@click.option(
+    "--eval",
+    "to_eval",
+    is_flag=True,
+    help="Switch every training-mode BN and Dropout (and --train switches) to inference mode.",
+)
+@click.option(
+    "--batch-stats",
+    is_flag=True,
+    help="With --eval: where running statistics are unusable, compute batch statistics instead.",
+)
 @click.option("--flag", default=DEFAULT_FLAG, show_default=True, help="With --train: name of the boolean input.")
-@click.option("--momentum", type=FiniteFloat(0, 1),
-              help="With --train: BN momentum as ONNX defines it, the weight of the OLD running statistic "
-                   "(running = m*running + (1-m)*batch; PyTorch's momentum=0.1 is 0.9 here) [default: each BN's own].")
+@click.option(
+    "--momentum",
+    type=FiniteFloat(0, 1),
+    help="With --train: BN momentum as ONNX defines it, the weight of the OLD running statistic "
+    "(running = m*running + (1-m)*batch; PyTorch's momentum=0.1 is 0.9 here) [default: each BN's own].",
+)
 @deprecated_option("--alpha", "--momentum", type=FiniteFloat(0, 1))
-@click.option("--running-var", type=click.Choice(RUNNING_VARIANCES),
-              help="With --train: the batch variance that updates the running variance: biased (ONNX's convention) or "
-                   "unbiased (PyTorch's: times n/(n-1), n = values per channel in the batch) [default: biased].")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write (default: MODEL.train.onnx or MODEL.eval.onnx beside MODEL).")
+@click.option(
+    "--running-var",
+    type=click.Choice(RUNNING_VARIANCES),
+    help="With --train: the batch variance that updates the running variance: biased (ONNX's convention) or "
+    "unbiased (PyTorch's: times n/(n-1), n = values per channel in the batch) [default: biased].",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write (default: MODEL.train.onnx or MODEL.eval.onnx beside MODEL).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
-def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, flag: str, momentum: float | None,
-                 alpha: float | None, running_var: str | None, output: Path | None, as_json: bool) -> None:
+def mode_command(
+    model: Path,
+    to_train: bool,
+    to_eval: bool,
+    batch_stats: bool,
+    flag: str,
+    momentum: float | None,
+    alpha: float | None,
+    running_var: str | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Switch BatchNormalization and Dropout between training and inference mode.
 
     --eval: BN normalizes with its running statistics, Dropout is the identity. A BN whose running
@@ -56,8 +87,11 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
     if to_train == to_eval:
         raise NormfoldError("give exactly one of --train and --eval", exit_code=EXIT_USAGE)
     if momentum is not None and alpha is not None:
-        raise NormfoldError("--momentum (ONNX: weight of the old value) and --alpha (weight of the new value) "
-                            "say the same thing two ways; give one", exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            "--momentum (ONNX: weight of the old value) and --alpha (weight of the new value) "
+            "say the same thing two ways; give one",
+            exit_code=EXIT_USAGE,
+        )
     if to_eval and (momentum is not None or alpha is not None or flag != DEFAULT_FLAG or running_var is not None):
         raise NormfoldError("--momentum, --alpha, --flag and --running-var apply with --train", exit_code=EXIT_USAGE)
     if alpha is not None:
@@ -78,9 +112,15 @@ def mode_command(model: Path, to_train: bool, to_eval: bool, batch_stats: bool, 
         result = SetInferenceModePass(batch_stats)(loaded)
     save_model(result.model, target, external_data=has_external_data(loaded), protected=input_files)
     if as_json:
-        document = {"normfold_report": "mode", "version": REPORT_VERSION, "mode": suffix, "input": str(model),
-                    "output": str(target), "nodes": [r.to_dict() for r in result.records],
-                    "lints": [dataclasses.asdict(lint) for lint in lints]}
+        document = {
+            "normfold_report": "mode",
+            "version": REPORT_VERSION,
+            "mode": suffix,
+            "input": str(model),
+            "output": str(target),
+            "nodes": [r.to_dict() for r in result.records],
+            "lints": [dataclasses.asdict(lint) for lint in lints],
+        }
         click.echo(json.dumps(document, indent=2))
         return
     for record in result.records:

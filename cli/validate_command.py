@@ -32,19 +32,41 @@ from .verbosity import PhaseProgress, Style, output_style, verbosity_options
 @click.command("validate")
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path), required=False)
-@click.option("--expected", type=click.Path(path_type=Path),
-              help="A test_data_set folder whose output_*.pb REFERENCE must reproduce (instead of a CANDIDATE).")
+@click.option(
+    "--expected",
+    type=click.Path(path_type=Path),
+    help="A test_data_set folder whose output_*.pb REFERENCE must reproduce (instead of a CANDIDATE).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a versioned JSON document.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With two folders: validate this many pairs in parallel processes.")
-@click.option("--report", "page_path", type=click.Path(path_type=Path), metavar="FILE.html",
-              help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
-                   "also when validation fails; one pair only.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With two folders: validate this many pairs in parallel processes.",
+)
+@click.option(
+    "--report",
+    "page_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE.html",
+    help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
+    "also when validation fails; one pair only.",
+)
 @verbosity_options
 @validation_options
 @click.pass_context
-def validate_command(ctx: click.Context, reference: Path, candidate: Path | None, expected: Path | None,
-                     as_json: bool, jobs: int, page_path: Path | None, **options: Any) -> None:
+def validate_command(
+    ctx: click.Context,
+    reference: Path,
+    candidate: Path | None,
+    expected: Path | None,
+    as_json: bool,
+    jobs: int,
+    page_path: Path | None,
+    **options: Any,
+) -> None:
     """Check that CANDIDATE computes what REFERENCE computes, output by output.
 
     Two folders compare every *.onnx under REFERENCE with the file at the same relative path under
@@ -57,8 +79,10 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
         if candidate is None or not is_folder(candidate) or expected is not None:
             raise NormfoldError("a REFERENCE folder needs a CANDIDATE folder (and no --expected)", exit_code=EXIT_USAGE)
         if page_path is not None:
-            raise NormfoldError("--report writes the page of one comparison; give a REFERENCE and a CANDIDATE model, "
-                                "not folders", exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                "--report writes the page of one comparison; give a REFERENCE and a CANDIDATE model, not folders",
+                exit_code=EXIT_USAGE,
+            )
         ctx.exit(_validate_folders(reference, candidate, config, jobs, style))
     if page_path is not None:
         check_page_path(page_path, [path for path in (reference, candidate) if path is not None])
@@ -68,15 +92,19 @@ def validate_command(ctx: click.Context, reference: Path, candidate: Path | None
     if style == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        for line in report.lines(None if style == "verbose" else WIDTH)[-1 if style == "quiet" else 0:]:
+        for line in report.lines(None if style == "verbose" else WIDTH)[-1 if style == "quiet" else 0 :]:
             click.echo(line)
     if page_path is not None:
         candidate_ops = file_op_counts(candidate) if candidate is not None else None
-        write_page(page_path, validation_page(report, reference_ops=file_op_counts(reference),
-                                              candidate_ops=candidate_ops))
+        write_page(
+            page_path, validation_page(report, reference_ops=file_op_counts(reference), candidate_ops=candidate_ops)
+        )
         if style in ("default", "verbose"):
-            click.echo(f"wrote report {page_path}" if style == "verbose" else
-                       fit(["wrote report ", Squeezable(str(page_path))]))
+            click.echo(
+                f"wrote report {page_path}"
+                if style == "verbose"
+                else fit(["wrote report ", Squeezable(str(page_path))])
+            )
     ctx.exit(report.return_code)
 
 
@@ -97,26 +125,51 @@ def _validate_folders(reference: Path, candidate: Path, config: ValidationConfig
         cells = _validate_cells(row)
         return [str(Path(row["reference"]).relative_to(reference)), *cells[2:5], *cells[6:]]
 
-    how = BatchReport("validating", lambda row: f"{row['status']:9} {row['reference']} -> {row['candidate']}: "
-                                                f"{row['detail']}", "validate-batch", "pairs", VALIDATE_HEADER,
-                      lambda row: [*_validate_cells(row)[:-1], shorten(row["reason"] or "")],
-                      "{done} of {total} pair(s) equivalent", _short_validate_line, SHORT_VALIDATE_HEADER,
-                      short_cells, squeeze=(0,), droppable=(2, 3, 4))
+    how = BatchReport(
+        "validating",
+        lambda row: f"{row['status']:9} {row['reference']} -> {row['candidate']}: {row['detail']}",
+        "validate-batch",
+        "pairs",
+        VALIDATE_HEADER,
+        lambda row: [*_validate_cells(row)[:-1], shorten(row["reason"] or "")],
+        "{done} of {total} pair(s) equivalent",
+        _short_validate_line,
+        SHORT_VALIDATE_HEADER,
+        short_cells,
+        squeeze=(0,),
+        droppable=(2, 3, 4),
+    )
     return run_and_report(_validate_pair, pairs, config, jobs, style, how)
 
 
 def _short_validate_line(row: dict[str, Any]) -> str:
     """The default per-pair line: the two paths and what was compared, or why the pair failed, in 100 columns."""
-    return fit([f"{row['status']:9} ", Squeezable(row["reference"]), " -> ", Squeezable(row["candidate"]), ": ",
-                Cuttable(row["reason"] or row["detail"])])
+    return fit(
+        [
+            f"{row['status']:9} ",
+            Squeezable(row["reference"]),
+            " -> ",
+            Squeezable(row["candidate"]),
+            ": ",
+            Cuttable(row["reason"] or row["detail"]),
+        ]
+    )
 
 
 def _validate_cells(row: dict[str, Any]) -> list[str]:
     """One table row: the worst output's max abs error and name, '-' where nothing was compared, the reason whole."""
     output = "-" if row["worst_output"] is None else f"{row['worst_output']} [{row['worst_section']}]"
     providers = ",".join(row["providers"]) if row["providers"] else "-"
-    return [row["reference"], row["candidate"], row["status"], figure(row["max_abs"]), output, providers,
-            str(row["exit_code"]), row["reason"] or ""]
+    return [
+        row["reference"],
+        row["candidate"],
+        row["status"],
+        figure(row["max_abs"]),
+        output,
+        providers,
+        str(row["exit_code"]),
+        row["reason"] or "",
+    ]
 
 
 def _validate_pair(pair: tuple[Path, Path], config: ValidationConfig) -> dict[str, Any]:
@@ -126,9 +179,17 @@ def _validate_pair(pair: tuple[Path, Path], config: ValidationConfig) -> dict[st
     try:
         report = validate(reference, candidate, config=config)
     except NormfoldError as error:
-        return row | {"status": "UNUSABLE", "detail": str(error), "exit_code": error.exit_code, "providers": None,
-                      "outputs_compared": None, "worst_output": None, "worst_section": None, "max_abs": None,
-                      "reason": error_reason(error, reference, candidate)}
+        return row | {
+            "status": "UNUSABLE",
+            "detail": str(error),
+            "exit_code": error.exit_code,
+            "providers": None,
+            "outputs_compared": None,
+            "worst_output": None,
+            "worst_section": None,
+            "max_abs": None,
+            "reason": error_reason(error, reference, candidate),
+        }
     return row | _report_facts(report)
 
 
@@ -139,7 +200,14 @@ def _report_facts(report: ValidationReport) -> dict[str, Any]:
         detail = f"{len(report.comparisons)} output comparison(s) on {', '.join(report.providers)}"
     else:
         detail = report.failures[0].to_line() if report.failures else "no output compared"
-    return {"status": "PASSED" if report.passed else "FAILED", "detail": detail, "exit_code": report.return_code,
-            "providers": list(report.providers), "outputs_compared": len(report.comparisons),
-            "worst_output": worst.output if worst else None, "worst_section": worst.section if worst else None,
-            "max_abs": max_abs(worst), "reason": None if report.passed or worst is None else failure_reason(worst)}
+    return {
+        "status": "PASSED" if report.passed else "FAILED",
+        "detail": detail,
+        "exit_code": report.return_code,
+        "providers": list(report.providers),
+        "outputs_compared": len(report.comparisons),
+        "worst_output": worst.output if worst else None,
+        "worst_section": worst.section if worst else None,
+        "max_abs": max_abs(worst),
+        "reason": None if report.passed or worst is None else failure_reason(worst),
+    }

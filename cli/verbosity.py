@@ -20,10 +20,12 @@ Style = Literal["json", "quiet", "default", "verbose"]
 
 def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add -q/--quiet and -v/--verbose; they arrive as the keyword arguments `quiet` and `verbose`."""
-    command = click.option("-q", "--quiet", is_flag=True,
-                           help="Print only the final verdict line (errors still go to stderr).")(command)
-    return click.option("-v", "--verbose", is_flag=True,
-                        help="Print every figure, full names and full reasons, however long the lines.")(command)
+    command = click.option(
+        "-q", "--quiet", is_flag=True, help="Print only the final verdict line (errors still go to stderr)."
+    )(command)
+    return click.option(
+        "-v", "--verbose", is_flag=True, help="Print every figure, full names and full reasons, however long the lines."
+    )(command)
 
 
 def output_style(as_json: bool, verbose: bool, quiet: bool) -> Style:
@@ -67,8 +69,9 @@ class PhaseProgress:
             self._ticker.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()

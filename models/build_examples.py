@@ -61,16 +61,24 @@ class GraphBuilder:
     def batchnorm(self, x: str, c: int, **attrs: object) -> str:
         """BatchNormalization with seeded, non-trivial statistics."""
         params = [
-            self.rng.uniform(0.5, 1.5, c), self.rng.normal(0, 0.2, c),
-            self.rng.normal(0, 0.5, c), self.rng.uniform(0.5, 2.0, c),
+            self.rng.uniform(0.5, 1.5, c),
+            self.rng.normal(0, 0.2, c),
+            self.rng.normal(0, 0.5, c),
+            self.rng.uniform(0.5, 2.0, c),
         ]
-        names = [self.const(p.astype(np.float32), n) for p, n in zip(params, ("bn_scale", "bn_bias", "bn_mean", "bn_var"))]
+        names = [
+            self.const(p.astype(np.float32), n) for p, n in zip(params, ("bn_scale", "bn_bias", "bn_mean", "bn_var"))
+        ]
         return self.node("BatchNormalization", [x, *names], epsilon=1e-5, **attrs)[0]
 
-    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int, name: str) -> onnx.ModelProto:
+    def model(
+        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int, name: str
+    ) -> onnx.ModelProto:
         """The finished, checked model."""
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="normfold-examples")
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="normfold-examples"
+        )
         model.ir_version = IR_VERSION
         onnx.checker.check_model(model, full_check=True)
         return model

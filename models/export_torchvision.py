@@ -103,9 +103,7 @@ class SmallResNet(ResNet):
         self.dilation = 1
         self.groups = 1
         self.base_width = 64
-        self.conv1 = nn.Conv2d(
-            3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False
-        )
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -153,9 +151,7 @@ def build_mobilenetv3() -> nn.Module:
     instead of torchvision's 0.01 so that the logits are of order one.
     """
     torch.manual_seed(SEED)
-    model = mobilenet_v3_small(
-        weights=None, width_mult=MOBILENET_WIDTH_MULT, num_classes=NUM_CLASSES
-    )
+    model = mobilenet_v3_small(weights=None, width_mult=MOBILENET_WIDTH_MULT, num_classes=NUM_CLASSES)
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, m.in_features**-0.5)
@@ -277,9 +273,7 @@ def export(model: nn.Module, path: Path, training: bool) -> None:
             output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             opset_version=OPSET,
-            training=torch.onnx.TrainingMode.TRAINING
-            if training
-            else torch.onnx.TrainingMode.EVAL,
+            training=torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL,
             do_constant_folding=False,
             dynamo=False,
         )
@@ -295,14 +289,10 @@ def check(path: Path, model: nn.Module, training: bool) -> None:
     if ort is None:
         return
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(SEED).standard_normal(
-        (2, *INPUT_SHAPE[1:]), dtype=np.float32
-    )
+    x = np.random.default_rng(SEED).standard_normal((2, *INPUT_SHAPE[1:]), dtype=np.float32)
     (y,) = session.run(None, {"input": x})
     if y.shape != (2, NUM_CLASSES) or not np.all(np.isfinite(y)):
-        raise RuntimeError(
-            f"{path.name}: unexpected output shape {y.shape} or non-finite values"
-        )
+        raise RuntimeError(f"{path.name}: unexpected output shape {y.shape} or non-finite values")
     if not training:
         model.eval()
         with torch.no_grad():

@@ -17,6 +17,7 @@ from onnx_ir import serde
 
 from normfold.errors import NormfoldError, describe
 from normfold.external_data import data_files_read_by, data_files_read_by_others, has_external_data, proto_tensors
+from normfold.model_reading import CONCURRENT_CHECK_BYTES
 from normfold.output_paths import is_folder, name_limit, require_binary_name
 
 
@@ -123,8 +124,9 @@ def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: P
     """Serialize the model to `staged` and run onnx's full check on it.
 
     Without external data the checker reads the serialized bytes in a second thread while they
-    are written (it releases the GIL); with external data (written now or referenced) it reads the
-    staged files afterwards.
+    are written (it releases the GIL), unless they are CONCURRENT_CHECK_BYTES or more: then it reads
+    the staged file once the bytes are written and freed, as it does with external data (written now
+    or referenced), so the model's bytes and the checker's copies of them are never in memory together.
     """
     if data_name is not None or has_external_data(model):
         _serialize(lambda: ir.save(model, staged, external_data=data_name), path)
@@ -132,8 +134,11 @@ def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: P
             _full_check(str(staged), path)  # by path: the checker also finds the external data files
         return
     data = _serialize(lambda: serde.serialize_model(model).SerializeToString(), path)
-    if not check:
+    if not check or len(data) >= CONCURRENT_CHECK_BYTES:
         staged.write_bytes(data)
+        del data
+        if check:
+            _full_check(str(staged), path)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         checked = pool.submit(_full_check, data, path)

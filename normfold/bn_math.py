@@ -44,12 +44,16 @@ def out_channels(weight_shape: tuple[int, ...], layout: str, group: int) -> int:
       "kn":        MatMul B / Gemm B with transB=0, [K, N]
       "nk":        Gemm B with transB=1, [N, K]
     """
-    return {"conv": weight_shape[0], "convt": weight_shape[1] * group, "kn": weight_shape[-1], "nk": weight_shape[0]}[layout]
+    return {"conv": weight_shape[0], "convt": weight_shape[1] * group, "kn": weight_shape[-1], "nk": weight_shape[0]}[
+        layout
+    ]
 
 
 def in_channels(weight_shape: tuple[int, ...], layout: str, group: int) -> int:
     """Number of input channels the weight consumes."""
-    return {"conv": weight_shape[1] * group, "convt": weight_shape[0], "kn": weight_shape[0], "nk": weight_shape[-1]}[layout]
+    return {"conv": weight_shape[1] * group, "convt": weight_shape[0], "kn": weight_shape[0], "nk": weight_shape[-1]}[
+        layout
+    ]
 
 
 Factor = Callable[[slice], np.ndarray]
@@ -107,8 +111,10 @@ def input_shift_response(weight: np.ndarray, shift: np.ndarray, layout: str, gro
         for rows in _row_blocks(weight):
             total += (_read(weight, rows) * factor(rows)).sum(axis=0)
         return total
-    parts = [(_read(weight, rows) * factor(rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
-             for rows in _row_blocks(weight)]
+    parts = [
+        (_read(weight, rows) * factor(rows)).reshape(rows.stop - rows.start, -1).sum(axis=1)
+        for rows in _row_blocks(weight)
+    ]
     return np.concatenate(parts)
 
 
@@ -147,7 +153,7 @@ def scaled_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype) -> Iterat
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for first in range(0, len(blocks), workers):
-            yield from pool.map(rounded, blocks[first:first + workers])
+            yield from pool.map(rounded, blocks[first : first + workers])
 
 
 def _workers(blocks: int) -> int:
@@ -178,8 +184,9 @@ def _scale_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype, out: np.n
     return ""
 
 
-def _scale_block(weight: np.ndarray, factor: Factor, out: np.ndarray | None, rows: slice, largest_allowed: float,
-                 tiny: float) -> tuple[int, float, int]:
+def _scale_block(
+    weight: np.ndarray, factor: Factor, out: np.ndarray | None, rows: slice, largest_allowed: float, tiny: float
+) -> tuple[int, float, int]:
     """Fill out[rows] (if out is given); return (overflowing values, largest of them, weights pushed into subnormals)."""
     exact = _f64(weight[rows])
     exact *= factor(rows)

@@ -145,8 +145,9 @@ def calibrate(
     if method not in METHODS:
         raise NormfoldError(f"unknown method '{method}' (choose from {', '.join(METHODS)})", exit_code=EXIT_USAGE)
     if running_var not in RUNNING_VARIANCES:
-        raise NormfoldError(f"unknown running_var '{running_var}' (choose from {', '.join(RUNNING_VARIANCES)})",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"unknown running_var '{running_var}' (choose from {', '.join(RUNNING_VARIANCES)})", exit_code=EXIT_USAGE
+        )
     momentum = require_finite("momentum", momentum, low=0.0, high=1.0)
     if not batches:
         raise NormfoldError("no calibration batches")
@@ -173,7 +174,7 @@ def calibrate(
             except Exception as error:
                 raise NormfoldError(f"calibration batch does not fit the model: {describe(error, 300)}") from None
             for k, (bn, combiner) in enumerate(zip(bns, combiners)):
-                mean, var, shape = outputs[3 * k: 3 * k + 3]
+                mean, var, shape = outputs[3 * k : 3 * k + 3]
                 _add_batch(combiner, node_label(bn), index, mean, var, shape, running_var)
     return _write(base, bns, [c.result() for c in combiners], method, running_var, len(batches))
 
@@ -184,8 +185,10 @@ def _require_finite_data(batches: Sequence[dict[str, np.ndarray]]) -> None:
         for name, array in batch.items():
             array = np.asarray(array)
             if array.dtype.kind in "fc" and not np.isfinite(array).all():
-                raise NormfoldError(f"calibration batch {index} (counting from 0): input '{name}' holds NaN or "
-                                    "infinite values, which would make the running statistics NaN")
+                raise NormfoldError(
+                    f"calibration batch {index} (counting from 0): input '{name}' holds NaN or "
+                    "infinite values, which would make the running statistics NaN"
+                )
 
 
 def _combiner(bn: ir.Node, method: str, running_var: str, momentum: float) -> _Combiner:
@@ -209,8 +212,10 @@ def _probe(base: ir.Model, bns: list[ir.Node]) -> _Probe:
     graph, names, fetches = result.model.graph, NameSource(result.model), []
     for bn, record, switch in zip(bns, records, result.switches, strict=True):
         if switch is None:
-            raise NormfoldError(f"BatchNormalization '{node_label(bn)}' cannot run in training mode ({record.detail}); "
-                                "calibration needs every one")
+            raise NormfoldError(
+                f"BatchNormalization '{node_label(bn)}' cannot run in training mode ({record.detail}); "
+                "calibration needs every one"
+            )
         shape = ir.Node("", "Shape", [switch.outputs[0]], name=names.fresh(f"{node_label(bn)}.batch_shape"))
         shape.outputs[0].name = names.fresh(f"{node_label(bn)}.batch_shape")
         shape.outputs[0].type = ir.TensorType(ir.DataType.INT64)
@@ -220,18 +225,23 @@ def _probe(base: ir.Model, bns: list[ir.Node]) -> _Probe:
     return _Probe(result.model, result.flag, fetches)
 
 
-def _add_batch(combiner: _Combiner, label: str, index: int, mean: np.ndarray, var: np.ndarray, shape: np.ndarray,
-               running_var: str) -> None:
+def _add_batch(
+    combiner: _Combiner, label: str, index: int, mean: np.ndarray, var: np.ndarray, shape: np.ndarray, running_var: str
+) -> None:
     """One batch's statistics of one BN into its combiner, in float64, the variance unbiased if asked."""
     mean, var = mean.astype(np.float64), var.astype(np.float64)
     if not (np.isfinite(mean).all() and np.isfinite(var).all()):
-        raise NormfoldError(f"calibration batch {index} (counting from 0) gives BatchNormalization '{label}' NaN or "
-                            "infinite batch statistics (its input overflows its type or holds NaN)")
+        raise NormfoldError(
+            f"calibration batch {index} (counting from 0) gives BatchNormalization '{label}' NaN or "
+            "infinite batch statistics (its input overflows its type or holds NaN)"
+        )
     count = int(np.prod(shape)) // int(shape[1])
     if running_var == "unbiased":
         if count < 2:
-            raise NormfoldError(f"calibration batch {index} (counting from 0) gives BatchNormalization '{label}' "
-                                f"{count} value(s) per channel; the unbiased variance n/(n-1) needs at least 2")
+            raise NormfoldError(
+                f"calibration batch {index} (counting from 0) gives BatchNormalization '{label}' "
+                f"{count} value(s) per channel; the unbiased variance n/(n-1) needs at least 2"
+            )
         var = var * (count / (count - 1))
     combiner.add(count, mean, var)
 
@@ -251,8 +261,14 @@ def _dtype(value: ir.Value | None) -> np.dtype:
     return np.dtype(np.float32) if array is None else array.dtype
 
 
-def _write(base: ir.Model, bns: list[ir.Node], stats: list[tuple[np.ndarray, np.ndarray]], method: str,
-           running_var: str, batches: int) -> CalibrationResult:
+def _write(
+    base: ir.Model,
+    bns: list[ir.Node],
+    stats: list[tuple[np.ndarray, np.ndarray]],
+    method: str,
+    running_var: str,
+    batches: int,
+) -> CalibrationResult:
     """`base` (normfold's own copy) in inference mode, each BN reading its new statistics, rounded once."""
     names = NameSource(base)
     scope = Scope("main", base.graph, base.opset_imports.get("", 1))
@@ -265,9 +281,15 @@ def _write(base: ir.Model, bns: list[ir.Node], stats: list[tuple[np.ndarray, np.
             replaced.append(bn.inputs[index])
             bn.replace_input_with(index, value)
         statistics[label] = (mean, var)
-        records.append(NodeRecord("main", label, "BatchNormalization", "converted",
-                                  f"running statistics re-estimated from {batches} batch(es) ({method}, {running_var} "
-                                  "variance)"))
+        records.append(
+            NodeRecord(
+                "main",
+                label,
+                "BatchNormalization",
+                "converted",
+                f"running statistics re-estimated from {batches} batch(es) ({method}, {running_var} variance)",
+            )
+        )
     drop_if_unused(replaced)
     inference = SetInferenceModePass()(base).model
     return CalibrationResult(inference, statistics, records, batches)

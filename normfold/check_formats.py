@@ -39,8 +39,10 @@ def _json(checks: Sequence[ModelCheck]) -> str:
     document = {
         "normfold_report": "check",
         "version": REPORT_VERSION,
-        "models": [{"path": c.path, "ready": c.ready, "error": c.error or None,
-                    "findings": [f.to_dict() for f in c.findings]} for c in checks],
+        "models": [
+            {"path": c.path, "ready": c.ready, "error": c.error or None, "findings": [f.to_dict() for f in c.findings]}
+            for c in checks
+        ],
     }
     return json.dumps(document, indent=2)
 
@@ -50,11 +52,14 @@ def _github(checks: Sequence[ModelCheck]) -> str:
     lines = []
     for check in checks:
         if check.error:
-            lines.append(f"::error file={_escape_property(check.path)},title=normfold unusable model::"
-                         f"{_escape(check.error)}")
+            lines.append(
+                f"::error file={_escape_property(check.path)},title=normfold unusable model::{_escape(check.error)}"
+            )
         for f in check.findings:
-            lines.append(f"::error file={_escape_property(check.path)},title=normfold {f.rule}::"
-                         f"{_escape(f'{f.node}: {f.message}. Fix: {f.fix}')}")
+            lines.append(
+                f"::error file={_escape_property(check.path)},title=normfold {f.rule}::"
+                f"{_escape(f'{f.node}: {f.message}. Fix: {f.fix}')}"
+            )
     return "\n".join(lines)
 
 
@@ -74,11 +79,18 @@ def _sarif(checks: Sequence[ModelCheck]) -> str:
     for check in checks:
         location = [{"physicalLocation": {"artifactLocation": {"uri": Path(check.path).as_posix()}}}]
         if check.error:
-            results.append({"ruleId": "unusable-model", "level": "error", "message": {"text": check.error},
-                            "locations": location})
+            results.append(
+                {"ruleId": "unusable-model", "level": "error", "message": {"text": check.error}, "locations": location}
+            )
         for f in check.findings:
-            results.append({"ruleId": f.rule, "level": "error", "locations": location,
-                            "message": {"text": f"{f.node}: {f.message}. Fix: {f.fix}"}})
+            results.append(
+                {
+                    "ruleId": f.rule,
+                    "level": "error",
+                    "locations": location,
+                    "message": {"text": f"{f.node}: {f.message}. Fix: {f.fix}"},
+                }
+            )
     document = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -100,7 +112,9 @@ def disabled_in_pyproject(start: Path) -> list[str]:
                 with candidate.open("rb") as handle:
                     config = tomllib.load(handle)
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-                raise NormfoldError(f"{candidate}: not readable TOML ({describe(error)})", exit_code=EXIT_USAGE) from None
+                raise NormfoldError(
+                    f"{candidate}: not readable TOML ({describe(error)})", exit_code=EXIT_USAGE
+                ) from None
             return _disable_list(candidate, config)
     return []
 
@@ -111,10 +125,13 @@ def _disable_list(source: Path, config: dict[str, Any]) -> list[str]:
     for key in ("tool", "normfold"):
         section = section.get(key, {})
         if not isinstance(section, dict):
-            raise NormfoldError(f"{source}: [tool{'.normfold' if key == 'normfold' else ''}] must be a table, "
-                                f"got {section!r}", exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                f"{source}: [tool{'.normfold' if key == 'normfold' else ''}] must be a table, got {section!r}",
+                exit_code=EXIT_USAGE,
+            )
     disable = section.get("disable", [])
     if not isinstance(disable, list) or not all(isinstance(rule, str) for rule in disable):
-        raise NormfoldError(f"{source}: [tool.normfold] disable must be a list of rule names, got {disable!r}",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"{source}: [tool.normfold] disable must be a list of rule names, got {disable!r}", exit_code=EXIT_USAGE
+        )
     return disable

@@ -31,7 +31,7 @@ def middle(text: str, width: int) -> str:
     kept = width - len(ELLIPSIS)
     separator = max(text.rfind("/"), text.rfind("\\"))
     tail = len(text) - separator if 0 <= separator and len(text) - separator <= kept - 4 else kept - kept // 2
-    return text[:kept - tail] + ELLIPSIS + text[len(text) - tail:]
+    return text[: kept - tail] + ELLIPSIS + text[len(text) - tail :]
 
 
 def cut(text: str, width: int) -> str:
@@ -61,8 +61,10 @@ def fit(parts: Sequence[str], width: int = WIDTH) -> str:
         if over > 0 and isinstance(parts[i], Cuttable):
             sizes[i] = max(min(sizes[i], COMFORTABLE), sizes[i] - over)
     _squeeze(parts, sizes, width, SHORTEST)
-    line = "".join(middle(part, size) if isinstance(part, Squeezable) else
-                   cut(part, size) if isinstance(part, Cuttable) else part for part, size in zip(parts, sizes))
+    line = "".join(
+        middle(part, size) if isinstance(part, Squeezable) else cut(part, size) if isinstance(part, Cuttable) else part
+        for part, size in zip(parts, sizes)
+    )
     return line if len(line) <= width else cut(line, width)
 
 

@@ -51,9 +51,11 @@ def evaluate_cone(value: ir.Value) -> np.ndarray | None:
     from onnx.reference import ReferenceEvaluator  # only for models that have such cones
 
     proto = onnx.helper.make_graph(
-        [ir.serde.serialize_node(node) for node in _topological(nodes)], "cone",
+        [ir.serde.serialize_node(node) for node in _topological(nodes)],
+        "cone",
         [onnx.helper.make_tensor_value_info(name, 0, None) for name in stand_ins],
-        [onnx.ValueInfoProto(name=value.name)], tensors,
+        [onnx.ValueInfoProto(name=value.name)],
+        tensors,
     )
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()]
     try:

@@ -41,14 +41,14 @@ def external_data_entries(tensor: onnx.TensorProto, owner: Path) -> tuple[str, i
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
     if not location or "\0" in location:
-        raise NormfoldError(f"{owner}: tensor '{tensor.name}' has no usable external data location "
-                            f"({location!r})")
+        raise NormfoldError(f"{owner}: tensor '{tensor.name}' has no usable external data location ({location!r})")
     numbers = {}
     for key in ("offset", "length"):
         value = entries.get(key, "")
         if value and not (value.isascii() and value.isdigit()):
-            raise NormfoldError(f"{owner}: tensor '{tensor.name}' has external data {key} '{value}', "
-                                "not a non-negative integer")
+            raise NormfoldError(
+                f"{owner}: tensor '{tensor.name}' has external data {key} '{value}', not a non-negative integer"
+            )
         numbers[key] = int(value) if value else None
     return location, numbers["offset"] or 0, numbers["length"]
 
@@ -70,12 +70,12 @@ def check_external_tensor(tensor: onnx.TensorProto, owner: Path) -> None:
         raise NormfoldError(f"{owner}: external data '{location}' of tensor '{tensor.name}' is not a regular file")
     needed = stored_bytes(tensor)
     if length is not None and needed and length != needed:
-        raise NormfoldError(f"{owner}: tensor '{tensor.name}' has external data length {length} but its shape "
-                            f"{list(tensor.dims)} needs {needed} bytes")
-    if offset + (needed if length is None else length) > literal.stat().st_size:
         raise NormfoldError(
-            f"{owner}: external data file '{location}' is too short for tensor '{tensor.name}'"
+            f"{owner}: tensor '{tensor.name}' has external data length {length} but its shape "
+            f"{list(tensor.dims)} needs {needed} bytes"
         )
+    if offset + (needed if length is None else length) > literal.stat().st_size:
+        raise NormfoldError(f"{owner}: external data file '{location}' is too short for tensor '{tensor.name}'")
 
 
 def stored_bytes(tensor: onnx.TensorProto) -> int:
@@ -100,7 +100,11 @@ def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
                     yield value.const_value
         for node in scope.body:
             for attr in node.attributes.values() if node.attributes else ():
-                if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                if (
+                    not attr.is_ref()
+                    and attr.type == ir.AttributeType.TENSOR
+                    and isinstance(attr.value, ir.ExternalTensor)
+                ):
                     yield attr.value
 
 

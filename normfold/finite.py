@@ -8,8 +8,9 @@ import numbers
 from normfold.errors import EXIT_USAGE, NormfoldError
 
 
-def require_finite(name: str, value: float, *, low: float | None = None, high: float | None = None,
-                   typed: str | None = None) -> float:
+def require_finite(
+    name: str, value: float, *, low: float | None = None, high: float | None = None, typed: str | None = None
+) -> float:
     """`value` as a float if it is a finite real number within [low, high]; else a usage error naming `name`.
 
     `name` is what the user wrote (an option for the CLI, a keyword for the API); `typed`, when given, is
@@ -22,8 +23,9 @@ def require_finite(name: str, value: float, *, low: float | None = None, high: f
         shown = repr(number)
     else:
         shown = repr(value)
-    raise NormfoldError(f"{name} must be {_expected(low, high)}, got {shown if typed is None else typed}",
-                        exit_code=EXIT_USAGE)
+    raise NormfoldError(
+        f"{name} must be {_expected(low, high)}, got {shown if typed is None else typed}", exit_code=EXIT_USAGE
+    )
 
 
 def _expected(low: float | None, high: float | None) -> str:

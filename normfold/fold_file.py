@@ -12,6 +12,7 @@ from normfold.atomic_write import save_model
 from normfold.errors import EXIT_MISMATCH, NormfoldError
 from normfold.external_data import has_external_data
 from normfold.folding import FoldResult, fold
+from normfold.mapped_pages import return_freed_heap
 from normfold.model_reading import LoadedModel, load_model_file
 from normfold.output_paths import check_output_path
 
@@ -64,13 +65,20 @@ def fold_file(
     """
     tell = progress or _quiet
     tell("load", None)
-    loaded = load_model_file(source)
+    loaded = load_model_file(source, keep_proto=validation is not None)  # only validation reads the input again
     input_files = check_output_path(target, source, loaded.model, in_place=in_place)
     old_files = input_files - {source.resolve()} if in_place else set()
     external = has_external_data(loaded.model)
     tell("fold", None)
-    result = fold(loaded.model, simplify=simplify, eval_mode=eval_mode, batch_stats=batch_stats, in_place=True,
-                  fold_norm_affine=fold_norm_affine)
+    result = fold(
+        loaded.model,
+        simplify=simplify,
+        eval_mode=eval_mode,
+        batch_stats=batch_stats,
+        in_place=True,
+        fold_norm_affine=fold_norm_affine,
+    )
+    return_freed_heap()  # the replaced weights, before the write needs as much again
     outcome = FoldFileResult(result, None, source, target, written=False)
     tell("write", outcome)
 
@@ -80,11 +88,20 @@ def fold_file(
         outcome.validation = _validate(loaded, staged, result, external, validation, outcome)
         if not outcome.validation.passed:
             worst = outcome.validation.failures[0]
-            raise NotWrittenError(f"the folded model differs from {source} in output '{worst.output}' "
-                                  f"({worst.section}); nothing written", outcome, EXIT_MISMATCH)
+            raise NotWrittenError(
+                f"the folded model differs from {source} in output '{worst.output}' ({worst.section}); nothing written",
+                outcome,
+                EXIT_MISMATCH,
+            )
 
-    save_model(result.model, target, external_data=external,
-               verify=verify if validation is not None else None, replaced_files=old_files, protected=input_files)
+    save_model(
+        result.model,
+        target,
+        external_data=external,
+        verify=verify if validation is not None else None,
+        replaced_files=old_files,
+        protected=input_files,
+    )
     outcome.written = True
     return outcome
 
@@ -93,8 +110,14 @@ def _quiet(phase: Phase, outcome: FoldFileResult | None) -> None:
     """No progress to report to."""
 
 
-def _validate(source: LoadedModel, staged: Path, result: FoldResult, external: bool, config: ValidationConfig,
-              outcome: FoldFileResult) -> ValidationReport:
+def _validate(
+    source: LoadedModel,
+    staged: Path,
+    result: FoldResult,
+    external: bool,
+    config: ValidationConfig,
+    outcome: FoldFileResult,
+) -> ValidationReport:
     """Validate the staged output against the input (or, after --eval, against the input in inference mode).
 
     Imported here: with validation off, `normfold fold` never loads the validation code. ONNX Runtime reads
@@ -112,8 +135,12 @@ def _validate(source: LoadedModel, staged: Path, result: FoldResult, external: b
         try:
             report = validate(reference, LoadedModel(staged, result.model), config=config)
         except NotComparableError as error:
-            raise NotWrittenError(f"cannot validate the folded model, so nothing was written ({error}); "
-                                  "--no-validate writes it without validation", outcome, 3) from None
+            raise NotWrittenError(
+                f"cannot validate the folded model, so nothing was written ({error}); "
+                "--no-validate writes it without validation",
+                outcome,
+                3,
+            ) from None
     if result.inference_model is not None:
         report.notes.insert(0, f"reference: {source.path} switched to inference mode (--eval)")
         report.reference = f"{source.path} (inference mode)"

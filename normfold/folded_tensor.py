@@ -30,8 +30,9 @@ class FoldedTensor(ir.LazyTensor):
 
     def __init__(self, weight: np.ndarray, factor: Factor, dtype: np.dtype, name: str | None = None) -> None:
         self._weight, self._factor, self._numpy_dtype = weight, factor, np.dtype(dtype)
-        super().__init__(self._whole, dtype=ir.DataType.from_numpy(self._numpy_dtype),
-                         shape=ir.Shape(weight.shape), name=name)
+        super().__init__(
+            self._whole, dtype=ir.DataType.from_numpy(self._numpy_dtype), shape=ir.Shape(weight.shape), name=name
+        )
 
     def _whole(self) -> ir.Tensor:
         array, reason = scale_and_round(self._weight, self._factor, self._numpy_dtype)
@@ -60,7 +61,7 @@ class FoldedTensor(ir.LazyTensor):
             return
         step = max(1, CHUNK_ELEMENTS // max(1, weight.size // weight.shape[0]))
         for start in range(0, weight.shape[0], step):
-            yield weight[start:start + step], _shifted(self._factor, start)
+            yield weight[start : start + step], _shifted(self._factor, start)
 
 
 def _shifted(factor: Factor, start: int) -> Factor:

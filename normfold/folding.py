@@ -17,7 +17,8 @@ from normfold.passes.fold_norm_affine import NORM_OPS, FoldNormAffinePass
 from normfold.passes.set_inference_mode import SetInferenceModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
-from normfold.records import TRAINING_MODE, NodeRecord
+from normfold.reason_codes import TRAINING_MODE
+from normfold.records import NodeRecord
 from normfold.report_version import REPORT_VERSION
 
 
@@ -146,8 +147,11 @@ def fold(
     result_model = SimplifyPass()(current).model if simplify else current
     mode_records = list(converted.records) if converted else []
     left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}
-    later = [r for r in [*fold_records, *stripped.records]
-             if not (r.action == "skipped" and (r.graph, r.node) in left_in_training)]
+    later = [
+        r
+        for r in [*fold_records, *stripped.records]
+        if not (r.action == "skipped" and (r.graph, r.node) in left_in_training)
+    ]
     records = mode_records + later
     inference = converted.model if converted and converted.modified else None
     return FoldResult(result_model, records, nodes_before, count_nodes(result_model), inference)

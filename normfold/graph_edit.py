@@ -8,8 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.graph_walk import NOT_CONSTANT, STANDARD_DOMAINS, Scope, is_op, iter_scopes
-from normfold.records import NOT_CONSTANT as NOT_CONSTANT_CODE
-from normfold.records import Refusal
+from normfold.reason_codes import NOT_CONSTANT as NOT_CONSTANT_CODE
+from normfold.reason_codes import Refusal
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -56,7 +56,9 @@ def why_not_constant(value: ir.Value | None, role: str) -> Refusal:
     if value is None:
         return Refusal(f"{role} is missing", NOT_CONSTANT_CODE)
     if value.is_graph_input():
-        return Refusal(f"{role} '{value.name}' is a graph input, so callers can override it at run time", NOT_CONSTANT_CODE)
+        return Refusal(
+            f"{role} '{value.name}' is a graph input, so callers can override it at run time", NOT_CONSTANT_CODE
+        )
     return Refusal(f"{role} '{value.name}' is computed at run time, not a constant", NOT_CONSTANT_CODE)
 
 
@@ -107,7 +109,9 @@ def add_constant(
         assert isinstance(scope.body, ir.Graph)
         scope.body.register_initializer(value)
         return value
-    node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=names.fresh(f"{name}_constant"))
+    node = ir.Node(
+        "", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], name=names.fresh(f"{name}_constant")
+    )
     node.outputs[0].name = name
     node.outputs[0].type = ir.TensorType(tensor.dtype)
     node.outputs[0].shape = shape

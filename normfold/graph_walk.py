@@ -16,8 +16,9 @@ DEFAULT_OPSET = 1
 STANDARD_DOMAINS = ("", "ai.onnx")
 # Standard operators whose outputs are not a function of their inputs (or that hold subgraphs): never
 # evaluated ahead of time, never removed as dead code.
-RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Bernoulli"})
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 NOT_CONSTANT = RANDOM_OPS | {"Dropout", "If", "Loop", "Scan", "SequenceMap"}
 
 

@@ -32,7 +32,7 @@ from normfold.graph_edit import NameSource, add_constant, constant_array, drop_i
 from normfold.graph_walk import Scope, is_op, node_label
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.ranks import RankOracle
-from normfold.records import (
+from normfold.reason_codes import (
     AXIS_MISMATCH,
     NO_LAYER,
     NOT_PER_CHANNEL,
@@ -141,20 +141,26 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         if producer is None:
             return Refusal(f"Add '{node_label(add_node)}' adds a bias to a graph input", NO_LAYER)
         if sole_consumer(layer_out) is not add_node:
-            return Refusal(f"output '{layer_out.name}' of {producer.op_type} '{node_label(producer)}' has other consumers",
-                           SHARED_VALUE)
+            return Refusal(
+                f"output '{layer_out.name}' of {producer.op_type} '{node_label(producer)}' has other consumers",
+                SHARED_VALUE,
+            )
     if producer.graph is not node.graph:
         return Refusal(f"its producer {producer.op_type} '{node_label(producer)}' is in an enclosing graph", NO_LAYER)
     layer = read_linear_layer(producer, ranks)
     if isinstance(layer, str):
         return layer
     if layer.out_rank is None:
-        return Refusal(f"the rank of {layer.label}'s output is unknown, so the channel axis cannot be matched to it",
-                       AXIS_MISMATCH)
+        return Refusal(
+            f"the rank of {layer.label}'s output is unknown, so the channel axis cannot be matched to it", AXIS_MISMATCH
+        )
     axis = feature_axis(layer, layer.out_rank)
     if site_axis is not None and site_axis != axis:
-        return Refusal(f"{layer.label} outputs rank {layer.out_rank}; {site.kind}'s channel axis {site_axis} is not its "
-                       "feature axis", AXIS_MISMATCH)
+        return Refusal(
+            f"{layer.label} outputs rank {layer.out_rank}; {site.kind}'s channel axis {site_axis} is not its "
+            "feature axis",
+            AXIS_MISMATCH,
+        )
     channels = layer.out_channels
     if site.channels is not None and site.channels != channels:
         raise channels_error(site.node, site.channels, layer, "backward")
@@ -166,8 +172,10 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         per_channel = per_axis(add_bias, layer.out_rank, axis, channels)
         if per_channel is None:
             assert add_node is not None
-            return Refusal(f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value "
-                           "per channel", NOT_PER_CHANNEL)
+            return Refusal(
+                f"Add '{node_label(add_node)}' adds a bias of shape {list(add_bias.shape)}, not one value per channel",
+                NOT_PER_CHANNEL,
+            )
         add_vector = per_channel
     s, t = affine.scale, affine.shift
     if layer.op == "Gemm":
@@ -236,11 +244,11 @@ def _axis_before(node: ir.Node, source: ir.Value, result: ir.Value, axis: int, r
     before, after = ranks.shape(source), ranks.shape(result)
     if before is None or after is None or not 0 <= axis < len(after) or after[axis] is None:
         return None
-    stride = _trailing(after[axis + 1:])
+    stride = _trailing(after[axis + 1 :])
     if stride is None:
         return None
     for index, size in enumerate(before):
-        if size == after[axis] and _trailing(before[index + 1:]) == stride:
+        if size == after[axis] and _trailing(before[index + 1 :]) == stride:
             return index
     return None
 
@@ -264,11 +272,15 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         if consumer is None or not is_op(consumer, "Gemm", "MatMul"):
             return Refusal(f"{through.op_type} '{node_label(through)}' does not feed one Gemm or MatMul", NO_LAYER)
     if not is_op(consumer, "Gemm", "MatMul", "Conv"):
-        return Refusal(f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv", NO_LAYER)
+        return Refusal(
+            f"its output feeds {consumer.op_type} '{node_label(consumer)}', not Gemm, MatMul or Conv", NO_LAYER
+        )
     if consumer.graph is not node.graph:
         return Refusal(f"its consumer {consumer.op_type} '{node_label(consumer)}' is in another graph", NO_LAYER)
     if consumer.inputs[0] is not (y if through is None else through.outputs[0]):
-        return Refusal(f"its output is not the activation input of {consumer.op_type} '{node_label(consumer)}'", NO_LAYER)
+        return Refusal(
+            f"its output is not the activation input of {consumer.op_type} '{node_label(consumer)}'", NO_LAYER
+        )
     layer = read_linear_layer(consumer, ranks)
     if isinstance(layer, str):
         return layer
@@ -276,16 +288,20 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         return Refusal(f"{layer.label} transposes its input (transA=1)", UNSUPPORTED)
     rank = ranks.rank(site.activation)
     if rank is None:
-        return Refusal(f"the rank of its input is unknown, so {layer.label}'s channel axis cannot be matched to it",
-                       AXIS_MISMATCH)
+        return Refusal(
+            f"the rank of its input is unknown, so {layer.label}'s channel axis cannot be matched to it", AXIS_MISMATCH
+        )
     if through is not None:
         affine = _flattened_affine(site, through, layer, ranks.shape(site.activation) or (None,) * rank)
         rank = 2
     else:
         axis = feature_axis(layer, rank)
         if site.axis is not None and site.axis != axis:
-            return Refusal(f"{layer.label} multiplies along the last axis, which is not {site.kind}'s channel axis "
-                           f"(input rank {rank})", AXIS_MISMATCH)
+            return Refusal(
+                f"{layer.label} multiplies along the last axis, which is not {site.kind}'s channel axis "
+                f"(input rank {rank})",
+                AXIS_MISMATCH,
+            )
         if site.channels is not None and site.channels != layer.in_channels:
             raise channels_error(site.node, site.channels, layer, "forward")
         affine = site.affine_for(layer.in_channels, axis, rank)
@@ -317,8 +333,9 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     return edit
 
 
-def _flattened_affine(site: AffineSite, through: ir.Node, layer: LinearLayer, shape: tuple[int | None, ...]
-                      ) -> Affine | Refusal:
+def _flattened_affine(
+    site: AffineSite, through: ir.Node, layer: LinearLayer, shape: tuple[int | None, ...]
+) -> Affine | Refusal:
     """The site's map on the features of a layer that reads it flattened: channel c of an (N, C, ...) tensor
     is the contiguous block of features [c * k, (c + 1) * k), k the product of the other axes."""
     label = f"{through.op_type} '{node_label(through)}'"
@@ -334,8 +351,10 @@ def _flattened_affine(site: AffineSite, through: ir.Node, layer: LinearLayer, sh
         return Refusal(f"the channel count of {label}'s input is unknown", AXIS_MISMATCH)
     features = layer.in_channels
     if features % channels or (static and _trailing(shape[1:]) != features):
-        return Refusal(f"{label} gives {features} features to {layer.label}, not a whole block per each of {channels} "
-                       "channels", AXIS_MISMATCH)
+        return Refusal(
+            f"{label} gives {features} features to {layer.label}, not a whole block per each of {channels} channels",
+            AXIS_MISMATCH,
+        )
     affine = site.affine_for(channels, 1, rank)
     if isinstance(affine, str):
         return affine
@@ -364,8 +383,13 @@ def _keeps_batch_rows(node: ir.Node, shape: tuple[int | None, ...], features: in
 
 
 def _rounded(
-    layer: LinearLayer, factor: Factor | None, bias: np.ndarray | None, direction: str,
-    add_node: ir.Node | None, to_gemm: bool, keep_add: bool,
+    layer: LinearLayer,
+    factor: Factor | None,
+    bias: np.ndarray | None,
+    direction: str,
+    add_node: ir.Node | None,
+    to_gemm: bool,
+    keep_add: bool,
 ) -> Edit | Refusal:
     dtype = layer.weight.dtype
     new_weight = None

@@ -11,7 +11,7 @@ from normfold.bn_math import in_channels, out_channels
 from normfold.graph_edit import constant_array, why_not_constant
 from normfold.graph_walk import is_op, node_label
 from normfold.ranks import RankOracle
-from normfold.records import NO_LAYER, UNSUPPORTED, Refusal
+from normfold.reason_codes import NO_LAYER, UNSUPPORTED, Refusal
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

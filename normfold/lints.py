@@ -45,25 +45,40 @@ def _batchnorm_lints(bn: ir.Node) -> list[Lint]:
     x = bn.inputs[0]
     batch = _static_batch(x)
     if isinstance(batch, int) and batch < 2:
-        found.append(Lint("bn-batch-below-2", label,
-                          f"static batch size {batch}: batch statistics of one sample are degenerate in training "
-                          "mode (keep the batch at 32 or more, or use GroupNorm/LayerNorm, which do not depend on the "
-                          "batch)"))
+        found.append(
+            Lint(
+                "bn-batch-below-2",
+                label,
+                f"static batch size {batch}: batch statistics of one sample are degenerate in training "
+                "mode (keep the batch at 32 or more, or use GroupNorm/LayerNorm, which do not depend on the "
+                "batch)",
+            )
+        )
     producer = x.producer() if x is not None else None
     if producer is not None and is_op(producer, "Dropout"):
-        found.append(Lint("dropout-before-bn", label,
-                          f"Dropout '{node_label(producer)}' feeds it directly: Dropout's variance shift corrupts the "
-                          "batch statistics, which then differ from what inference (without Dropout) normalizes with "
-                          "(put Dropout after BN)"))
+        found.append(
+            Lint(
+                "dropout-before-bn",
+                label,
+                f"Dropout '{node_label(producer)}' feeds it directly: Dropout's variance shift corrupts the "
+                "batch statistics, which then differ from what inference (without Dropout) normalizes with "
+                "(put Dropout after BN)",
+            )
+        )
     return found
 
 
 def _dropout_lints(node: ir.Node, opset: int) -> list[Lint]:
     value = dropout_ratio(node, opset)
     if value is not None and value > HIGH_DROP_RATIO:
-        return [Lint("high-drop-ratio", node_label(node),
-                     f"ratio={value:g} drops more than {HIGH_DROP_RATIO:g} of activations (keep probability "
-                     f"p = 1 - ratio = {1 - value:g}), which tends to underfit (common ratios are 0.1 to 0.5)")]
+        return [
+            Lint(
+                "high-drop-ratio",
+                node_label(node),
+                f"ratio={value:g} drops more than {HIGH_DROP_RATIO:g} of activations (keep probability "
+                f"p = 1 - ratio = {1 - value:g}), which tends to underfit (common ratios are 0.1 to 0.5)",
+            )
+        ]
     return []
 
 

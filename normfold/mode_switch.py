@@ -27,8 +27,13 @@ def unwrap_mode_switch(graph: ir.Graph, switch: ir.Node) -> bool:
     if len(bns) != 1 or len(body) != 3 or flag.dtype != ir.DataType.BOOL:
         return False
     inner = bns[0]
-    bn = ir.Node("", "BatchNormalization", list(inner.inputs), name=switch.name.removesuffix(MODE_SWITCH_SUFFIX),
-                 attributes=[inner.attributes["epsilon"], inner.attributes["momentum"]])
+    bn = ir.Node(
+        "",
+        "BatchNormalization",
+        list(inner.inputs),
+        name=switch.name.removesuffix(MODE_SWITCH_SUFFIX),
+        attributes=[inner.attributes["epsilon"], inner.attributes["momentum"]],
+    )
     graph.insert_before(switch, bn)
     take_over(switch.outputs[0], bn.outputs[0])
     for extra in switch.outputs[1:]:

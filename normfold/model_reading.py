@@ -7,7 +7,8 @@ import dataclasses
 import logging
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import onnx
@@ -17,6 +18,7 @@ from onnx_ir import serde
 
 from normfold.errors import NormfoldError, describe
 from normfold.external_data import check_external_tensor, proto_tensors, stored_bytes
+from normfold.mapped_pages import return_freed_heap
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -53,17 +55,30 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     return load_model_file(path).model
 
 
-def load_model_file(path: str | os.PathLike[str]) -> LoadedModel:
+# Model files at least this large are read by onnx's checker before they are parsed, not while: the
+# checker holds the file's bytes and its own parse (2x the file), which beside Python's (the bytes and
+# the ModelProto, 2x again) would double the peak of reading a model whose weights are inside the file.
+CONCURRENT_CHECK_BYTES = 64 << 20
+
+
+def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) -> LoadedModel:
     """Read and check an ONNX file once: onnx_ir model (external data memory-mapped) and the parsed proto.
 
     onnx's checker (C++, it releases the GIL) reads the file in a second thread while the file is
-    parsed, its tensors checked and the proto deserialized. Errors keep their order: an unreadable
-    file or escaping external data first, then an invalid model, then what onnx_ir cannot read.
+    parsed, its tensors checked and the proto deserialized; a file of CONCURRENT_CHECK_BYTES or more is
+    checked first, alone. Errors keep their order either way: an unreadable file or escaping external
+    data first, then an invalid model, then what onnx_ir cannot read.
+
+    `keep_proto=False` (a caller that never needs the input as it was, e.g. a fold without validation)
+    returns no proto and gives each tensor read from the file its own TensorProto, so the parsed
+    ModelProto is freed now and each weight's data as soon as a pass replaces it, instead of the whole
+    file's data staying in memory until exit.
     """
     path = Path(path)
     require_regular_file(path)  # before the checker's thread opens it: a FIFO would block that thread for ever
+    alone = path.stat().st_size >= CONCURRENT_CHECK_BYTES
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
-        checked = pool.submit(_run_checker, path)
+        checked = _run_now(_run_checker, path) if alone else pool.submit(_run_checker, path)
         proto = _parse(path)
         try:
             model = serde.deserialize_model(proto)
@@ -73,7 +88,61 @@ def load_model_file(path: str | os.PathLike[str]) -> LoadedModel:
         checked.result()
         held.pass_on()
     ir_external_data.set_base_dir(model.graph, str(path.parent))
-    return LoadedModel(path, model, proto)
+    if keep_proto:
+        return LoadedModel(path, model, proto)
+    del proto
+    _detach_tensors(model)
+    if alone:
+        return_freed_heap()  # the checker's and the parse's freed blocks of a large file
+    return LoadedModel(path, model)
+
+
+def _run_now(function: Callable[[Path], None], path: Path) -> Future[None]:
+    """Run `function(path)` now, its outcome held in a future like the checker's thread's: its error is raised
+    where the concurrent check's would be, after the file's own errors."""
+    future: Future[None] = Future()
+    try:
+        function(path)
+        future.set_result(None)
+    except NormfoldError as error:
+        future.set_exception(error)
+    return future
+
+
+def _detach_tensors(model: ir.Model) -> None:
+    """Give every tensor parsed from the file (initializers and attribute tensors of every graph and function) a
+    TensorProto of its own.
+
+    Tensors parsed by protobuf share the ModelProto's memory, freed only when no tensor of it is left, so
+    the whole file's data stays while any tensor of it is in the model. A copy of each makes that memory
+    the tensor's own: freed when a pass replaces the tensor. Data outside the file is not copied.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, serde.TensorProtoTensor):
+                value.const_value = _own_copy(value.const_value)
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    for node in (node for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph)):
+        for name, attr in list(node.attributes.items()):
+            if attr.is_ref():
+                continue
+            if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, serde.TensorProtoTensor):
+                node.attributes[name] = ir.AttrTensor(name, _own_copy(attr.value), doc_string=attr.doc_string)
+            elif attr.type == ir.AttributeType.TENSORS and any(
+                isinstance(tensor, serde.TensorProtoTensor) for tensor in attr.value
+            ):
+                copies = [_own_copy(t) if isinstance(t, serde.TensorProtoTensor) else t for t in attr.value]
+                node.attributes[name] = ir.AttrTensors(name, copies, doc_string=attr.doc_string)
+
+
+def _own_copy(tensor: serde.TensorProtoTensor) -> serde.TensorProtoTensor:
+    """The same tensor read from a TensorProto of its own (its metadata carried over)."""
+    proto = onnx.TensorProto()
+    proto.CopyFrom(tensor.raw)
+    copy = serde.TensorProtoTensor(proto)
+    copy.metadata_props.update(tensor.metadata_props)
+    copy.meta.update(tensor.meta)
+    return copy
 
 
 class _HeldLogs(logging.Handler):

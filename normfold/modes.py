@@ -40,8 +40,9 @@ class BnParameterFaults:
 def bn_parameter_faults(arrays: Sequence[np.ndarray | None], epsilon: float) -> BnParameterFaults:
     """The faults of parameters given in BN_ROLES order (None where a parameter is not a constant)."""
     values = dict(zip(BN_ROLES, arrays))
-    nonfinite = tuple(role for role, a in values.items()
-                      if a is not None and not np.isfinite(a.astype(np.float64)).all())
+    nonfinite = tuple(
+        role for role, a in values.items() if a is not None and not np.isfinite(a.astype(np.float64)).all()
+    )
     var = values.get("var")
     if var is None or "var" in nonfinite:
         return BnParameterFaults(nonfinite, 0, 0)

@@ -67,8 +67,10 @@ def masked_model(model: ir.Model, source: str = IN_MEMORY) -> tuple[ir.Model, ir
     probe = inference.clone()
     probe_outputs = _expose_dropout_inputs(probe)
     names = NameSource(inference)
-    sites = [_Site(node_label(node), ratio, _replace_by_mask(inference, node, names), probe_output)
-             for node, ratio, probe_output in zip(dropouts, ratios, probe_outputs)]
+    sites = [
+        _Site(node_label(node), ratio, _replace_by_mask(inference, node, names), probe_output)
+        for node, ratio, probe_output in zip(dropouts, ratios, probe_outputs)
+    ]
     return probe, inference, sites
 
 
@@ -78,8 +80,9 @@ def _mask_ratio(node: ir.Node, opset: int, source: str) -> float:
     if ratio is None or not 0 <= ratio < 1:
         raise NormfoldError(f"Dropout '{label}' of {source} has no constant ratio in [0, 1) to sample masks with")
     if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
-        raise NormfoldError(f"Dropout '{label}' of {source} has its mask output in use; Monte Carlo Dropout "
-                            "replaces it")
+        raise NormfoldError(
+            f"Dropout '{label}' of {source} has its mask output in use; Monte Carlo Dropout replaces it"
+        )
     return ratio
 
 
@@ -111,8 +114,9 @@ def _replace_by_mask(model: ir.Model, node: ir.Node, names: NameSource) -> str:
     return mask.name or ""
 
 
-def monte_carlo(model: ModelArgument, feeds: dict[str, np.ndarray], *, passes: int = 50, seed: int = 0,
-                provider: str = "cpu") -> MonteCarloResult:
+def monte_carlo(
+    model: ModelArgument, feeds: dict[str, np.ndarray], *, passes: int = 50, seed: int = 0, provider: str = "cpu"
+) -> MonteCarloResult:
     """Run `passes` stochastic forward passes on `feeds` and summarize every output.
 
     `model` is a path, an onnx.ModelProto, an onnx_ir.Model (not modified) or a LoadedModel; errors name
@@ -158,12 +162,13 @@ def _source(model: ModelArgument) -> tuple[str, ir.Model]:
     return IN_MEMORY, as_ir_model(model)
 
 
-def _dropout_input_shapes(probe: ir.Model, feeds: dict[str, np.ndarray], count: int, folder: Path, provider: str,
-                          source: str) -> list[tuple[tuple[int, ...], np.dtype]]:
+def _dropout_input_shapes(
+    probe: ir.Model, feeds: dict[str, np.ndarray], count: int, folder: Path, provider: str, source: str
+) -> list[tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of each Dropout's input on these feeds: the probe's last `count` outputs."""
     session = _session(probe, folder / "probe.onnx", provider, source)
     outputs = _run(session, feeds, provider, source)
-    return [(o.shape, o.dtype) for o in outputs[len(outputs) - count:]]
+    return [(o.shape, o.dtype) for o in outputs[len(outputs) - count :]]
 
 
 def _session(model: ir.Model, path: Path, provider: str, source: str) -> Any:
@@ -186,8 +191,9 @@ def _run(session: Any, feeds: dict[str, np.ndarray], provider: str, source: str)
     try:
         return session.run(None, feeds)
     except Exception as error:  # ONNX Runtime raises its own types for inputs that do not fit
-        raise NormfoldError(f"ONNX Runtime cannot run {source} on {provider} with these inputs: "
-                            f"{describe(error, 2000)}") from None
+        raise NormfoldError(
+            f"ONNX Runtime cannot run {source} on {provider} with these inputs: {describe(error, 2000)}"
+        ) from None
 
 
 def _mask(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, ratio: float) -> np.ndarray:

@@ -36,16 +36,22 @@ def require_binary_name(path: Path) -> None:
     """normfold writes binary ONNX; a name onnx.load would read as another format (.json, .textproto) is refused."""
     implied = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
     if implied not in (None, "protobuf"):
-        raise NormfoldError(f"{path}: onnx reads a '{path.suffix}' file as {implied}, but normfold writes binary ONNX; "
-                            "name the output .onnx", exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"{path}: onnx reads a '{path.suffix}' file as {implied}, but normfold writes binary ONNX; "
+            "name the output .onnx",
+            exit_code=EXIT_USAGE,
+        )
 
 
 def require_name_fits(target: Path) -> None:
     """Refuse (usage error) an output whose file name is longer than its file system accepts."""
     length, limit = len(os.fsencode(target.name)), name_limit(target.parent)
     if length > limit:
-        raise NormfoldError(f"{target}: the file name is {length} bytes, over this file system's limit of {limit}; "
-                            "choose a shorter one with -o", exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"{target}: the file name is {length} bytes, over this file system's limit of {limit}; "
+            "choose a shorter one with -o",
+            exit_code=EXIT_USAGE,
+        )
 
 
 def is_folder(path: Path) -> bool:

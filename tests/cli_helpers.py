@@ -84,10 +84,7 @@ def data_locations(path: Path) -> set[str]:
     """The external-data `location` of every initializer of the model at `path` (without loading the data)."""
     model = onnx.load(str(path), load_external_data=False)
     return {
-        entry.value
-        for tensor in model.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
+        entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"
     }
 
 
@@ -104,12 +101,18 @@ def set_data_location(source: Path, target: Path, location: str) -> None:
 def save_external(model: onnx.ModelProto, path: Path, location: str = "w.data") -> None:
     """Save `model` with every tensor in one external data file `location` beside it."""
     onnx.save_model(
-        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=location, size_threshold=0,
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
     )
 
 
-def build_model(nodes: Sequence[onnx.NodeProto], initializers: dict[str, np.ndarray], check: bool = True) -> onnx.ModelProto:
+def build_model(
+    nodes: Sequence[onnx.NodeProto], initializers: dict[str, np.ndarray], check: bool = True
+) -> onnx.ModelProto:
     """Opset-17 model: input `x` [1, 3, 8, 8], output `y` [1, 8, 8, 8] (shaped, so the checker accepts it)."""
     graph = helper.make_graph(
         list(nodes),

@@ -17,8 +17,9 @@ _spec.loader.exec_module(build_examples)
 EXAMPLES = build_examples.EXAMPLES
 
 
-def shipped_and_folded(folder: Path, name: str, copy_as: str | None = None,
-                       folded_as: str = "folded.onnx") -> tuple[Path, Path]:
+def shipped_and_folded(
+    folder: Path, name: str, copy_as: str | None = None, folded_as: str = "folded.onnx"
+) -> tuple[Path, Path]:
     """A model of models/ copied into `folder`, and its fold written beside it."""
     source = folder / (copy_as or name)
     shutil.copy(MODELS / name, source)

@@ -17,7 +17,8 @@ from normfold.validate.providers import open_session
 def cuda_usable() -> str:
     """'' when a CUDA session runs on this machine, else the reason (used to skip GPU tests)."""
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )

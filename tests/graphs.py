@@ -16,7 +16,9 @@ def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def bn_params(prefix: str, channels: int, generator: np.random.Generator, dtype: type = np.float32) -> dict[str, np.ndarray]:
+def bn_params(
+    prefix: str, channels: int, generator: np.random.Generator, dtype: type = np.float32
+) -> dict[str, np.ndarray]:
     """Non-trivial BN statistics: gamma ~ U(0.5, 1.5), beta ~ N(0, .2), mean ~ N(0, .5), var ~ U(.5, 2)."""
     return {
         f"{prefix}_scale": generator.uniform(0.5, 1.5, channels).astype(dtype),
@@ -84,10 +86,14 @@ def layernorm_qkv_model(extra_consumer: bool = False, axis: int = -1) -> onnx.Mo
     for name in "qkv":
         inits[f"w{name}"] = g.normal(0, 0.3, (C, F)).astype(np.float32)
     inits["bq"], inits["bk"] = g.normal(0, 0.1, F).astype(np.float32), g.normal(0, 0.1, F).astype(np.float32)
-    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=axis),
-             helper.make_node("MatMul", ["n", "wq"], ["q0"], name="q"), helper.make_node("Add", ["q0", "bq"], ["q"]),
-             helper.make_node("MatMul", ["n", "wk"], ["k0"], name="k"), helper.make_node("Add", ["bk", "k0"], ["k"]),
-             helper.make_node("MatMul", ["n", "wv"], ["v"], name="v")]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=axis),
+        helper.make_node("MatMul", ["n", "wq"], ["q0"], name="q"),
+        helper.make_node("Add", ["q0", "bq"], ["q"]),
+        helper.make_node("MatMul", ["n", "wk"], ["k0"], name="k"),
+        helper.make_node("Add", ["bk", "k0"], ["k"]),
+        helper.make_node("MatMul", ["n", "wv"], ["v"], name="v"),
+    ]
     outputs = ["q", "k", "v"]
     if extra_consumer:
         nodes.append(helper.make_node("Add", ["n", "x"], ["res"], name="residual"))
@@ -97,5 +103,6 @@ def layernorm_qkv_model(extra_consumer: bool = False, axis: int = -1) -> onnx.Mo
 
 def int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
     """A Constant node holding int64 `values` (a Reshape target, axes), its output named `name`."""
-    return helper.make_node("Constant", [], [name], name=f"{name}_node",
-                            value=numpy_helper.from_array(np.array(values, np.int64)))
+    return helper.make_node(
+        "Constant", [], [name], name=f"{name}_node", value=numpy_helper.from_array(np.array(values, np.int64))
+    )

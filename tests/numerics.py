@@ -25,8 +25,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv_transpose import ConvTranspose as OnnxConvTranspose
 
-FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                         onnx.TensorProto.DOUBLE})
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
 
 
 def as_proto(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto:
@@ -118,23 +119,40 @@ class BatchNormalization(OpRun):
 
     op_domain = ""
 
-    def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
-             epsilon: float | None = None, momentum: float | None = None, training_mode: int | None = None,
-             is_test: int | None = None, spatial: int | None = None,
-             consumed_inputs: list[int] | None = None) -> tuple[np.ndarray, ...]:
+    def _run(
+        self,
+        x: np.ndarray,
+        scale: np.ndarray,
+        bias: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        epsilon: float | None = None,
+        momentum: float | None = None,
+        training_mode: int | None = None,
+        is_test: int | None = None,
+        spatial: int | None = None,
+        consumed_inputs: list[int] | None = None,
+    ) -> tuple[np.ndarray, ...]:
         eps = float(np.float32(1e-5)) if epsilon is None else epsilon
         keep = 0.9 if momentum is None else momentum
         outputs = len(self.onnx_node.output)
         shape = (1, -1, *[1] * (x.ndim - 2)) if scale.ndim == 1 else (1, *scale.shape)
         if not training_mode and outputs == 1:
-            return (scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
-                    + bias.reshape(shape),)
+            return (
+                scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+                + bias.reshape(shape),
+            )
         axes = (0, *range(2, x.ndim)) if scale.ndim == 1 else (0,)
         batch_mean = x.mean(axis=axes)
         batch_var = ((x - batch_mean.reshape(shape)) ** 2).mean(axis=axes)
         y = scale.reshape(shape) * (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps)
-        results = (y + bias.reshape(shape), mean * keep + batch_mean * (1 - keep), var * keep + batch_var * (1 - keep),
-                   batch_mean, batch_var)
+        results = (
+            y + bias.reshape(shape),
+            mean * keep + batch_mean * (1 - keep),
+            var * keep + batch_var * (1 - keep),
+            batch_mean,
+            batch_var,
+        )
         return results[:outputs]
 
 
@@ -144,18 +162,42 @@ class ConvTranspose(OnnxConvTranspose):
 
     op_domain = ""
 
-    def _run(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, auto_pad: str | None = None,
-             dilations: list[int] | None = None, group: int | None = None, kernel_shape: list[int] | None = None,
-             output_padding: list[int] | None = None, output_shape: list[int] | None = None,
-             pads: list[int] | None = None, strides: list[int] | None = None) -> tuple[np.ndarray]:
-        attributes = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
-                          output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides)
+    def _run(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        auto_pad: str | None = None,
+        dilations: list[int] | None = None,
+        group: int | None = None,
+        kernel_shape: list[int] | None = None,
+        output_padding: list[int] | None = None,
+        output_shape: list[int] | None = None,
+        pads: list[int] | None = None,
+        strides: list[int] | None = None,
+    ) -> tuple[np.ndarray]:
+        attributes = dict(
+            auto_pad=auto_pad,
+            dilations=dilations,
+            kernel_shape=kernel_shape,
+            output_padding=output_padding,
+            output_shape=output_shape,
+            pads=pads,
+            strides=strides,
+        )
         groups = group or 1
         c_in, c_out = x.shape[1] // groups, w.shape[1]
-        parts = [OnnxConvTranspose._run(self, x[:, k * c_in:(k + 1) * c_in], w[k * c_in:(k + 1) * c_in],
-                                        None if b is None else b[k * c_out:(k + 1) * c_out], group=1,
-                                        **attributes)[0]
-                 for k in range(groups)]
+        parts = [
+            OnnxConvTranspose._run(
+                self,
+                x[:, k * c_in : (k + 1) * c_in],
+                w[k * c_in : (k + 1) * c_in],
+                None if b is None else b[k * c_out : (k + 1) * c_out],
+                group=1,
+                **attributes,
+            )[0]
+            for k in range(groups)
+        ]
         return (np.concatenate(parts, axis=1),)
 
 

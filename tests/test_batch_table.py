@@ -94,24 +94,38 @@ def test_render_table_aligns_columns_two_spaces_apart() -> None:
 
 
 def test_fit_table_squeezes_paths_cuts_reasons_and_drops_columns_in_order() -> None:
-    rows = [["models/broken.onnx", "FAILED", "-", "-", "-", "-", "-", "3",
-             "not a readable ONNX model (Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)"],
-            ["models/training_export.onnx", "FOLDED", "0/1", "0/1", "7 -> 7", "passed", "9.54e-07", "0", ""]]
+    rows = [
+        [
+            "models/broken.onnx",
+            "FAILED",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "3",
+            "not a readable ONNX model (Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)",
+        ],
+        ["models/training_export.onnx", "FOLDED", "0/1", "0/1", "7 -> 7", "passed", "9.54e-07", "0", ""],
+    ]
     assert fit_table(SHORT_FOLD_HEADER, rows[1:], droppable=(6, 4, 7)) == [
         "MODEL                        STATUS  BN   DROPOUT  NODES   VALIDATION  MAX ABS   EXIT  REASON",
         "---------------------------  ------  ---  -------  ------  ----------  --------  ----  ------",
-        "models/training_export.onnx  FOLDED  0/1  0/1      7 -> 7  passed      9.54e-07  0"]
+        "models/training_export.onnx  FOLDED  0/1  0/1      7 -> 7  passed      9.54e-07  0",
+    ]
     assert fit_table(SHORT_FOLD_HEADER, rows, droppable=(6, 4, 7)) == [
         "MODEL                        STATUS  BN   DROPOUT  VALIDATION  EXIT  REASON",
         "---------------------------  ------  ---  -------  ----------  ----  ----------------------------",
         "models/broken.onnx           FAILED  -    -        -           3     not a readable ONNX model...",
-        "models/training_export.onnx  FOLDED  0/1  0/1      passed      0"]
+        "models/training_export.onnx  FOLDED  0/1  0/1      passed      0",
+    ]
     rows[0][0] = "/tmp/pytest-of-someone/pytest-1234/test_fold_table_has_a_row_per_model0/broken.onnx"
     assert fit_table(SHORT_FOLD_HEADER, rows, droppable=(6, 4, 7)) == [
         "MODEL                               STATUS  BN   DROPOUT  VALIDATION  REASON",
         "----------------------------------  ------  ---  -------  ----------  ----------------------------",
         "/tmp/pytest-of-some.../broken.onnx  FAILED  -    -        -           not a readable ONNX model...",
-        "models/training_export.onnx         FOLDED  0/1  0/1      passed"]
+        "models/training_export.onnx         FOLDED  0/1  0/1      passed",
+    ]
 
 
 def test_shorten_cuts_long_text_at_a_word() -> None:
@@ -141,12 +155,18 @@ def test_the_worst_comparison_is_a_failure_then_the_largest_error() -> None:
 
 
 def test_failure_reason_names_the_output_and_what_is_wrong() -> None:
-    assert failure_reason(comparison("y", False, None, "shape [2] != reference [3]")) == \
-        "output 'y' (cpu): shape [2] != reference [3]"
-    assert failure_reason(comparison("y", False, 0.1, nan=2)) == \
-        "output 'y' (cpu): 7 element(s) beyond tolerance, 2 NaN mismatch(es)"
-    assert failure_reason(comparison("y", False, 0.1, "candidate is 9x further from float64 than the reference")) == \
-        "output 'y' (cpu): 7 element(s) beyond tolerance, candidate is 9x further from float64 than the reference"
+    assert (
+        failure_reason(comparison("y", False, None, "shape [2] != reference [3]"))
+        == "output 'y' (cpu): shape [2] != reference [3]"
+    )
+    assert (
+        failure_reason(comparison("y", False, 0.1, nan=2))
+        == "output 'y' (cpu): 7 element(s) beyond tolerance, 2 NaN mismatch(es)"
+    )
+    assert (
+        failure_reason(comparison("y", False, 0.1, "candidate is 9x further from float64 than the reference"))
+        == "output 'y' (cpu): 7 element(s) beyond tolerance, candidate is 9x further from float64 than the reference"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,33 +182,63 @@ def test_fold_table_fits_100_columns_by_default(folder: Path) -> None:
     assert result.stdout.splitlines()[-1] == "2 of 3 model(s) folded and written"
     names, (broken, mlp, resnet) = table(result.stdout)
     assert names[:4] == SHORT_FOLD_HEADER[:4] and names[-1] == "REASON" and set(names) <= set(SHORT_FOLD_HEADER)
-    assert [row["MODEL"].rpartition("/")[2] for row in (broken, mlp, resnet)] == \
-        ["broken.onnx", "mlp.onnx", "resnet_block.onnx"]
+    assert [row["MODEL"].rpartition("/")[2] for row in (broken, mlp, resnet)] == [
+        "broken.onnx",
+        "mlp.onnx",
+        "resnet_block.onnx",
+    ]
     assert broken["REASON"].startswith("not a readable ONNX model") and broken["REASON"].endswith("...")
-    assert [(row["BN"], row["DROPOUT"], row["VALIDATION"]) for row in (broken, mlp, resnet)] == \
-        [("-", "-", "-"), ("2/2", "2/2", "passed"), ("6/6", "1/1", "passed")]
+    assert [(row["BN"], row["DROPOUT"], row["VALIDATION"]) for row in (broken, mlp, resnet)] == [
+        ("-", "-", "-"),
+        ("2/2", "2/2", "passed"),
+        ("6/6", "1/1", "passed"),
+    ]
 
 
 def test_fold_table_has_a_row_per_model_and_the_failure(folder: Path) -> None:
     result = invoke("fold", folder, "--provider", "cpu", "-v")
     assert result.exit_code == 3, result.output
     assert [line.split()[:2] for line in per_model_lines(result.stdout)] == [
-        ["FAILED", f"{folder / 'broken.onnx'}:"], ["FOLDED", f"{folder / 'mlp.onnx'}:"],
-        ["FOLDED", f"{folder / 'resnet_block.onnx'}:"]]
+        ["FAILED", f"{folder / 'broken.onnx'}:"],
+        ["FOLDED", f"{folder / 'mlp.onnx'}:"],
+        ["FOLDED", f"{folder / 'resnet_block.onnx'}:"],
+    ]
     assert result.stdout.splitlines()[-1] == "2 of 3 model(s) folded and written"
     names, rows = table(result.stdout)
     assert names == FOLD_HEADER
     broken, mlp, resnet = rows
-    assert broken | {"REASON": ""} == {"MODEL": str(folder / "broken.onnx"), "STATUS": "FAILED", "BN FOLDED": "-",
-                                       "DROPOUT STRIPPED": "-", "NODES": "-", "VALIDATION": "-", "MAX ABS": "-",
-                                       "EXIT": "3", "REASON": ""}
+    assert broken | {"REASON": ""} == {
+        "MODEL": str(folder / "broken.onnx"),
+        "STATUS": "FAILED",
+        "BN FOLDED": "-",
+        "DROPOUT STRIPPED": "-",
+        "NODES": "-",
+        "VALIDATION": "-",
+        "MAX ABS": "-",
+        "EXIT": "3",
+        "REASON": "",
+    }
     assert broken["REASON"].startswith(NOT_ONNX) and broken["REASON"].endswith("...") and len(broken["REASON"]) <= 72
     assert {k: mlp[k] for k in FOLD_HEADER if k != "MAX ABS"} == {
-        "MODEL": str(folder / "mlp.onnx"), "STATUS": "FOLDED", "BN FOLDED": "2/2", "DROPOUT STRIPPED": "2/2",
-        "NODES": "10 -> 6", "VALIDATION": "passed", "EXIT": "0", "REASON": ""}
+        "MODEL": str(folder / "mlp.onnx"),
+        "STATUS": "FOLDED",
+        "BN FOLDED": "2/2",
+        "DROPOUT STRIPPED": "2/2",
+        "NODES": "10 -> 6",
+        "VALIDATION": "passed",
+        "EXIT": "0",
+        "REASON": "",
+    }
     assert {k: resnet[k] for k in FOLD_HEADER if k != "MAX ABS"} == {
-        "MODEL": str(folder / "resnet_block.onnx"), "STATUS": "FOLDED", "BN FOLDED": "6/6", "DROPOUT STRIPPED": "1/1",
-        "NODES": "23 -> 16", "VALIDATION": "passed", "EXIT": "0", "REASON": ""}
+        "MODEL": str(folder / "resnet_block.onnx"),
+        "STATUS": "FOLDED",
+        "BN FOLDED": "6/6",
+        "DROPOUT STRIPPED": "1/1",
+        "NODES": "23 -> 16",
+        "VALIDATION": "passed",
+        "EXIT": "0",
+        "REASON": "",
+    }
     assert all(0 <= float(row["MAX ABS"]) < ROUNDING for row in (mlp, resnet))
     assert (folder / "mlp.folded.onnx").is_file() and (folder / "resnet_block.folded.onnx").is_file()
 
@@ -207,16 +257,22 @@ def test_fold_table_shows_a_validation_mismatch_and_no_validation(folder: Path) 
     assert strict.exit_code == 1, strict.output
     assert strict.stdout.splitlines()[-1] == "0 of 2 model(s) folded and written"
     mlp, resnet = table(strict.stdout)[1]
-    assert [mlp["STATUS"], mlp["BN FOLDED"], mlp["NODES"], mlp["VALIDATION"], mlp["EXIT"]] == \
-        ["FAILED", "2/2", "10 -> 6", "failed", "1"]
+    assert [mlp["STATUS"], mlp["BN FOLDED"], mlp["NODES"], mlp["VALIDATION"], mlp["EXIT"]] == [
+        "FAILED",
+        "2/2",
+        "10 -> 6",
+        "failed",
+        "1",
+    ]
     assert re.fullmatch(r"output 'scores' \(cpu\): [1-9]\d* element\(s\) beyond tolerance", mlp["REASON"])
     assert re.fullmatch(r"output 'logits' \(cpu\): [1-9]\d* element\(s\) beyond tolerance", resnet["REASON"])
     assert 0 < float(resnet["MAX ABS"]) < ROUNDING
     assert not (folder / "mlp.folded.onnx").exists() and not (folder / "resnet_block.folded.onnx").exists()
     unchecked = invoke("fold", *models, "--no-validate", "-v")
     assert unchecked.exit_code == 0, unchecked.output
-    assert [(r["STATUS"], r["VALIDATION"], r["MAX ABS"], r["EXIT"]) for r in table(unchecked.stdout)[1]] == \
-        [("FOLDED", "not validated", "-", "0")] * 2
+    assert [(r["STATUS"], r["VALIDATION"], r["MAX ABS"], r["EXIT"]) for r in table(unchecked.stdout)[1]] == [
+        ("FOLDED", "not validated", "-", "0")
+    ] * 2
 
 
 def test_fold_table_shows_a_validation_that_could_not_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,10 +283,13 @@ def test_fold_table_shows_a_validation_that_could_not_run(folder: Path, monkeypa
     monkeypatch.setattr(importlib.import_module("normfold.cli.fold_command"), "fold_file", cannot_validate)
     result = invoke("fold", folder / "mlp.onnx", folder / "resnet_block.onnx", "-v")
     assert result.exit_code == 3, result.output
-    assert [(r["STATUS"], r["BN FOLDED"], r["VALIDATION"], r["MAX ABS"], r["EXIT"], r["REASON"])
-            for r in table(result.stdout)[1]] == \
-        [("FAILED", "2/2", "error", "-", "3", "cannot validate the folded model, so nothing was written (random nodes)"),
-         ("FAILED", "6/6", "error", "-", "3", "cannot validate the folded model, so nothing was written (random nodes)")]
+    assert [
+        (r["STATUS"], r["BN FOLDED"], r["VALIDATION"], r["MAX ABS"], r["EXIT"], r["REASON"])
+        for r in table(result.stdout)[1]
+    ] == [
+        ("FAILED", "2/2", "error", "-", "3", "cannot validate the folded model, so nothing was written (random nodes)"),
+        ("FAILED", "6/6", "error", "-", "3", "cannot validate the folded model, so nothing was written (random nodes)"),
+    ]
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -244,9 +303,17 @@ def test_fold_json_has_the_row_facts_as_numbers(folder: Path, jobs: str) -> None
     assert broken["summary"] is None and broken["validation"] is None and broken["max_abs"] is None
     assert broken["reason"].startswith(NOT_ONNX) and broken["reason"].endswith("Wire format was corrupt)")
     assert broken["detail"] == f"{folder / 'broken.onnx'}: {broken['reason']}"
-    assert mlp["summary"] == {"batchnorm_total": 2, "batchnorm_folded": 2, "dropout_total": 2, "dropout_stripped": 2,
-                              "affine_total": 0, "affine_folded": 0,
-                              "switched_to_inference": 0, "nodes_before": 10, "nodes_after": 6}
+    assert mlp["summary"] == {
+        "batchnorm_total": 2,
+        "batchnorm_folded": 2,
+        "dropout_total": 2,
+        "dropout_stripped": 2,
+        "affine_total": 0,
+        "affine_folded": 0,
+        "switched_to_inference": 0,
+        "nodes_before": 10,
+        "nodes_after": 6,
+    }
     assert resnet["summary"]["batchnorm_folded"] == 6 and resnet["summary"]["nodes_after"] == 16
     for row, name in ((mlp, "mlp"), (resnet, "resnet_block")):
         assert (row["status"], row["exit_code"], row["validation"], row["reason"]) == ("FOLDED", 0, "passed", None)
@@ -284,9 +351,20 @@ def test_validate_table_names_pairs_below_their_folders_by_default(pairs: tuple[
     names, (good, orphan, scaled) = table(result.stdout)
     assert names == SHORT_VALIDATE_HEADER
     assert {k: good[k] for k in names if k != "MAX ABS"} == {
-        "MODEL": "mlp.onnx", "STATUS": "PASSED", "WORST OUTPUT": "scores [cpu]", "EXIT": "0", "REASON": ""}
-    assert orphan == {"MODEL": "orphan.onnx", "STATUS": "UNUSABLE", "MAX ABS": "-", "WORST OUTPUT": "-", "EXIT": "3",
-                      "REASON": "no such file"}
+        "MODEL": "mlp.onnx",
+        "STATUS": "PASSED",
+        "WORST OUTPUT": "scores [cpu]",
+        "EXIT": "0",
+        "REASON": "",
+    }
+    assert orphan == {
+        "MODEL": "orphan.onnx",
+        "STATUS": "UNUSABLE",
+        "MAX ABS": "-",
+        "WORST OUTPUT": "-",
+        "EXIT": "3",
+        "REASON": "no such file",
+    }
     assert re.match(r"output 'scores' \(cpu\): [1-9]\d* element\(s\) beyond", scaled["REASON"])
 
 
@@ -299,14 +377,31 @@ def test_validate_table_has_a_row_per_pair(pairs: tuple[Path, Path]) -> None:
     names, (good, orphan, scaled) = table(result.stdout)
     assert names == VALIDATE_HEADER
     assert {k: good[k] for k in VALIDATE_HEADER if k != "MAX ABS"} == {
-        "REFERENCE": str(originals / "mlp.onnx"), "CANDIDATE": str(candidates / "mlp.onnx"), "STATUS": "PASSED",
-        "WORST OUTPUT": "scores [cpu]", "PROVIDERS": "cpu", "EXIT": "0", "REASON": ""}
+        "REFERENCE": str(originals / "mlp.onnx"),
+        "CANDIDATE": str(candidates / "mlp.onnx"),
+        "STATUS": "PASSED",
+        "WORST OUTPUT": "scores [cpu]",
+        "PROVIDERS": "cpu",
+        "EXIT": "0",
+        "REASON": "",
+    }
     assert 0 <= float(good["MAX ABS"]) < ROUNDING
-    assert orphan == {"REFERENCE": str(originals / "orphan.onnx"), "CANDIDATE": str(candidates / "orphan.onnx"),
-                      "STATUS": "UNUSABLE", "MAX ABS": "-", "WORST OUTPUT": "-", "PROVIDERS": "-", "EXIT": "3",
-                      "REASON": "no such file"}
-    assert [scaled["STATUS"], scaled["WORST OUTPUT"], scaled["PROVIDERS"], scaled["EXIT"]] == \
-        ["FAILED", "scores [cpu]", "cpu", "1"]
+    assert orphan == {
+        "REFERENCE": str(originals / "orphan.onnx"),
+        "CANDIDATE": str(candidates / "orphan.onnx"),
+        "STATUS": "UNUSABLE",
+        "MAX ABS": "-",
+        "WORST OUTPUT": "-",
+        "PROVIDERS": "-",
+        "EXIT": "3",
+        "REASON": "no such file",
+    }
+    assert [scaled["STATUS"], scaled["WORST OUTPUT"], scaled["PROVIDERS"], scaled["EXIT"]] == [
+        "FAILED",
+        "scores [cpu]",
+        "cpu",
+        "1",
+    ]
     assert float(scaled["MAX ABS"]) > 1e-3
     assert re.match(r"output 'scores' \(cpu\): [1-9]\d* element\(s\) beyond tolerance", scaled["REASON"])
 
@@ -326,13 +421,29 @@ def test_validate_json_has_the_row_facts_as_numbers(pairs: tuple[Path, Path]) ->
     document = json.loads(result.stdout)
     assert (document["normfold_report"], document["version"], document["exit_code"]) == ("validate-batch", 1, 3)
     good, orphan, scaled = document["pairs"]
-    expected: dict[str, Any] = {"status": "PASSED", "exit_code": 0, "providers": ["cpu"], "outputs_compared": 1,
-                                "worst_output": "scores", "worst_section": "cpu", "reason": None}
+    expected: dict[str, Any] = {
+        "status": "PASSED",
+        "exit_code": 0,
+        "providers": ["cpu"],
+        "outputs_compared": 1,
+        "worst_output": "scores",
+        "worst_section": "cpu",
+        "reason": None,
+    }
     assert {k: good[k] for k in expected} == expected
     assert isinstance(good["max_abs"], float) and 0 <= good["max_abs"] < ROUNDING
-    assert orphan == {"reference": str(originals / "orphan.onnx"), "candidate": str(candidates / "orphan.onnx"),
-                      "status": "UNUSABLE", "detail": f"{candidates / 'orphan.onnx'}: no such file", "exit_code": 3,
-                      "providers": None, "outputs_compared": None, "worst_output": None, "worst_section": None,
-                      "max_abs": None, "reason": "no such file"}
+    assert orphan == {
+        "reference": str(originals / "orphan.onnx"),
+        "candidate": str(candidates / "orphan.onnx"),
+        "status": "UNUSABLE",
+        "detail": f"{candidates / 'orphan.onnx'}: no such file",
+        "exit_code": 3,
+        "providers": None,
+        "outputs_compared": None,
+        "worst_output": None,
+        "worst_section": None,
+        "max_abs": None,
+        "reason": "no such file",
+    }
     assert (scaled["status"], scaled["exit_code"], scaled["worst_output"]) == ("FAILED", 1, "scores")
     assert scaled["max_abs"] > 1e-3 and scaled["reason"].startswith("output 'scores' (cpu): ")

@@ -29,8 +29,9 @@ def bench() -> ModuleType:
 
 
 @pytest.mark.parametrize("partial", [["--quick"], ["--models", "mlp"], ["--startup-only"]])
-def test_a_partial_run_may_not_write_the_committed_results(bench: ModuleType, partial: list[str],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_partial_run_may_not_write_the_committed_results(
+    bench: ModuleType, partial: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     before = RESULTS.read_bytes()
     with pytest.raises(SystemExit) as stopped:
         bench.parse_args([*partial, "--markdown", str(RESULTS)])
@@ -46,13 +47,17 @@ def test_full_and_partial_runs_choose_their_files(bench: ModuleType, tmp_path: P
     assert bench.partial_run(quick) and not bench.partial_run(bench.parse_args([]))
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--resume"], "--resume reads an earlier run's folder: give it with --workdir"),
-    (["--report-only"], "--report-only reads an earlier run's folder: give it with --workdir"),
-    (["--workdir", "x", "--keep-temp"], "--keep-temp keeps the temporary folder of a run without --workdir"),
-])
-def test_work_folder_options_that_do_not_fit(bench: ModuleType, argv: list[str], message: str,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--resume"], "--resume reads an earlier run's folder: give it with --workdir"),
+        (["--report-only"], "--report-only reads an earlier run's folder: give it with --workdir"),
+        (["--workdir", "x", "--keep-temp"], "--keep-temp keeps the temporary folder of a run without --workdir"),
+    ],
+)
+def test_work_folder_options_that_do_not_fit(
+    bench: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert message in capsys.readouterr().err
@@ -81,23 +86,43 @@ def test_the_temporary_folder_is_removed_and_its_size_reported(bench: ModuleType
 def _saved_run(folder: Path, command: str, partial: str | None) -> None:
     """A results.json as a run with no models and no start-up table leaves it."""
     folder.mkdir()
-    (folder / "results.json").write_text(json.dumps({"results": [], "header": ["date: now"], "notes": [], "tools": [],
-                                                     "elapsed": 1.0, "startup": None, "command": command,
-                                                     "partial": partial}))
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "results": [],
+                "header": ["date: now"],
+                "notes": [],
+                "tools": [],
+                "elapsed": 1.0,
+                "startup": None,
+                "command": command,
+                "partial": partial,
+            }
+        )
+    )
 
 
 def test_report_only_records_both_commands_as_they_ran(tmp_path: Path) -> None:
     """The installed interpreter runs the script as a user would; the report names both command lines verbatim."""
     work = tmp_path / "work"
     _saved_run(work, "python benchmarks/run.py --models mlp --workdir work", "--models runs a subset of the models")
-    argv = [sys.executable, "benchmarks/run.py", "--report-only", "--no-profile", "--workdir", str(work),
-            "--markdown", str(tmp_path / "again.md")]
+    argv = [
+        sys.executable,
+        "benchmarks/run.py",
+        "--report-only",
+        "--no-profile",
+        "--workdir",
+        str(work),
+        "--markdown",
+        str(tmp_path / "again.md"),
+    ]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "again.md").read_text().splitlines()
     assert lines[0] == "# normfold benchmark"
-    assert lines[2] == (f"Command: `python benchmarks/run.py --models mlp --workdir work` "
-                        f"(re-rendered by `{shlex.join(argv)}`)")
+    assert lines[2] == (
+        f"Command: `python benchmarks/run.py --models mlp --workdir work` (re-rendered by `{shlex.join(argv)}`)"
+    )
     assert done.stdout.splitlines()[-1].startswith(f"kept {work} (")
 
 

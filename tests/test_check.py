@@ -21,13 +21,31 @@ from normfold.cli import main
 SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx") if ".folded." not in p.name)
 
 
-def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: float = 0.0, epsilon: float = 1e-5,
-              dtype: int = onnx.TensorProto.FLOAT, weight: float = 0.5, dropout: str | None = None,
-              batch: int | str = "N", ratio: float = 0.2, opset: int = 15, scaled: bool = False) -> Path:
+def _bn_model(
+    path: Path,
+    *,
+    training: bool = False,
+    var: float = 1.0,
+    mean: float = 0.0,
+    epsilon: float = 1e-5,
+    dtype: int = onnx.TensorProto.FLOAT,
+    weight: float = 0.5,
+    dropout: str | None = None,
+    batch: int | str = "N",
+    ratio: float = 0.2,
+    opset: int = 15,
+    scaled: bool = False,
+) -> Path:
     """Conv -> BN (-> Dropout) (-> Mul by a constant) with the knobs each rule needs."""
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-    inits = {"w": np.full((3, 3, 1, 1), weight), "s": np.full(3, 8.0 if dtype == onnx.TensorProto.FLOAT16 else 1.0),
-             "b": np.zeros(3), "m": np.full(3, mean), "v": np.full(3, var), "ratio": np.array(ratio)}
+    inits = {
+        "w": np.full((3, 3, 1, 1), weight),
+        "s": np.full(3, 8.0 if dtype == onnx.TensorProto.FLOAT16 else 1.0),
+        "b": np.zeros(3),
+        "m": np.full(3, mean),
+        "v": np.full(3, var),
+        "ratio": np.array(ratio),
+    }
     bn_outputs = ["z", "rm", "rv"] if training else ["z"]
     attrs = {"training_mode": 1} if training else {}
     if dropout == "before-bn":
@@ -35,8 +53,11 @@ def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: flo
     else:
         nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
     bn_input = "y"
-    nodes.append(helper.make_node("BatchNormalization", [bn_input, "s", "b", "m", "v"], bn_outputs, name="bn",
-                                  epsilon=epsilon, **attrs))
+    nodes.append(
+        helper.make_node(
+            "BatchNormalization", [bn_input, "s", "b", "m", "v"], bn_outputs, name="bn", epsilon=epsilon, **attrs
+        )
+    )
     out = "z"
     if dropout in ("inference", "training"):
         extra = ["ratio", "t"] if dropout == "training" else ["ratio"]
@@ -46,9 +67,16 @@ def _bn_model(path: Path, *, training: bool = False, var: float = 1.0, mean: flo
     if scaled:
         nodes.append(helper.make_node("Mul", [out, "k"], ["scaled"], name="mul"))
         out, inits["k"] = "scaled", np.array(2.0)
-    tensors = [numpy_helper.from_array(np.asarray(v).astype(np.bool_ if k == "t" else np_dtype), k) for k, v in inits.items()]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", dtype, [batch, 3, 2, 2])],
-                              [helper.make_tensor_value_info(out, dtype, [batch, 3, 2, 2])], tensors)
+    tensors = [
+        numpy_helper.from_array(np.asarray(v).astype(np.bool_ if k == "t" else np_dtype), k) for k, v in inits.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", dtype, [batch, 3, 2, 2])],
+        [helper.make_tensor_value_info(out, dtype, [batch, 3, 2, 2])],
+        tensors,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -131,13 +159,18 @@ def test_rule_descriptions_and_messages_use_no_internal_references(tmp_path: Pat
     """SARIF rule descriptions and every finding speak of the model, not of design notes ("seed 1.9", "issue 5")."""
     internal = re.compile(r"\bseed\b|\bissue\b", re.IGNORECASE)
     assert not [rule.description for rule in RULES.values() if internal.search(rule.description)]
-    paths = [_bn_model(tmp_path / f"{rule}.onnx", **TRIPS[rule])
-             for rule in ("dropout-before-bn", "high-drop-ratio", "bn-batch-below-2")]
+    paths = [
+        _bn_model(tmp_path / f"{rule}.onnx", **TRIPS[rule])
+        for rule in ("dropout-before-bn", "high-drop-ratio", "bn-batch-below-2")
+    ]
     sarif = json.loads(CliRunner().invoke(main, ["check", *map(str, paths), "--format", "sarif"]).stdout)
     texts = [r["shortDescription"]["text"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]]
     texts += [r["message"]["text"] for r in sarif["runs"][0]["results"]]
-    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {"dropout-before-bn", "high-drop-ratio",
-                                                                  "bn-batch-below-2"}
+    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {
+        "dropout-before-bn",
+        "high-drop-ratio",
+        "bn-batch-below-2",
+    }
     assert not [text for text in texts if internal.search(text)]
 
 

@@ -43,7 +43,7 @@ def test_an_ir_version_newer_than_the_runtime_is_not_ready(tmp_path: Path) -> No
     version, error = runtime_refusal(99, 17)
     assert "Unsupported model IR version: 99, max supported IR version: " in error
     model = ir.serde.deserialize_model(onnx.load(str(path)))
-    (finding,) = check._runtime_findings(model)
+    (finding,) = check.RULES["runtime-cannot-load"].find(check.CheckContext(model, str(path), []))
     assert finding.message.startswith(f"IR version 99 is newer than onnxruntime {version} loads (at most ")
     assert finding.fix.startswith("upgrade onnxruntime, or save the model with ir_version = ")
 
@@ -63,14 +63,16 @@ def test_models_every_runtime_loads_are_not_probed(tmp_path: Path, monkeypatch: 
         raise AssertionError("probed")
 
     monkeypatch.setattr(check, "runtime_refusal", no_probe)
-    assert [f.rule for f in check_model(stamped(tmp_path / "m.onnx", ir_version=10, opset=21)).findings] == \
-        ["foldable-bn"]
+    assert [f.rule for f in check_model(stamped(tmp_path / "m.onnx", ir_version=10, opset=21)).findings] == [
+        "foldable-bn"
+    ]
     assert check_model(stamped(tmp_path / "new.onnx", opset=99), disabled=["runtime-cannot-load"]).findings
 
 
 def test_a_loadable_stamp_is_probed_once(tmp_path: Path) -> None:
     runtime_refusal.cache_clear()
     for name in ("a.onnx", "b.onnx"):
-        assert [f.rule for f in check_model(stamped(tmp_path / name, ir_version=10, opset=22)).findings] == \
-            ["foldable-bn"]
+        assert [f.rule for f in check_model(stamped(tmp_path / name, ir_version=10, opset=22)).findings] == [
+            "foldable-bn"
+        ]
     assert runtime_refusal.cache_info().misses == 1

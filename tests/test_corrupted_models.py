@@ -40,7 +40,8 @@ def test_corrupted_variants_fold_cleanly_or_fail_in_one_line(tmp_path: Path, chu
         target = tmp_path / f"v{seed}.out.onnx"
         result = runner.invoke(main, ["fold", str(source), "-o", str(target), "--provider", "cpu", "--no-float64"])
         assert result.exception is None or isinstance(result.exception, SystemExit), (
-            f"seed {seed} ({name}): {type(result.exception).__name__}: {result.exception}")
+            f"seed {seed} ({name}): {type(result.exception).__name__}: {result.exception}"
+        )
         assert "Traceback" not in result.output
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         assert leftovers == [], (seed, leftovers)
@@ -57,8 +58,29 @@ def test_corrupted_variants_fold_cleanly_or_fail_in_one_line(tmp_path: Path, chu
     assert outcomes["refused"] > 0
 
 
-FIELD_VALUES = ["", "0", "-1", "-0", "+4", "4.0", "1e3", "abc", " 8", "8 ", "\x00", "9" * 30, "0x10", "٣",
-                "w.data", "../w.data", "/etc/passwd", "w.data\x00x", "sub/../w.data", ".", "w.data/"]
+FIELD_VALUES = [
+    "",
+    "0",
+    "-1",
+    "-0",
+    "+4",
+    "4.0",
+    "1e3",
+    "abc",
+    " 8",
+    "8 ",
+    "\x00",
+    "9" * 30,
+    "0x10",
+    "٣",
+    "w.data",
+    "../w.data",
+    "/etc/passwd",
+    "w.data\x00x",
+    "sub/../w.data",
+    ".",
+    "w.data/",
+]
 
 
 def _external_variant(folder: Path, seed: int) -> Path:
@@ -91,7 +113,8 @@ def test_random_external_data_fields_fold_cleanly_or_fail_in_one_line(tmp_path: 
         target = tmp_path / f"e{seed}.out.onnx"
         result = runner.invoke(main, ["fold", str(source), "-o", str(target), "--provider", "cpu", "--no-float64"])
         assert result.exception is None or isinstance(result.exception, SystemExit), (
-            f"seed {seed}: {type(result.exception).__name__}: {result.exception}")
+            f"seed {seed}: {type(result.exception).__name__}: {result.exception}"
+        )
         assert (tmp_path / "w.data").read_bytes() == before, seed
         if result.exit_code == 0:
             onnx.checker.check_model(str(target), full_check=True)
@@ -110,7 +133,9 @@ def _npz_variant(data: bytes, seed: int) -> bytes:
     if seed % 5 == 1 and len(corrupted) > 64:
         header = corrupted.find(b"\x93NUMPY")
         if header >= 0:
-            corrupted[header + 8: header + 10] = int(np.random.default_rng(seed).integers(0, 65536)).to_bytes(2, "little")
+            corrupted[header + 8 : header + 10] = int(np.random.default_rng(seed).integers(0, 65536)).to_bytes(
+                2, "little"
+            )
     return bytes(corrupted)
 
 
@@ -129,10 +154,12 @@ def test_corrupted_npz_inputs_validate_cleanly_or_fail_in_one_line(tmp_path: Pat
         for seed in range(chunk, VARIANTS // 4, 2):
             inputs = tmp_path / f"i{seed}.npz"
             inputs.write_bytes(_npz_variant(data, seed))
-            result = runner.invoke(main, ["validate", str(model), str(model), "--inputs", str(inputs),
-                                          "--provider", "cpu", "--no-float64"])
+            result = runner.invoke(
+                main, ["validate", str(model), str(model), "--inputs", str(inputs), "--provider", "cpu", "--no-float64"]
+            )
             assert result.exception is None or isinstance(result.exception, SystemExit), (
-                f"seed {seed}: {type(result.exception).__name__}: {result.exception}")
+                f"seed {seed}: {type(result.exception).__name__}: {result.exception}"
+            )
             if result.exit_code != 0:
                 assert result.exit_code == 3, (seed, result.output)
                 lines = result.stderr.strip().splitlines()

@@ -68,8 +68,9 @@ def test_writing_over_an_output_claims_a_fresh_data_file_and_drops_the_old(tmp_p
     assert names == [{"out.onnx.data"}, {"out.onnx.1.data"}, {"out.onnx.data"}]
 
 
-def test_a_crash_between_the_two_renames_leaves_the_old_pair_intact(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_between_the_two_renames_leaves_the_old_pair_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = tmp_path / "m.onnx"
     save_external(conv_bn_model(), source)
     target = tmp_path / "out.onnx"

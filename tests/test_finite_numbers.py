@@ -84,8 +84,9 @@ def test_cli_shows_the_value_as_typed(files: dict[str, Path], typed: str, shown:
 def test_cli_error_is_one_line_from_the_installed_script(files: dict[str, Path]) -> None:
     folder = files["model"].parent
     before = snapshot(folder)
-    done = run_script("calibrate", files["model"], "--data", files["data"], "--method", "running", "--alpha", "nan",
-                      cwd=folder)
+    done = run_script(
+        "calibrate", files["model"], "--data", files["data"], "--method", "running", "--alpha", "nan", cwd=folder
+    )
     assert done.returncode == 2
     assert done.stderr == "normfold: error: --alpha must be a finite number in [0, 1], got nan\n"
     assert done.stdout == "" and snapshot(folder) == before
@@ -147,11 +148,14 @@ def test_api_accepts_the_bounds() -> None:
     np.testing.assert_array_equal(result.statistics["bn"][0], bn_params("bn", 3, rng(1))["bn_mean"].astype(np.float64))
 
 
-@pytest.mark.parametrize(("low", "high", "expected"), [
-    (0.0, None, "x must be a finite number >= 0, got nan"),
-    (None, 2.5, "x must be a finite number <= 2.5, got nan"),
-    (None, None, "x must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.0, None, "x must be a finite number >= 0, got nan"),
+        (None, 2.5, "x must be a finite number <= 2.5, got nan"),
+        (None, None, "x must be a finite number, got nan"),
+    ],
+)
 def test_require_finite_describes_one_sided_ranges(low: float | None, high: float | None, expected: str) -> None:
     with pytest.raises(NormfoldError) as raised:
         require_finite("x", math.nan, low=low, high=high)

@@ -116,9 +116,10 @@ def _hostile_model(path: Path) -> Path:
     """Conv -> BatchNormalization whose node name is markup."""
     generator = rng(0)
     weights = {"w": generator.standard_normal((3, 3, 1, 1)).astype(np.float32), **bn_params("bn", 3, generator)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-             helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["z"],
-                              name=HOSTILE)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["z"], name=HOSTILE),
+    ]
     onnx.save(make_model(nodes, {"x": [1, 3, 4, 4]}, ["z"], weights), path)
     return path
 
@@ -157,8 +158,9 @@ def test_fold_page_has_summary_records_op_counts_and_a_histogram(resnet: Path, t
     records = fold(resnet).records
     (table,) = section.find_all("table", "records")
     rows = table.find_all("tr")[1:]
-    assert [row.cells() for row in rows] == [[r.graph, r.node, r.op_type, r.action, r.detail, r.reason or "-"]
-                                             for r in records]
+    assert [row.cells() for row in rows] == [
+        [r.graph, r.node, r.op_type, r.action, r.detail, r.reason or "-"] for r in records
+    ]
     counts = op_counts_of(section)
     assert counts["operator"] == ["input", "written", "change"]
     assert counts["BatchNormalization"] == ["6", "0", "-6"] and counts["Dropout"] == ["1", "0", "-1"]
@@ -204,8 +206,9 @@ def test_report_is_written_when_validation_fails(resnet: Path, tmp_path: Path) -
     assert svg.find_all("line", "tolerance") and svg.find_all("rect", "over")
 
 
-def test_fold_that_writes_nothing_still_writes_its_page(resnet: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fold_that_writes_nothing_still_writes_its_page(
+    resnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     break_folds_gemm_bias(monkeypatch)
     page_path = tmp_path / "page.html"
     result = invoke("fold", resnet, "--provider", "cpu", "--report", page_path)
@@ -252,8 +255,7 @@ def test_check_page_has_a_section_per_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["fold", "validate", "check"])
-def test_a_page_in_a_missing_folder_is_refused_before_anything_runs(resnet: Path, tmp_path: Path,
-                                                                    command: str) -> None:
+def test_a_page_in_a_missing_folder_is_refused_before_anything_runs(resnet: Path, tmp_path: Path, command: str) -> None:
     page_path = tmp_path / "nowhere" / "page.html"
     args = {"fold": [resnet], "validate": [resnet, resnet], "check": [resnet]}[command]
     before = sorted(tmp_path.iterdir())
@@ -277,8 +279,9 @@ def test_several_models_are_refused_with_a_usage_error(resnet: Path, tmp_path: P
     page_path = tmp_path / "page.html"
     result = invoke("fold", resnet, other, "--report", page_path)
     assert result.exit_code == 2
-    assert result.stderr == ("normfold: error: --report writes the page of one model; give one MODEL, not several "
-                             "or a folder\n")
+    assert result.stderr == (
+        "normfold: error: --report writes the page of one model; give one MODEL, not several or a folder\n"
+    )
     folders = invoke("validate", tmp_path, tmp_path, "--report", page_path)
     assert folders.exit_code == 2 and "--report writes the page of one comparison" in folders.stderr
     assert not page_path.exists() and not list(tmp_path.glob("*.folded.onnx"))
@@ -339,10 +342,23 @@ def test_json_report_carries_the_histogram(resnet: Path, tmp_path: Path) -> None
 
 
 def test_float64_histograms_are_drawn_where_the_truth_ran() -> None:
-    metrics = compare_arrays(np.zeros(4, np.float32), np.array([0, 1e-7, 1e-6, 1e-6], np.float32),
-                             Tolerance(1e-5, 0.0))[0]
-    comparison = OutputComparison("y<1>", "cpu", True, Tolerance(None, 1e-4), metrics, "", 2e-7, 3e-7, 1e-5, "rounding",
-                                  ErrorHistogram(-8, (2, 2), 0), ErrorHistogram(-8, (1, 3), 0))
+    metrics = compare_arrays(
+        np.zeros(4, np.float32), np.array([0, 1e-7, 1e-6, 1e-6], np.float32), Tolerance(1e-5, 0.0)
+    )[0]
+    comparison = OutputComparison(
+        "y<1>",
+        "cpu",
+        True,
+        Tolerance(None, 1e-4),
+        metrics,
+        "",
+        2e-7,
+        3e-7,
+        1e-5,
+        "rounding",
+        ErrorHistogram(-8, (2, 2), 0),
+        ErrorHistogram(-8, (1, 3), 0),
+    )
     page = validation_page(ValidationReport("ref.onnx", "cand.onnx", ["cpu"], [], 1, "random inputs", [comparison]))
     assert_self_contained(page)
     document = parse(page)
@@ -355,12 +371,19 @@ def test_float64_histograms_are_drawn_where_the_truth_ran() -> None:
 def test_headless_browser_shows_the_page(resnet: Path, tmp_path: Path) -> None:
     browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
     if browser is None:
-        pytest.skip(f"chromium not installed: none of {', '.join(BROWSERS)} is on PATH (Debian's chromium is not "
-                    "installed system-wide for the tests)")
+        pytest.skip(
+            f"chromium not installed: none of {', '.join(BROWSERS)} is on PATH (Debian's chromium is not "
+            "installed system-wide for the tests)"
+        )
     page_path = tmp_path / "page.html"
     assert invoke("fold", resnet, "--provider", "cpu", "--report", page_path).exit_code == 0
-    dumped = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page_path.as_uri()],
-                            capture_output=True, text=True, timeout=120, check=True).stdout
+    dumped = subprocess.run(
+        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     document = parse(dumped)
     (section,) = document.find_all("section", "model")
     assert summary_of(section)["verdict"] == "PASSED: equivalent"

@@ -25,10 +25,15 @@ def _model(path: Path) -> None:
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["N", 256, 4, 4]))
     nodes, inits, value = [], [], x
     for i in range(16):
-        w = ir.Value(name=f"w{i}", const_value=ir.tensor(g.normal(0, 0.05, (256, 256, 3, 3)).astype(np.float32), name=f"w{i}"))
-        params = [ir.Value(name=f"p{i}_{k}", const_value=ir.tensor(a.astype(np.float32), name=f"p{i}_{k}"))
-                  for k, a in enumerate((g.uniform(0.5, 1.5, 256), g.normal(0, 0.2, 256), g.normal(0, 0.5, 256),
-                                         g.uniform(0.5, 2, 256)))]
+        w = ir.Value(
+            name=f"w{i}", const_value=ir.tensor(g.normal(0, 0.05, (256, 256, 3, 3)).astype(np.float32), name=f"w{i}")
+        )
+        params = [
+            ir.Value(name=f"p{i}_{k}", const_value=ir.tensor(a.astype(np.float32), name=f"p{i}_{k}"))
+            for k, a in enumerate(
+                (g.uniform(0.5, 1.5, 256), g.normal(0, 0.2, 256), g.normal(0, 0.5, 256), g.uniform(0.5, 2, 256))
+            )
+        ]
         for v in (w, *params):
             v.type, v.shape = ir.TensorType(ir.DataType.FLOAT), v.const_value.shape
         conv = ir.Node("", "Conv", [value, w], attributes=[ir.AttrInt64s("pads", [1, 1, 1, 1])], name=f"conv{i}")
@@ -53,8 +58,9 @@ def test_fold_killed_at_any_moment_leaves_input_and_no_partial_output(tmp_path: 
     target = tmp_path / "m.folded.onnx"
     for delay in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
         target.unlink(missing_ok=True)
-        process = subprocess.Popen([NORMFOLD, "fold", str(source), "--no-validate"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [NORMFOLD, "fold", str(source), "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         time.sleep(delay)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
@@ -73,8 +79,14 @@ def test_concurrent_folds_to_one_output_leave_one_valid_file(tmp_path: Path) -> 
     source = tmp_path / "m.onnx"
     _model(source)
     target = tmp_path / "out.onnx"
-    processes = [subprocess.Popen([NORMFOLD, "fold", str(source), "-o", str(target), "--no-validate"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    processes = [
+        subprocess.Popen(
+            [NORMFOLD, "fold", str(source), "-o", str(target), "--no-validate"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
@@ -88,16 +100,24 @@ def _streamed_model(path: Path) -> None:
     g = np.random.default_rng(1)
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["N", 4096]))
     w = ir.Value(name="w", const_value=ir.tensor(g.standard_normal((4096, 4096), dtype=np.float32), name="w"))
-    params = [ir.Value(name=f"p{k}", const_value=ir.tensor(a.astype(np.float32), name=f"p{k}"))
-              for k, a in enumerate((g.uniform(0.5, 1.5, 4096), g.normal(0, 0.2, 4096), g.normal(0, 0.5, 4096),
-                                     g.uniform(0.5, 2, 4096)))]
+    params = [
+        ir.Value(name=f"p{k}", const_value=ir.tensor(a.astype(np.float32), name=f"p{k}"))
+        for k, a in enumerate(
+            (g.uniform(0.5, 1.5, 4096), g.normal(0, 0.2, 4096), g.normal(0, 0.5, 4096), g.uniform(0.5, 2, 4096))
+        )
+    ]
     for v in (w, *params):
         v.type, v.shape = ir.TensorType(ir.DataType.FLOAT), v.const_value.shape
     matmul = ir.Node("", "MatMul", [x, w], name="mm")
     bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *params], name="bn")
-    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["N", 4096])
-    graph = ir.Graph([x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[w, *params], opset_imports={"": 17},
-                     name="streamed")
+    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = (
+        "y",
+        ir.TensorType(ir.DataType.FLOAT),
+        ir.Shape(["N", 4096]),
+    )
+    graph = ir.Graph(
+        [x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[w, *params], opset_imports={"": 17}, name="streamed"
+    )
     ir.save(ir.Model(graph, ir_version=8), path, external_data=f"{path.name}.data")
 
 
@@ -109,8 +129,9 @@ def test_streamed_fold_killed_at_any_moment_leaves_input_and_no_partial_output(t
     for delay in (0.4, 0.7, 0.9, 1.05, 1.2, 1.35):  # a whole fold takes about 1.3 s here
         target.unlink(missing_ok=True)
         (tmp_path / "m.folded.onnx.data").unlink(missing_ok=True)
-        process = subprocess.Popen([NORMFOLD, "fold", str(source), "--no-validate"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [NORMFOLD, "fold", str(source), "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
@@ -121,5 +142,8 @@ def test_streamed_fold_killed_at_any_moment_leaves_input_and_no_partial_output(t
             onnx.checker.check_model(str(target), full_check=True)
     done = subprocess.run([NORMFOLD, "fold", str(source), "-o", str(target), "--no-validate"], capture_output=True)
     assert done.returncode == 0, done.stderr
-    assert "FOLDED   BatchNormalization 'bn': into MatMul 'mm' (backward) (MatMul rewritten as Gemm)" in done.stdout.decode()
+    assert (
+        "FOLDED   BatchNormalization 'bn': into MatMul 'mm' (backward) (MatMul rewritten as Gemm)"
+        in done.stdout.decode()
+    )
     assert [n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node] == ["Gemm"]

@@ -33,14 +33,21 @@ def _build(path: Path) -> np.ndarray:
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", K]))
     matmul = ir.Node("", "MatMul", [x, weight], name="mm")
     bn = ir.Node("", "BatchNormalization", [matmul.outputs[0], *values], name="bn")
-    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = "z", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", N])
-    graph = ir.Graph([x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[weight, *values], opset_imports={"": 17}, name="big")
+    bn.outputs[0].name, bn.outputs[0].type, bn.outputs[0].shape = (
+        "z",
+        ir.TensorType(ir.DataType.FLOAT),
+        ir.Shape(["batch", N]),
+    )
+    graph = ir.Graph(
+        [x], [bn.outputs[0]], nodes=[matmul, bn], initializers=[weight, *values], opset_imports={"": 17}, name="big"
+    )
     ir.save(ir.Model(graph, ir_version=8), path, external_data=f"{path.name}.data")
     return params
 
 
-pytestmark = pytest.mark.skipif(shutil.disk_usage("/tmp").free < NEEDED_DISK,
-                                reason="needs 7 GiB of free disk for a 2.16 GB model and its fold")
+pytestmark = pytest.mark.skipif(
+    shutil.disk_usage("/tmp").free < NEEDED_DISK, reason="needs 7 GiB of free disk for a 2.16 GB model and its fold"
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +90,19 @@ def test_fold_of_a_2gb_weight_never_holds_it_in_memory(big_model: tuple[Path, li
     released memory map and the folded copy is computed block by block while it is written."""
     source, params = big_model
     target = source.parent / "streamed.onnx"
-    fold_command = [sys.executable, "-c", "from normfold.cli import main; main()", "fold", str(source),
-                    "-o", str(target), "--no-validate"]
-    code, peak_kib, stderr = subprocess.run([sys.executable, "-c", PEAK_RSS, *fold_command], capture_output=True,
-                                            text=True, check=True, cwd=source.parent).stdout.split(" ", 2)
+    fold_command = [
+        sys.executable,
+        "-c",
+        "from normfold.cli import main; main()",
+        "fold",
+        str(source),
+        "-o",
+        str(target),
+        "--no-validate",
+    ]
+    code, peak_kib, stderr = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *fold_command], capture_output=True, text=True, check=True, cwd=source.parent
+    ).stdout.split(" ", 2)
     assert code == "0", stderr
     assert int(peak_kib) < 2**20, f"peak RSS {int(peak_kib) // 1024} MiB for a {K * N * 4 // 2**20} MiB weight"
     (gemm,) = list(ir.load(target).graph)

@@ -37,8 +37,13 @@ print(json.dumps({{"code": code, "loaded": [m for m in {modules!r} if m in sys.m
 
 def _loaded_by(folder: Path, *args: str, modules: tuple[str, ...] = HEAVY) -> dict[str, object]:
     """Run the CLI in a fresh interpreter; from `folder`, so that `python -c` does not import the source tree."""
-    done = subprocess.run([sys.executable, "-c", PROBE.format(modules=modules), *args], capture_output=True, text=True,
-                          check=True, cwd=folder)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(modules=modules), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=folder,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -50,13 +55,23 @@ def help_probe(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[s
 
 
 def test_fold_without_validation_imports_no_runtime_or_optimizer(tmp_path: Path) -> None:
-    probe = _loaded_by(tmp_path, "fold", str(MODELS / "resnet_block.onnx"), "-o", str(tmp_path / "f.onnx"), "--no-validate")
+    probe = _loaded_by(
+        tmp_path, "fold", str(MODELS / "resnet_block.onnx"), "-o", str(tmp_path / "f.onnx"), "--no-validate"
+    )
     assert probe == {"code": 0, "loaded": []}
 
 
 def test_fold_with_validation_and_simplify_imports_what_they_use(tmp_path: Path) -> None:
-    probe = _loaded_by(tmp_path, "fold", str(MODELS / "resnet_block.onnx"), "-o", str(tmp_path / "f.onnx"), "--simplify",
-                       "--provider", "cpu")
+    probe = _loaded_by(
+        tmp_path,
+        "fold",
+        str(MODELS / "resnet_block.onnx"),
+        "-o",
+        str(tmp_path / "f.onnx"),
+        "--simplify",
+        "--provider",
+        "cpu",
+    )
     assert probe["code"] == 0
     assert {"onnxruntime", "onnxscript"} <= set(probe["loaded"])  # type: ignore[arg-type]
 
@@ -71,8 +86,9 @@ def test_command_help_imports_no_onnx_or_numpy(help_probe: Callable[..., dict[st
 
 
 @pytest.mark.parametrize("command", sorted(HEAVY_OPTIONS))
-def test_command_help_imports_no_runtime_or_optimizer(help_probe: Callable[..., dict[str, object]],
-                                                      command: str) -> None:
+def test_command_help_imports_no_runtime_or_optimizer(
+    help_probe: Callable[..., dict[str, object]], command: str
+) -> None:
     probe = help_probe(command)
     assert probe["code"] == 0
     assert not {"onnxruntime", "onnxscript"} & set(probe["loaded"])  # type: ignore[arg-type]

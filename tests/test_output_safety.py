@@ -34,16 +34,21 @@ def test_invalid_model_error_is_one_line_without_onnx_ir_deserialization_warning
     """load_model deserializes beside the checker; onnx_ir's own warning about the invalid model ('Input
     'ghost' of node 'add' ... cannot be found in any scope ...') must not precede normfold's one line."""
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "ghost"], ["y"], name="add")], "g",
+        [helper.make_node("Add", ["x", "ghost"], ["y"], name="add")],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "ghost.onnx"))
-    done = subprocess.run([NORMFOLD, "fold", str(tmp_path / "ghost.onnx"), "--no-validate"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [NORMFOLD, "fold", str(tmp_path / "ghost.onnx"), "--no-validate"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 3
-    assert done.stderr.splitlines() == [line for line in done.stderr.splitlines() if line.startswith("normfold: error: ")]
+    assert done.stderr.splitlines() == [
+        line for line in done.stderr.splitlines() if line.startswith("normfold: error: ")
+    ]
     assert len(done.stderr.splitlines()) == 1, done.stderr
 
 
@@ -63,20 +68,24 @@ def test_output_named_for_a_text_format_is_readable_or_refused(tmp_path: Path, s
 def test_fold_never_overwrites_the_inputs_external_data_file(tmp_path: Path) -> None:
     """The input's data file is named `<output>.data`; every tensor in it is folded away, and still the
     output's data must go to another name."""
-    onnx.save(_conv_bn(), str(tmp_path / "a.onnx"), save_as_external_data=True, location="b.onnx.data",
-              size_threshold=0)
+    onnx.save(
+        _conv_bn(), str(tmp_path / "a.onnx"), save_as_external_data=True, location="b.onnx.data", size_threshold=0
+    )
     before = hashlib.sha256((tmp_path / "b.onnx.data").read_bytes()).hexdigest()
     result = CliRunner().invoke(main, ["fold", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.onnx")])
     assert result.exit_code == 0, result.output
-    assert onnx.load(str(tmp_path / "b.onnx"), load_external_data=False).graph.initializer[0].external_data[0].value \
+    assert (
+        onnx.load(str(tmp_path / "b.onnx"), load_external_data=False).graph.initializer[0].external_data[0].value
         == "b.onnx.1.data"
+    )
     assert hashlib.sha256((tmp_path / "b.onnx.data").read_bytes()).hexdigest() == before
     onnx.checker.check_model(str(tmp_path / "a.onnx"), full_check=True)
     onnx.load(str(tmp_path / "a.onnx"))  # its external data still fits
 
 
 def test_held_onnx_ir_warnings_are_passed_on_for_a_valid_model_and_dropped_otherwise(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     logger = logging.getLogger("onnx_ir.serde")
     with caplog.at_level(logging.WARNING):
         with _HeldLogs("onnx_ir") as held:
@@ -94,6 +103,8 @@ def test_text_format_output_is_refused_with_its_reason(tmp_path: Path) -> None:
     onnx.save(_conv_bn(), str(tmp_path / "m.onnx"))
     result = CliRunner().invoke(main, ["fold", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.json")])
     assert result.exit_code == 2
-    assert result.stderr == (f"normfold: error: {tmp_path / 'out.json'}: onnx reads a '.json' file as json, but "
-                             "normfold writes binary ONNX; name the output .onnx\n")
+    assert result.stderr == (
+        f"normfold: error: {tmp_path / 'out.json'}: onnx reads a '.json' file as json, but "
+        "normfold writes binary ONNX; name the output .onnx\n"
+    )
     assert not (tmp_path / "out.json").exists()

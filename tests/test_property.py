@@ -133,8 +133,13 @@ class _Builder:
             self.inits[name] = array
         elif style == "constant":
             self.emit(
-                helper.make_node("Constant", [], [name], name=self.name(f"{name}_node"),
-                                 value=numpy_helper.from_array(np.asarray(array), name))
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [name],
+                    name=self.name(f"{name}_node"),
+                    value=numpy_helper.from_array(np.asarray(array), name),
+                )
             )
         else:
             raw = self.name(f"{name}_raw")
@@ -147,8 +152,16 @@ class _Builder:
         if truth:
             self.truth_nodes.append(node)
 
-    def node(self, op: str, inputs: list[str], base: str, outputs: int = 1, reserved: bool = False,
-             model_only: bool = False, **attrs) -> list[str]:
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        base: str,
+        outputs: int = 1,
+        reserved: bool = False,
+        model_only: bool = False,
+        **attrs,
+    ) -> list[str]:
         node_name = base if reserved else self.name(base)
         outs = [self.name(f"{node_name}_out")] + [self.name(f"{node_name}_out{i}") for i in range(1, outputs)]
         self.emit(helper.make_node(op, inputs, outs, name=node_name, **attrs), truth=not model_only)
@@ -284,8 +297,13 @@ def _conv_transpose(draw, b: _Builder, x: str, channels: int, spatial: list[int]
             out = s * (length - 1) + op + d * (k - 1) + 1
         kernel.append(k), strides.append(s), dilations.append(d), out_pad.append(op)
         pads[0].append(pb), pads[1].append(pe), out_spatial.append(out)
-    attrs = {"kernel_shape": kernel, "group": group, "strides": strides, "dilations": dilations,
-             "pads": pads[0] + pads[1]}
+    attrs = {
+        "kernel_shape": kernel,
+        "group": group,
+        "strides": strides,
+        "dilations": dilations,
+        "pads": pads[0] + pads[1],
+    }
     if any(out_pad):
         attrs["output_padding"] = out_pad
     weight = b.weight((channels, c_out // group, *kernel), channels * math.prod(kernel))
@@ -298,7 +316,9 @@ def _conv_transpose(draw, b: _Builder, x: str, channels: int, spatial: list[int]
     (y,) = b.node("ConvTranspose", inputs, "convt", model_only=group > 1, **attrs)
     if group > 1:
         _grouped_conv_transpose_truth(b, x, y, weight, bias, group, attrs)
-    b.lines.append(f"  ConvTranspose C {channels}->{c_out} spatial {spatial}->{out_spatial} bias={len(inputs) == 3} {attrs}")
+    b.lines.append(
+        f"  ConvTranspose C {channels}->{c_out} spatial {spatial}->{out_spatial} bias={len(inputs) == 3} {attrs}"
+    )
     return y, c_out, out_spatial
 
 
@@ -316,11 +336,11 @@ def _grouped_conv_transpose_truth(b: _Builder, x: str, y: str, weight, bias, gro
     pieces = []
     for i, part in enumerate(parts):
         w_i = b.name(f"{y}_w{i}")
-        b.truth_inits[w_i] = weight[i * c_in_g:(i + 1) * c_in_g]
+        b.truth_inits[w_i] = weight[i * c_in_g : (i + 1) * c_in_g]
         inputs = [part, w_i]
         if bias is not None:
             b_i = b.name(f"{y}_b{i}")
-            b.truth_inits[b_i] = bias[i * c_out_g:(i + 1) * c_out_g]
+            b.truth_inits[b_i] = bias[i * c_out_g : (i + 1) * c_out_g]
             inputs.append(b_i)
         pieces.append(b.name(f"{y}_piece{i}"))
         b.truth_nodes.append(
@@ -560,7 +580,8 @@ def test_fold_random_chains(case: Case) -> None:
         note(f"first check: {error}")
         truth = case.truth_model
         assert_fold_exact(
-            _relu_as_identity(model), _relu_as_identity(folded),
+            _relu_as_identity(model),
+            _relu_as_identity(folded),
             random_feeds(model, seed=case.seed + 1, batch=FEED_BATCH),
             truth_model=None if truth is None else _relu_as_identity(truth),
         )
@@ -586,8 +607,11 @@ def test_matmul_add_bn_fold_drops_the_old_add_bias() -> None:
         helper.make_node("Add", ["y", "b"], ["yb"], name="add"),
         bn_node("yb", "z", "bn"),
     ]
-    inits = {"w": g.standard_normal((3, 2)).astype(np.float32), "b": g.standard_normal(2).astype(np.float32),
-             **bn_params("bn", 2, g)}
+    inits = {
+        "w": g.standard_normal((3, 2)).astype(np.float32),
+        "b": g.standard_normal(2).astype(np.float32),
+        **bn_params("bn", 2, g),
+    }
     model = make_model(nodes, {"x": ["N", 3]}, ["z"], inits, opset=17)
     result = normfold.fold(model)
     assert result.count("BatchNormalization", "folded") == 1
@@ -607,8 +631,11 @@ def test_float64_truth_of_grouped_conv_transpose() -> None:
     model = make_model([node], {"x": [1, 4, 3, 3]}, ["y"], {"w": weight}, opset=17)
     x = g.standard_normal((1, 4, 3, 3)).astype(np.float32)
     expected = np.concatenate(
-        [np.einsum("nchw,co->nohw", x[:, 2 * i:2 * i + 2].astype(np.float64), weight[2 * i:2 * i + 2, :, 0, 0])
-         for i in range(2)], axis=1,
+        [
+            np.einsum("nchw,co->nohw", x[:, 2 * i : 2 * i + 2].astype(np.float64), weight[2 * i : 2 * i + 2, :, 0, 0])
+            for i in range(2)
+        ],
+        axis=1,
     )
     (got,) = run_float64(model, {"x": x})
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

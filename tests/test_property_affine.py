@@ -74,12 +74,26 @@ def affine_cases(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, bool]]:
         inputs = [x, "w"] + (["c"] if draw(st.booleans()) else [])
         if "c" in inputs:
             inits["c"] = g.normal(0, 0.2, c_out).astype(np.float32)
-        nodes.append(helper.make_node("Gemm", inputs, [y], name="layer", transB=int(trans),
-                                      alpha=draw(st.sampled_from([1.0, 0.5])), beta=draw(st.sampled_from([1.0, 2.0]))))
+        nodes.append(
+            helper.make_node(
+                "Gemm",
+                inputs,
+                [y],
+                name="layer",
+                transB=int(trans),
+                alpha=draw(st.sampled_from([1.0, 0.5])),
+                beta=draw(st.sampled_from([1.0, 2.0])),
+            )
+        )
     else:
-        inits["w"], inits["b"] = g.normal(0, 0.4, (c_in, c_out)).astype(np.float32), g.normal(0, 0.2, c_out).astype(np.float32)
-        nodes += [helper.make_node("MatMul", [x, "w"], ["mm"], name="layer"),
-                  helper.make_node("Add", ["mm", "b"], [y], name="bias_add")]
+        inits["w"], inits["b"] = (
+            g.normal(0, 0.4, (c_in, c_out)).astype(np.float32),
+            g.normal(0, 0.2, c_out).astype(np.float32),
+        )
+        nodes += [
+            helper.make_node("MatMul", [x, "w"], ["mm"], name="layer"),
+            helper.make_node("Add", ["mm", "b"], [y], name="bias_add"),
+        ]
     current, blocked = y, False
     for index in range(draw(st.integers(0, 4))):
         op = draw(st.sampled_from(OPS))

@@ -25,8 +25,11 @@ import normfold
 from normfold.validate import validate
 
 EXAMPLES = max(60, int(os.environ.get("NORMFOLD_HYPOTHESIS_EXAMPLES", "60")) // 3)
-DTYPES = {"float32": (onnx.TensorProto.FLOAT, np.float32), "float16": (onnx.TensorProto.FLOAT16, np.float16),
-          "bfloat16": (onnx.TensorProto.BFLOAT16, ml_dtypes.bfloat16)}
+DTYPES = {
+    "float32": (onnx.TensorProto.FLOAT, np.float32),
+    "float16": (onnx.TensorProto.FLOAT16, np.float16),
+    "bfloat16": (onnx.TensorProto.BFLOAT16, ml_dtypes.bfloat16),
+}
 OPSETS = [9, 11, 13, 15, 17, 22]
 BFLOAT16_SINCE = {"Conv": 22, "ConvTranspose": 22, "Gemm": 13, "MatMul": 13, "BatchNormalization": 15}
 
@@ -68,16 +71,26 @@ def layer_bn_models(draw: st.DrawFn, dtypes: tuple[str, ...] = tuple(sorted(DTYP
             inputs.append("c")
         layer = helper.make_node(kind, inputs, ["y"])
         x_shape = [3, c_in]
-    inits.update({"s": g.uniform(0.5, 1.5, c_out), "bb": g.normal(0, 0.2, c_out), "m": g.normal(0, 0.5, c_out),
-                  "v": g.uniform(0.5, 2.0, c_out)})
+    inits.update(
+        {
+            "s": g.uniform(0.5, 1.5, c_out),
+            "bb": g.normal(0, 0.2, c_out),
+            "m": g.normal(0, 0.5, c_out),
+            "v": g.uniform(0.5, 2.0, c_out),
+        }
+    )
     nodes = [layer, helper.make_node("BatchNormalization", ["y", "s", "bb", "m", "v"], ["z"], name="bn")]
     out = "z"
     if draw(st.booleans()):
         nodes.append(helper.make_node("Dropout", ["z"], ["d"], name="drop"))
         out = "d"
-    graph = helper.make_graph(nodes, "p", [helper.make_tensor_value_info("x", elem, x_shape)],
-                              [helper.make_tensor_value_info(out, elem, None)],
-                              [numpy_helper.from_array(v.astype(np_dtype), k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "p",
+        [helper.make_tensor_value_info("x", elem, x_shape)],
+        [helper.make_tensor_value_info(out, elem, None)],
+        [numpy_helper.from_array(v.astype(np_dtype), k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10 if opset >= 22 else 7
     inferred = onnx.shape_inference.infer_shapes(model)

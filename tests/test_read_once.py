@@ -23,6 +23,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
         def counted(model: Any, *args: Any, **kwargs: Any) -> Any:
             calls[kind].append(str(model) if isinstance(model, (str, Path)) else type(model).__name__)
             return function(model, *args, **kwargs)
+
         return counted
 
     load = wrap("load", onnx.load_model)
@@ -33,13 +34,15 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(("name", "eval_mode"), [("resnet_block.onnx", False), ("training_export.onnx", True)])
-def test_validated_fold_parses_once_and_checks_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              name: str, eval_mode: bool) -> None:
+def test_validated_fold_parses_once_and_checks_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, eval_mode: bool
+) -> None:
     source = tmp_path / name
     shutil.copy(MODELS / name, source)
     calls = _counting(monkeypatch)
-    outcome = fold_file(source, tmp_path / "out.onnx", eval_mode=eval_mode,
-                        validation=ValidationConfig(providers=("cpu",)))
+    outcome = fold_file(
+        source, tmp_path / "out.onnx", eval_mode=eval_mode, validation=ValidationConfig(providers=("cpu",))
+    )
     assert outcome.written and outcome.validation is not None and outcome.validation.passed
     assert outcome.validation.comparisons[0].candidate_vs_float64 is not None  # the float64 truth ran
     assert calls["load"] == [str(source)]

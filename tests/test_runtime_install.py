@@ -27,8 +27,9 @@ SITE = "/venv/lib/python3.11/site-packages"
 class FakeDistribution:
     """What the check reads of an installed distribution: name, version, folder, top_level.txt and file list."""
 
-    def __init__(self, name: str, version: str, top_level: str | None, folder: str = SITE,
-                 files: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, version: str, top_level: str | None, folder: str = SITE, files: tuple[str, ...] = ()
+    ) -> None:
         self.metadata = {"Name": name}
         self.version = version
         self.folder = folder
@@ -71,14 +72,17 @@ def test_cpu_and_gpu_packages_together_are_refused(installed: list[FakeDistribut
     installed.append(FakeDistribution("onnxruntime-gpu", "1.31.1", "onnxruntime\n"))
     installed.append(FakeDistribution("onnxruntime", "1.20.1", "onnxruntime\n"))
     error = _refusal()
-    assert str(error) == ("both onnxruntime 1.20.1 and onnxruntime-gpu 1.31.1 are installed in this environment; they "
-                          "overwrite each other's files. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && "
-                          "pip install onnxruntime-gpu")
+    assert str(error) == (
+        "both onnxruntime 1.20.1 and onnxruntime-gpu 1.31.1 are installed in this environment; they "
+        "overwrite each other's files. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && "
+        "pip install onnxruntime-gpu"
+    )
     assert error.exit_code == EXIT_UNUSABLE_INPUT == 3
 
 
-def test_without_an_nvidia_driver_the_fix_installs_the_cpu_package(installed: list[FakeDistribution],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_an_nvidia_driver_the_fix_installs_the_cpu_package(
+    installed: list[FakeDistribution], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(providers, "_driver_missing", lambda: True)
     installed.append(FakeDistribution("onnxruntime", "1.20.1", "onnxruntime\n"))
     installed.append(FakeDistribution("onnxruntime-gpu", "1.31.1", None, files=("onnxruntime/__init__.py",)))
@@ -94,26 +98,38 @@ def test_three_runtimes_are_all_named(installed: list[FakeDistribution]) -> None
 def test_runtimes_in_different_folders_do_not_clash(installed: list[FakeDistribution]) -> None:
     """A virtual environment's onnxruntime-gpu shadows the system's onnxruntime: nothing is overwritten."""
     installed.append(FakeDistribution("onnxruntime-gpu", "1.31.1", "onnxruntime\n"))
-    installed.append(FakeDistribution("onnxruntime", "1.20.1", "onnxruntime\n", folder="/usr/lib/python3/dist-packages"))
+    installed.append(
+        FakeDistribution("onnxruntime", "1.20.1", "onnxruntime\n", folder="/usr/lib/python3/dist-packages")
+    )
     providers.require_one_onnxruntime()
 
 
 def _dropout_model(folder: Path) -> Path:
     nodes = [helper.make_node("Dropout", ["x", "ratio"], ["y"], name="drop")]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(np.array(0.5, np.float32), "ratio")])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "ratio")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     onnx.save(model, folder / "m.onnx")
     return folder / "m.onnx"
 
 
-@pytest.mark.parametrize("command", [["mc", "{model}", "--provider", "cpu"],
-                                     ["validate", "{model}", "{model}", "--provider", "cpu"],
-                                     ["fold", "{model}", "-o", "{folder}/out.onnx", "--provider", "cpu"]])
-def test_commands_that_run_onnxruntime_stop_with_one_line(installed: list[FakeDistribution], tmp_path: Path,
-                                                          command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mc", "{model}", "--provider", "cpu"],
+        ["validate", "{model}", "{model}", "--provider", "cpu"],
+        ["fold", "{model}", "-o", "{folder}/out.onnx", "--provider", "cpu"],
+    ],
+)
+def test_commands_that_run_onnxruntime_stop_with_one_line(
+    installed: list[FakeDistribution], tmp_path: Path, command: list[str]
+) -> None:
     installed.append(FakeDistribution("onnxruntime-gpu", "1.31.1", "onnxruntime\n"))
     installed.append(FakeDistribution("onnxruntime", "1.20.1", "onnxruntime\n"))
     model = _dropout_model(tmp_path)
@@ -141,6 +157,8 @@ def test_readme_cpu_install_names_every_requirement_but_the_runtime() -> None:
         import tomli as tomllib
     required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     expected = {r.replace(" ", "") for r in required if not r.startswith(("onnxruntime", "tomli"))} | {"onnxruntime"}
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install --no-deps ."))
+    line = next(
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install --no-deps .")
+    )
     assert re.fullmatch(r"pip install --no-deps \. && pip install .*", line)
     assert set(shlex.split(line.split("&&")[1])[2:]) == expected

@@ -10,4 +10,12 @@ from normfold.passes.set_training_mode import SetTrainingModePass
 from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 
-__all__ = ["FoldAffinePass", "FoldBatchNormPass", "FoldNormAffinePass", "SetInferenceModePass", "SetTrainingModePass", "SimplifyPass", "StripDropoutPass"]
+__all__ = [
+    "FoldAffinePass",
+    "FoldBatchNormPass",
+    "FoldNormAffinePass",
+    "SetInferenceModePass",
+    "SetTrainingModePass",
+    "SimplifyPass",
+    "StripDropoutPass",
+]

@@ -30,7 +30,8 @@ from normfold.layer_fold import (
 from normfold.linear_layers import LINEAR_OPS, LinearLayer, read_linear_layer
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import NON_FINITE, NOT_PER_CHANNEL, NodeRecord, Refusal, RewriteResult, combined_code
+from normfold.reason_codes import NON_FINITE, NOT_PER_CHANNEL, Refusal, combined_code
+from normfold.records import NodeRecord, RewriteResult
 
 AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
 
@@ -134,8 +135,11 @@ def _affine_for(op: str, constant: np.ndarray, index: int) -> AffineFor:
     def affine_for(channels: int, axis: int, rank: int) -> Affine | Refusal:
         vector = per_axis(constant, rank, axis, channels)
         if vector is None:
-            return Refusal(f"its constant has shape {list(constant.shape)}, not one value per channel (axis {axis} of "
-                           f"rank {rank})", NOT_PER_CHANNEL)
+            return Refusal(
+                f"its constant has shape {list(constant.shape)}, not one value per channel (axis {axis} of "
+                f"rank {rank})",
+                NOT_PER_CHANNEL,
+            )
         ones, zeros = np.ones(channels), np.zeros(channels)
         if not np.isfinite(vector).all():
             return Refusal("its constant contains NaN or Inf", NON_FINITE)

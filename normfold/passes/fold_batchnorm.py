@@ -26,17 +26,8 @@ from normfold.layer_fold import (
 from normfold.modes import bn_epsilon, bn_parameter_faults, bn_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import (
-    NO_LAYER,
-    NON_FINITE,
-    NOT_PER_CHANNEL,
-    TRAINING_MODE,
-    NodeRecord,
-    Refusal,
-    RewriteResult,
-    code_of,
-    combined_code,
-)
+from normfold.reason_codes import NO_LAYER, NON_FINITE, NOT_PER_CHANNEL, TRAINING_MODE, Refusal, code_of, combined_code
+from normfold.records import Action, NodeRecord, RewriteResult
 
 PARAM_ROLES = ("scale", "B", "mean", "var")
 
@@ -74,9 +65,18 @@ def _is_batchnorm(node: ir.Node) -> bool:
 def _fold_one(scope: Scope, bn: ir.Node, ranks: RankOracle, names: NameSource) -> NodeRecord:
     label = node_label(bn)
 
-    def record(action: str, detail: str, reason: str = "", tensors: dict[str, list[str]] | None = None) -> NodeRecord:
-        return NodeRecord(scope.name, label, bn.op_type, action, detail, reason,  # type: ignore[arg-type]
-                          tensors or {})
+    def record(
+        action: Action, detail: str, reason: str = "", tensors: dict[str, list[str]] | None = None
+    ) -> NodeRecord:
+        return NodeRecord(
+            scope.name,
+            label,
+            bn.op_type,
+            action,
+            detail,
+            reason,
+            tensors or {},
+        )
 
     training = _training_reason(scope.opset, bn)
     if training:
@@ -118,16 +118,18 @@ def _read_affine(scope: Scope, bn: ir.Node) -> Affine | Refusal:
         described = ", ".join(f"{r} {list(s)}" for r, s in zip(PARAM_ROLES, shapes))
         raise NormfoldError(f"BatchNormalization '{label}' has inconsistent parameter shapes: {described}")
     if arrays[0].ndim != 1:
-        return Refusal(f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)",
-                       NOT_PER_CHANNEL)
+        return Refusal(
+            f"its parameters have shape {list(shapes[0])}, not one value per channel (spatial=0)", NOT_PER_CHANNEL
+        )
     eps = bn_epsilon(bn)
     faults = bn_parameter_faults(arrays, eps)
     if faults.nonfinite:
         return Refusal("its parameters contain NaN or Inf", NON_FINITE)
     bad = faults.no_inference_form
     if bad:
-        return Refusal(f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form",
-                       NON_FINITE)
+        return Refusal(
+            f"variance + epsilon is not positive in {bad} channel(s), so it has no finite inference form", NON_FINITE
+        )
     gamma, beta, mean, var = arrays  # one array per PARAM_ROLES entry
     return bn_affine(gamma, beta, mean, var, eps)
 

@@ -24,7 +24,7 @@ from normfold.layer_fold import insert_bias_add, per_axis, scaled_weight, sole_c
 from normfold.linear_layers import LinearLayer, read_linear_layer
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import (
+from normfold.reason_codes import (
     AXIS_MISMATCH,
     NO_LAYER,
     NOT_CONSTANT,
@@ -32,11 +32,10 @@ from normfold.records import (
     ROUNDING,
     SHARED_VALUE,
     UNSUPPORTED,
-    NodeRecord,
     Refusal,
-    RewriteResult,
     code_of,
 )
+from normfold.records import NodeRecord, RewriteResult
 
 NORM_OPS = ("LayerNormalization", "RMSNormalization")
 
@@ -76,8 +75,9 @@ class FoldNormAffinePass(CopyOrInPlacePass):
                     continue
                 site = _site(node, ranks)
                 if isinstance(site, str):
-                    records.append(NodeRecord(scope.name, node_label(node), node.op_type, "skipped", site,
-                                              code_of(site)))
+                    records.append(
+                        NodeRecord(scope.name, node_label(node), node.op_type, "skipped", site, code_of(site))
+                    )
                 elif site is not None:
                     records.append(_fold(scope, site, ranks, names))
         folded = any(r.action == "folded" for r in records)
@@ -101,7 +101,9 @@ def _norm_site(node: ir.Node, ranks: RankOracle) -> _Site | Refusal:
     rank = None if x is None else ranks.rank(x)
     axis = node.attributes.get_int("axis", -1)
     if rank is None or axis not in (-1, rank - 1):
-        return Refusal(f"it normalizes from axis {axis} of a rank-{rank} input, not over the last axis alone", AXIS_MISMATCH)
+        return Refusal(
+            f"it normalizes from axis {axis} of a rank-{rank} input, not over the last axis alone", AXIS_MISMATCH
+        )
     scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     shift_value = node.inputs[2] if len(node.inputs) > 2 else None
     shift = None if shift_value is None else constant_array(shift_value)
@@ -150,8 +152,11 @@ def _decomposed_site(mul: ir.Node, ranks: RankOracle) -> _Site | None:
 
 def _only_linear_consumers(value: ir.Value) -> bool:
     uses = list(value.uses())
-    return bool(uses) and not value.is_graph_output() and all(
-        is_op(use.node, "MatMul", "Gemm") and use.idx == 0 for use in uses)
+    return (
+        bool(uses)
+        and not value.is_graph_output()
+        and all(is_op(use.node, "MatMul", "Gemm") and use.idx == 0 for use in uses)
+    )
 
 
 def _fold(scope: Scope, site: _Site, ranks: RankOracle, names: NameSource) -> NodeRecord:
@@ -175,7 +180,10 @@ def _plan(site: _Site, ranks: RankOracle) -> list[_LayerEdit] | Refusal:
     shifts = bool(np.any(site.shift != 0))
     for use in uses:
         if not is_op(use.node, "MatMul", "Gemm"):
-            return Refusal(f"its output also feeds {use.node.op_type} '{node_label(use.node)}', not only MatMul or Gemm layers", SHARED_VALUE)
+            return Refusal(
+                f"its output also feeds {use.node.op_type} '{node_label(use.node)}', not only MatMul or Gemm layers",
+                SHARED_VALUE,
+            )
         layer = read_linear_layer(use.node, ranks)
         if isinstance(layer, str):
             return layer
@@ -234,14 +242,17 @@ def _apply(scope: Scope, site: _Site, plans: list[_LayerEdit], names: NameSource
     for plan in plans:
         node, label = plan.layer.node, node_label(plan.layer.node)
         old_weight = node.inputs[1]
+        assert old_weight is not None  # read_linear_layer found a constant weight there
         if plan.weight is not None:
-            weight = add_constant(scope, node, plan.weight, names.fresh(f"{old_weight.name or label}_normfolded"), names)  # type: ignore[union-attr]
-            provenance[weight.name or ""] = [old_weight.name or "", *site.sources]  # type: ignore[union-attr]
+            weight = add_constant(
+                scope, node, plan.weight, names.fresh(f"{old_weight.name or label}_normfolded"), names
+            )
+            provenance[weight.name or ""] = [old_weight.name or "", *site.sources]
             node.replace_input_with(1, weight)
             dropped.append(old_weight)
         if plan.bias is None:
             continue
-        sources = [old_weight.name or "", *site.sources]  # type: ignore[union-attr]
+        sources = [old_weight.name or "", *site.sources]
         bias = add_constant(scope, node, plan.bias, names.fresh(f"{label}_bias_normfolded"), names)
         provenance[bias.name or ""] = sources
         if node.op_type == "Gemm":
@@ -273,7 +284,9 @@ def _unit_affine(scope: Scope, norm: _Site, names: NameSource) -> None:
     node = norm.node
     old = list(node.inputs[1:])
     dtype = constant_array(node.inputs[1]).dtype  # type: ignore[union-attr]
-    ones = add_constant(scope, node, np.ones(norm.scale.size, dtype), names.fresh(f"{node_label(node)}_unit_scale"), names)
+    ones = add_constant(
+        scope, node, np.ones(norm.scale.size, dtype), names.fresh(f"{node_label(node)}_unit_scale"), names
+    )
     node.replace_input_with(1, ones)
     if len(node.inputs) > 2:
         node.resize_inputs(2)

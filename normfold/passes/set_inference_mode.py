@@ -22,7 +22,8 @@ from normfold.mode_switch import MODE_SWITCH_SUFFIX, unwrap_mode_switch
 from normfold.modes import bn_epsilon, bn_parameter_faults, bn_training_form, dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
 from normfold.ranks import RankOracle
-from normfold.records import STATISTICS_IN_USE, UNUSABLE_STATISTICS, Action, NodeRecord, RewriteResult
+from normfold.reason_codes import STATISTICS_IN_USE, UNUSABLE_STATISTICS
+from normfold.records import Action, NodeRecord, RewriteResult
 
 
 class SetInferenceModePass(CopyOrInPlacePass):
@@ -47,8 +48,15 @@ class SetInferenceModePass(CopyOrInPlacePass):
                     records.append(_dropout(scope, node, form))
                 elif node.op_type == "If" and scope.is_main and unwrap_mode_switch(model.graph, node):
                     label = node_label(node).removesuffix(MODE_SWITCH_SUFFIX)
-                    records.append(NodeRecord(scope.name, label, "BatchNormalization", "converted",
-                                              "mode switch (normfold mode --train) -> inference BatchNormalization"))
+                    records.append(
+                        NodeRecord(
+                            scope.name,
+                            label,
+                            "BatchNormalization",
+                            "converted",
+                            "mode switch (normfold mode --train) -> inference BatchNormalization",
+                        )
+                    )
         _drop_unused_flags(model, flags)
         changed = any(r.action != "skipped" for r in records)
         return RewriteResult(model, changed, records)
@@ -59,14 +67,18 @@ class SetInferenceModePass(CopyOrInPlacePass):
 
         unusable = _unusable_statistics(bn)
         if unusable and not self.batch_stats:
-            return record("skipped", f"{form}, and {unusable}: switching to them would change the outputs; "
-                                     "--batch-stats keeps batch statistics with standard inference operators",
-                          UNUSABLE_STATISTICS)
+            return record(
+                "skipped",
+                f"{form}, and {unusable}: switching to them would change the outputs; "
+                "--batch-stats keeps batch statistics with standard inference operators",
+                UNUSABLE_STATISTICS,
+            )
         if unusable:
             reason = _rewrite_with_batch_statistics(scope, bn, ranks, names)
             if reason:
-                return record("skipped", f"{form}, and {unusable}; --batch-stats cannot rewrite it: {reason}",
-                              UNUSABLE_STATISTICS)
+                return record(
+                    "skipped", f"{form}, and {unusable}; --batch-stats cannot rewrite it: {reason}", UNUSABLE_STATISTICS
+                )
             return record("rewritten", f"{form} -> inference operators computing batch statistics ({unusable})")
         reason = _drop_statistics_outputs(bn, scope.is_main)
         if reason:
@@ -163,7 +175,10 @@ def _rewrite_with_batch_statistics(scope: Scope, bn: ir.Node, ranks: RankOracle,
     }
     if scope.opset >= 18:
         constants["axes"] = np.array(axes, dtype=np.int64)
-    values = {key: add_constant(scope, bn, array, names.fresh(f"{label}_batch_{key}"), names) for key, array in constants.items()}
+    values = {
+        key: add_constant(scope, bn, array, names.fresh(f"{label}_batch_{key}"), names)
+        for key, array in constants.items()
+    }
 
     def reduce_mean(value: ir.Value) -> ir.Node:
         if scope.opset >= 18:

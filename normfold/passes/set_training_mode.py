@@ -28,7 +28,8 @@ from normfold.graph_edit import NameSource, constant_array, take_over
 from normfold.graph_walk import is_op, node_label
 from normfold.mode_switch import MODE_SWITCH_SUFFIX
 from normfold.modes import bn_epsilon, bn_training_form
-from normfold.records import STATISTICS_IN_USE, UNKNOWN_TYPE, NodeRecord, RewriteResult
+from normfold.reason_codes import STATISTICS_IN_USE, UNKNOWN_TYPE
+from normfold.records import NodeRecord, RewriteResult
 
 MIN_OPSET = 14
 TARGET_OPSET = 15
@@ -58,12 +59,14 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
     statistics without sampled masks).
     """
 
-    def __init__(self, flag: str = DEFAULT_FLAG, momentum: float | None = None, running_var: str = "biased",
-                 dropout: bool = True) -> None:
+    def __init__(
+        self, flag: str = DEFAULT_FLAG, momentum: float | None = None, running_var: str = "biased", dropout: bool = True
+    ) -> None:
         super().__init__()
         if running_var not in RUNNING_VARIANCES:
-            raise NormfoldError(f"running_var must be one of {', '.join(RUNNING_VARIANCES)}, got {running_var!r}",
-                                exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                f"running_var must be one of {', '.join(RUNNING_VARIANCES)}, got {running_var!r}", exit_code=EXIT_USAGE
+            )
         self.flag = flag
         self.momentum = None if momentum is None else require_finite("momentum", momentum, low=0.0, high=1.0)
         self.running_var = running_var
@@ -86,17 +89,25 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
     def requires(self, model: ir.Model) -> None:
         """The flag's name must be free: a graph input or initializer of that name would be shadowed."""
         if any(v.name == self.flag for v in model.graph.inputs) or self.flag in model.graph.initializers:
-            raise NormfoldError(f"the model already has an input named '{self.flag}'; choose another with --flag",
-                                exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                f"the model already has an input named '{self.flag}'; choose another with --flag", exit_code=EXIT_USAGE
+            )
 
     def call(self, model: ir.Model) -> TrainingModeResult:
         opset = model.opset_imports.get("", 1)
         records = []
         if opset < MIN_OPSET:
             model = _upgraded(model, opset)
-            records.append(NodeRecord("main", "(model)", "opset", "converted",
-                                      f"opset {opset} -> {TARGET_OPSET} with onnx.version_converter: "
-                                      f"BatchNormalization training_mode needs opset {MIN_OPSET}"))
+            records.append(
+                NodeRecord(
+                    "main",
+                    "(model)",
+                    "opset",
+                    "converted",
+                    f"opset {opset} -> {TARGET_OPSET} with onnx.version_converter: "
+                    f"BatchNormalization training_mode needs opset {MIN_OPSET}",
+                )
+            )
         else:
             model = model.clone()
         names = NameSource(model)
@@ -110,23 +121,39 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
             elif is_op(node, "Dropout") and self.dropout:
                 node.resize_inputs(3)
                 node.replace_input_with(2, flag)
-                records.append(NodeRecord("main", node_label(node), "Dropout", "converted",
-                                          f"samples masks when '{flag.name}' is true"))
+                records.append(
+                    NodeRecord(
+                        "main", node_label(node), "Dropout", "converted", f"samples masks when '{flag.name}' is true"
+                    )
+                )
         assert flag.name is not None
         return TrainingModeResult(model, True, records, flag.name, switches)
 
-    def _switch_batchnorm(self, graph: ir.Graph, bn: ir.Node, flag: ir.Value,
-                          names: NameSource) -> tuple[NodeRecord, ir.Node | None]:
+    def _switch_batchnorm(
+        self, graph: ir.Graph, bn: ir.Node, flag: ir.Value, names: NameSource
+    ) -> tuple[NodeRecord, ir.Node | None]:
         label = node_label(bn)
         if bn_training_form(MIN_OPSET, bn) and any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
-            return NodeRecord("main", label, "BatchNormalization", "skipped",
-                              "its running-statistics outputs are already used in the graph", STATISTICS_IN_USE), None
+            return NodeRecord(
+                "main",
+                label,
+                "BatchNormalization",
+                "skipped",
+                "its running-statistics outputs are already used in the graph",
+                STATISTICS_IN_USE,
+            ), None
         inputs = list(bn.inputs)
         known = [found for found in (_statistic_type(inputs[3]), _statistic_type(inputs[4])) if found is not None]
         if len(known) < 2:
-            return NodeRecord("main", label, "BatchNormalization", "skipped",
-                              "the type of its running statistics is unknown (computed at run time, no type in "
-                              "the model), and graph outputs need one: run onnx shape inference first", UNKNOWN_TYPE), None
+            return NodeRecord(
+                "main",
+                label,
+                "BatchNormalization",
+                "skipped",
+                "the type of its running statistics is unknown (computed at run time, no type in "
+                "the model), and graph outputs need one: run onnx shape inference first",
+                UNKNOWN_TYPE,
+            ), None
         momentum = self.momentum if self.momentum is not None else bn.attributes.get_float("momentum", 0.9)
         epsilon = bn_epsilon(bn)
         base = _safe(label)
@@ -134,7 +161,11 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
         train_branch = _train_branch(f"{base}_train", inputs, epsilon, momentum, known, unbiased, names)
         infer_branch = _infer_branch(f"{base}_infer", inputs, epsilon, momentum, known, names)
         switch = ir.Node(
-            "", "If", [flag], num_outputs=3, name=names.fresh(f"{base}{MODE_SWITCH_SUFFIX}"),
+            "",
+            "If",
+            [flag],
+            num_outputs=3,
+            name=names.fresh(f"{base}{MODE_SWITCH_SUFFIX}"),
             attributes=[ir.AttrGraph("then_branch", train_branch), ir.AttrGraph("else_branch", infer_branch)],
         )
         graph.insert_before(bn, switch)
@@ -149,23 +180,32 @@ class SetTrainingModePass(ir.passes.FunctionalPass):
                 graph.outputs.remove(extra)
         graph.remove(bn, safe=True)
         variance = "unbiased, n/(n-1)" if unbiased else "biased"
-        return NodeRecord("main", label, "BatchNormalization", "converted",
-                          f"batch statistics when '{flag.name}' is true (momentum {momentum:g}); "
-                          f"running variance {variance}; outputs {mean.name}, {var.name}"), switch
+        return NodeRecord(
+            "main",
+            label,
+            "BatchNormalization",
+            "converted",
+            f"batch statistics when '{flag.name}' is true (momentum {momentum:g}); "
+            f"running variance {variance}; outputs {mean.name}, {var.name}",
+        ), switch
 
 
 def _upgraded(model: ir.Model, opset: int) -> ir.Model:
     """The model converted to TARGET_OPSET by onnx's version converter (weights stay where they were)."""
     from onnx import version_converter
 
-    base_dirs = {v.const_value.base_dir for v in model.graph.initializers.values()
-                 if isinstance(v.const_value, ir.ExternalTensor)}
+    base_dirs = {
+        v.const_value.base_dir
+        for v in model.graph.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
     try:
         converted = version_converter.convert_version(ir.to_proto(model), TARGET_OPSET)
     except Exception as error:  # the converter raises assorted types for ops it cannot adapt
         raise NormfoldError(
             f"mode --train needs opset {MIN_OPSET} or newer (BatchNormalization training_mode) and the model's "
-            f"opset {opset} could not be converted: {describe(error, 200)}", exit_code=EXIT_USAGE
+            f"opset {opset} could not be converted: {describe(error, 200)}",
+            exit_code=EXIT_USAGE,
         ) from None
     upgraded = ir.from_proto(converted)
     if base_dirs:
@@ -201,8 +241,14 @@ def _statistic_type(value: ir.Value | None) -> StatisticType | None:
     return ir.TensorType(ir.DataType.from_numpy(array.dtype)), ir.Shape(array.shape)
 
 
-def _infer_branch(name: str, inputs: list[ir.Value | None], epsilon: float, momentum: float,
-                  types: list[StatisticType], names: NameSource) -> ir.Graph:
+def _infer_branch(
+    name: str,
+    inputs: list[ir.Value | None],
+    epsilon: float,
+    momentum: float,
+    types: list[StatisticType],
+    names: NameSource,
+) -> ir.Graph:
     """The else branch: the inference BN, plus the stored statistics unchanged."""
     attributes = [ir.AttrFloat32("epsilon", epsilon), ir.AttrFloat32("momentum", momentum)]
     bn = ir.Node("", "BatchNormalization", inputs, attributes=attributes, name=names.fresh(f"{name}_bn"))
@@ -212,24 +258,48 @@ def _infer_branch(name: str, inputs: list[ir.Value | None], epsilon: float, mome
     return _branch_graph(name, [bn, keep_mean, keep_var], outputs, inputs[0], types, names)
 
 
-def _train_branch(name: str, inputs: list[ir.Value | None], epsilon: float, momentum: float,
-                  types: list[StatisticType], unbiased: bool, names: NameSource) -> ir.Graph:
+def _train_branch(
+    name: str,
+    inputs: list[ir.Value | None],
+    epsilon: float,
+    momentum: float,
+    types: list[StatisticType],
+    unbiased: bool,
+    names: NameSource,
+) -> ir.Graph:
     """The then branch: BN in training mode; for the unbiased variance its batch statistics, updated here."""
     attributes = [ir.AttrFloat32("epsilon", epsilon), ir.AttrInt64("training_mode", 1)]
     if not unbiased:
-        bn = ir.Node("", "BatchNormalization", inputs, num_outputs=3, name=names.fresh(f"{name}_bn"),
-                     attributes=[*attributes, ir.AttrFloat32("momentum", momentum)])
+        bn = ir.Node(
+            "",
+            "BatchNormalization",
+            inputs,
+            num_outputs=3,
+            name=names.fresh(f"{name}_bn"),
+            attributes=[*attributes, ir.AttrFloat32("momentum", momentum)],
+        )
         return _branch_graph(name, [bn], list(bn.outputs), inputs[0], types, names)
     nodes: list[ir.Node] = []
     step = _Steps(nodes, names, name)
     # With momentum 0 the BN's statistics outputs are mu_B and var_B whatever its statistics inputs are, so it
     # gets zeros of its own: ONNX Runtime (1.31, optimizations off) writes those outputs in place into an
     # outer-scope initializer it reads, which would corrupt the stored statistics for later runs.
-    private = [step.add("ConstantOfShape", [step.add("Shape", [inputs[index]])],
-                        ir.AttrTensor("value", ir.tensor(np.zeros(1, types[index - 3][0].dtype.numpy()))))
-               for index in (3, 4)]
-    bn = ir.Node("", "BatchNormalization", [*inputs[:3], *private], num_outputs=3, name=names.fresh(f"{name}_bn"),
-                 attributes=[*attributes, ir.AttrFloat32("momentum", 0.0)])
+    private = [
+        step.add(
+            "ConstantOfShape",
+            [step.add("Shape", [inputs[index]])],
+            ir.AttrTensor("value", ir.tensor(np.zeros(1, types[index - 3][0].dtype.numpy()))),
+        )
+        for index in (3, 4)
+    ]
+    bn = ir.Node(
+        "",
+        "BatchNormalization",
+        [*inputs[:3], *private],
+        num_outputs=3,
+        name=names.fresh(f"{name}_bn"),
+        attributes=[*attributes, ir.AttrFloat32("momentum", 0.0)],
+    )
     nodes.append(bn)
     y, batch_mean, batch_var = bn.outputs
     batch_mean.name, batch_var.name = names.fresh(f"{name}_batch_mean"), names.fresh(f"{name}_batch_var")
@@ -270,8 +340,9 @@ def _bessel_factor(step: _Steps, x: ir.Value | None) -> ir.Value:
     return step.add("Div", [step.add("Cast", [n], to_double), step.add("Cast", [denominator], to_double)])
 
 
-def _moving_average(step: _Steps, stored: ir.Value | None, batch: ir.Value, momentum: float, dtype: ir.DataType,
-                    factor: ir.Value | None) -> ir.Value:
+def _moving_average(
+    step: _Steps, stored: ir.Value | None, batch: ir.Value, momentum: float, dtype: ir.DataType, factor: ir.Value | None
+) -> ir.Value:
     """momentum * stored + (1 - momentum) * factor * batch, in the statistics' dtype (`factor`: float64 or None)."""
     keep = step.constant(np.array(momentum, dtype.numpy()))
     if factor is None:
@@ -282,8 +353,14 @@ def _moving_average(step: _Steps, stored: ir.Value | None, batch: ir.Value, mome
     return step.add("Add", [step.add("Mul", [stored, keep]), step.add("Mul", [batch, weight])])
 
 
-def _branch_graph(name: str, nodes: list[ir.Node], outputs: list[ir.Value], x: ir.Value | None,
-                  types: list[StatisticType], names: NameSource) -> ir.Graph:
+def _branch_graph(
+    name: str,
+    nodes: list[ir.Node],
+    outputs: list[ir.Value],
+    x: ir.Value | None,
+    types: list[StatisticType],
+    names: NameSource,
+) -> ir.Graph:
     """The branch graph with its outputs named and typed: y like X, the statistics like the stored ones."""
     for index, value in enumerate(outputs):
         value.name = names.fresh(f"{name}_out{index}")

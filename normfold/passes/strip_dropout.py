@@ -16,7 +16,8 @@ from normfold.graph_edit import NameSource, drop_if_unused, take_over
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.modes import dropout_training_form
 from normfold.passes.copy_or_in_place import CopyOrInPlacePass
-from normfold.records import MASK_UNSPECIFIED, MISSING_INPUT, TRAINING_MODE, NodeRecord, RewriteResult
+from normfold.reason_codes import MASK_UNSPECIFIED, MISSING_INPUT, TRAINING_MODE
+from normfold.records import NodeRecord, RewriteResult
 
 MASK_SPECIFIED_OPSET = 12
 
@@ -45,9 +46,13 @@ def _strip_one(scope: Scope, node: ir.Node, names: NameSource) -> NodeRecord:
     needs_mask = mask is not None and (bool(mask.uses()) or mask.is_graph_output())
     if needs_mask and scope.opset < MASK_SPECIFIED_OPSET:
         return NodeRecord(
-            scope.name, label, "Dropout", "skipped",
+            scope.name,
+            label,
+            "Dropout",
+            "skipped",
             f"its mask is used, and at opset {scope.opset} the inference mask is not specified "
-            "(ONNX Runtime returns all false; opset 12 made it all true)", MASK_UNSPECIFIED,
+            "(ONNX Runtime returns all false; opset 12 made it all true)",
+            MASK_UNSPECIFIED,
         )
     if data is None:
         return NodeRecord(scope.name, label, "Dropout", "skipped", "it has no data input", MISSING_INPUT)
@@ -84,7 +89,10 @@ def _replace_mask(scope: Scope, node: ir.Node, data: ir.Value, mask: ir.Value, n
     label = node_label(node)
     shape = ir.Node("", "Shape", [data], name=names.fresh(f"{label}_mask_shape"))
     ones = ir.Node(
-        "", "ConstantOfShape", [shape.outputs[0]], attributes=[ir.AttrTensor("value", ir.tensor(np.array([True])))],
+        "",
+        "ConstantOfShape",
+        [shape.outputs[0]],
+        attributes=[ir.AttrTensor("value", ir.tensor(np.array([True])))],
         name=names.fresh(f"{label}_mask"),
     )
     scope.body.insert_before(node, [shape, ones])

@@ -90,7 +90,7 @@ class _DecadeCounter:
         if not used.size:
             return ErrorHistogram(0, (), self._zero)
         first, last = int(used[0]), int(used[-1])
-        return ErrorHistogram(first + _LOWEST_DECADE, tuple(int(c) for c in self._counts[first:last + 1]), self._zero)
+        return ErrorHistogram(first + _LOWEST_DECADE, tuple(int(c) for c in self._counts[first : last + 1]), self._zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +141,18 @@ def compare_arrays(
     if problem:
         return None, problem
     if not is_float(reference.dtype):
-        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)) if reference.dtype != bool else (reference != candidate).astype(np.float64)
+        diff = (
+            np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+            if reference.dtype != bool
+            else (reference != candidate).astype(np.float64)
+        )
         violations = int((diff > (tolerance.atol or 0.0)).sum())
         scale = _max(np.abs(reference.astype(np.float64)))
         counter = _DecadeCounter()
         counter.add(diff.reshape(-1))
-        return Metrics(_max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0,
-                       counter.histogram()), ""
+        return Metrics(
+            _max(diff), 0.0, scale, _mean(diff), _median(diff), 0.0, violations, 0, 0, counter.histogram()
+        ), ""
     return _float_metrics(reference, candidate, tolerance, precision), ""
 
 
@@ -155,11 +160,12 @@ def _blocks(*arrays: np.ndarray) -> Iterator[list[np.ndarray]]:
     """The arrays' elements in BLOCK-sized flat slices, as float64."""
     flat = [a.reshape(-1) for a in arrays]
     for start in range(0, flat[0].size, BLOCK):
-        yield [f[start:start + BLOCK].astype(np.float64) for f in flat]
+        yield [f[start : start + BLOCK].astype(np.float64) for f in flat]
 
 
-def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
-                   precision: np.dtype | None) -> Metrics:
+def _float_metrics(
+    reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, precision: np.dtype | None
+) -> Metrics:
     """The figures of two float outputs, computed block by block (one float64 array of differences is kept,
     for the median)."""
     nan_mismatch = inf_mismatch = 0
@@ -177,7 +183,7 @@ def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     for r, c in _blocks(reference, candidate):
         finite = np.isfinite(r) & np.isfinite(c)
         diff, magnitude = np.abs(c[finite] - r[finite]), np.abs(r[finite])
-        diffs[count:count + diff.size] = diff
+        diffs[count : count + diff.size] = diff
         count += diff.size
         counter.add(diff)
         meaningful = magnitude > floor
@@ -188,8 +194,9 @@ def _float_metrics(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     median = float(np.median(diffs, overwrite_input=True)) if count else 0.0  # diffs is ours: sorted in place
     eps = eps_of(precision if precision is not None else reference.dtype)
     eps_units = largest / (eps * scale) if scale > 0 else 0.0
-    return Metrics(largest, max_rel, scale, mean, median, eps_units, violations, nan_mismatch, inf_mismatch,
-                   counter.histogram())
+    return Metrics(
+        largest, max_rel, scale, mean, median, eps_units, violations, nan_mismatch, inf_mismatch, counter.histogram()
+    )
 
 
 def largest_magnitude(array: np.ndarray) -> float:

@@ -46,7 +46,9 @@ class Option:
     show_default: bool = False
 
 
-def option(*flags: str, kind: str, help: str, metavar: str | None = None, show_default: bool = False) -> dict[str, Option]:
+def option(
+    *flags: str, kind: str, help: str, metavar: str | None = None, show_default: bool = False
+) -> dict[str, Option]:
     """Field metadata for a command-line option."""
     return {"option": Option(flags, kind, help, metavar, show_default)}
 
@@ -55,50 +57,122 @@ def option(*flags: str, kind: str, help: str, metavar: str | None = None, show_d
 class ValidationConfig:
     """Everything a validation run can be told; defaults are the documented ones."""
 
-    providers: tuple[str, ...] = dataclasses.field(default=("auto",), metadata=option(
-        "--provider", kind="providers",
-        help="Execution provider, repeatable (default auto: CUDA when it really runs, else CPU). reference: no ONNX "
-             "Runtime, both models on onnx's reference evaluator in float64 (e.g. bfloat16 models)."))
-    opt_level: str = dataclasses.field(default="disable", metadata=option(
-        "--opt-level", kind="opt_level", show_default=True,
-        help="ONNX Runtime graph optimization level for both models."))
-    dims: Mapping[str, int] = dataclasses.field(default_factory=dict, metadata=option(
-        "--dim", kind="dims", metavar="NAME=SIZE",
-        help="Size of a symbolic input dimension, repeatable (others default to 1)."))
-    inputs: str | os.PathLike[str] | Feeds | None = dataclasses.field(default=None, metadata=option(
-        "--inputs", kind="path",
-        help="Inputs: .npz (one array per graph input, optional leading sample axis) or a test_data_set folder."))
-    samples: int = dataclasses.field(default=1, metadata=option(
-        "--samples", kind="count", show_default=True, help="Random input samples."))
-    seed: int = dataclasses.field(default=0, metadata=option(
-        "--seed", kind="int", show_default=True, help="Seed of the random inputs."))
-    atol: float | None = dataclasses.field(default=None, metadata=option(
-        "--atol", kind="tolerance", help="Absolute tolerance for every output (default: the rounding policy)."))
-    rtol: float | None = dataclasses.field(default=None, metadata=option(
-        "--rtol", kind="tolerance", help="Relative tolerance for every output (default: the rounding policy)."))
-    tolerances: Mapping[str, Tolerance] = dataclasses.field(default_factory=dict, metadata=option(
-        "--tol", kind="tolerances", metavar="NAME=ATOL,RTOL", help="Tolerance for one output, repeatable."))
-    float64: bool | None = dataclasses.field(default=None, metadata=option(
-        "--float64/--no-float64", kind="switch",
-        help="Evaluate the reference in float64 to tell rounding from real differences [default: when its estimated "
-             "memory fits --float64-budget]."))
-    float64_budget: int = dataclasses.field(default=DEFAULT_FLOAT64_BYTES, metadata=option(
-        "--float64-budget", kind="size", metavar="SIZE", show_default=True,
-        help="Memory the float64 reference may use (e.g. 512MiB, 4GiB); a model over it is compared on ONNX "
-             "Runtime alone, with a note."))
-    float64_flops: float = dataclasses.field(default=DEFAULT_FLOAT64_FLOPS, metadata=option(
-        "--float64-flops", kind="number", metavar="N", show_default=True,
-        help="Floating-point operations the float64 reference may take (2 per multiply-add of Conv, Gemm, "
-             "MatMul); a model over it is compared on ONNX Runtime alone, with a note."))
-    cross_provider: bool = dataclasses.field(default=False, metadata=option(
-        "--cross-provider", kind="flag",
-        help="Also compare the candidate on each GPU provider with the reference on CPU, reported apart."))
-    fp16: bool = dataclasses.field(default=False, metadata=option(
-        "--fp16", kind="flag",
-        help="Also convert both models to float16 (I/O kept float32) and compare them, as deployed on GPUs."))
-    memory_budget: int = dataclasses.field(default=DEFAULT_MEMORY_BUDGET, metadata=option(
-        "--max-input-bytes", kind="size", metavar="SIZE", show_default=True,
-        help="Refuse random inputs larger than this in total."))
+    providers: tuple[str, ...] = dataclasses.field(
+        default=("auto",),
+        metadata=option(
+            "--provider",
+            kind="providers",
+            help="Execution provider, repeatable (default auto: CUDA when it really runs, else CPU). reference: no ONNX "
+            "Runtime, both models on onnx's reference evaluator in float64 (e.g. bfloat16 models).",
+        ),
+    )
+    opt_level: str = dataclasses.field(
+        default="disable",
+        metadata=option(
+            "--opt-level",
+            kind="opt_level",
+            show_default=True,
+            help="ONNX Runtime graph optimization level for both models.",
+        ),
+    )
+    dims: Mapping[str, int] = dataclasses.field(
+        default_factory=dict,
+        metadata=option(
+            "--dim",
+            kind="dims",
+            metavar="NAME=SIZE",
+            help="Size of a symbolic input dimension, repeatable (others default to 1).",
+        ),
+    )
+    inputs: str | os.PathLike[str] | Feeds | None = dataclasses.field(
+        default=None,
+        metadata=option(
+            "--inputs",
+            kind="path",
+            help="Inputs: .npz (one array per graph input, optional leading sample axis) or a test_data_set folder.",
+        ),
+    )
+    samples: int = dataclasses.field(
+        default=1, metadata=option("--samples", kind="count", show_default=True, help="Random input samples.")
+    )
+    seed: int = dataclasses.field(
+        default=0, metadata=option("--seed", kind="int", show_default=True, help="Seed of the random inputs.")
+    )
+    atol: float | None = dataclasses.field(
+        default=None,
+        metadata=option(
+            "--atol", kind="tolerance", help="Absolute tolerance for every output (default: the rounding policy)."
+        ),
+    )
+    rtol: float | None = dataclasses.field(
+        default=None,
+        metadata=option(
+            "--rtol", kind="tolerance", help="Relative tolerance for every output (default: the rounding policy)."
+        ),
+    )
+    tolerances: Mapping[str, Tolerance] = dataclasses.field(
+        default_factory=dict,
+        metadata=option(
+            "--tol", kind="tolerances", metavar="NAME=ATOL,RTOL", help="Tolerance for one output, repeatable."
+        ),
+    )
+    float64: bool | None = dataclasses.field(
+        default=None,
+        metadata=option(
+            "--float64/--no-float64",
+            kind="switch",
+            help="Evaluate the reference in float64 to tell rounding from real differences [default: when its estimated "
+            "memory fits --float64-budget].",
+        ),
+    )
+    float64_budget: int = dataclasses.field(
+        default=DEFAULT_FLOAT64_BYTES,
+        metadata=option(
+            "--float64-budget",
+            kind="size",
+            metavar="SIZE",
+            show_default=True,
+            help="Memory the float64 reference may use (e.g. 512MiB, 4GiB); a model over it is compared on ONNX "
+            "Runtime alone, with a note.",
+        ),
+    )
+    float64_flops: float = dataclasses.field(
+        default=DEFAULT_FLOAT64_FLOPS,
+        metadata=option(
+            "--float64-flops",
+            kind="number",
+            metavar="N",
+            show_default=True,
+            help="Floating-point operations the float64 reference may take (2 per multiply-add of Conv, Gemm, "
+            "MatMul); a model over it is compared on ONNX Runtime alone, with a note.",
+        ),
+    )
+    cross_provider: bool = dataclasses.field(
+        default=False,
+        metadata=option(
+            "--cross-provider",
+            kind="flag",
+            help="Also compare the candidate on each GPU provider with the reference on CPU, reported apart.",
+        ),
+    )
+    fp16: bool = dataclasses.field(
+        default=False,
+        metadata=option(
+            "--fp16",
+            kind="flag",
+            help="Also convert both models to float16 (I/O kept float32) and compare them, as deployed on GPUs.",
+        ),
+    )
+    memory_budget: int = dataclasses.field(
+        default=DEFAULT_MEMORY_BUDGET,
+        metadata=option(
+            "--max-input-bytes",
+            kind="size",
+            metavar="SIZE",
+            show_default=True,
+            help="Refuse random inputs larger than this in total.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_choices("--provider", self.providers, PROVIDER_CHOICES)
@@ -109,26 +183,38 @@ class ValidationConfig:
         for name, tolerance in self.tolerances.items():
             check_tolerance_value(f"--tol {name}", tolerance.atol if tolerance.atol is not None else 0.0)
             check_tolerance_value(f"--tol {name}", tolerance.rtol)
-        for flag, count in (("--samples", self.samples), ("--float64-budget", self.float64_budget),
-                            ("--max-input-bytes", self.memory_budget)):
+        for flag, count in (
+            ("--samples", self.samples),
+            ("--float64-budget", self.float64_budget),
+            ("--max-input-bytes", self.memory_budget),
+        ):
             if count < 1:
                 raise NormfoldError(f"{flag} must be at least 1, got {count}", exit_code=EXIT_USAGE)
         if not math.isfinite(self.float64_flops) or self.float64_flops <= 0:
-            raise NormfoldError(f"--float64-flops must be a finite number > 0, got {self.float64_flops:g}",
-                                exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                f"--float64-flops must be a finite number > 0, got {self.float64_flops:g}", exit_code=EXIT_USAGE
+            )
         if "reference" in self.providers and self.cross_provider:
-            raise NormfoldError("--cross-provider compares ONNX Runtime's GPU providers with its CPU one; "
-                                "it does not combine with --provider reference", exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                "--cross-provider compares ONNX Runtime's GPU providers with its CPU one; "
+                "it does not combine with --provider reference",
+                exit_code=EXIT_USAGE,
+            )
         if "reference" in self.providers and self.fp16:
-            raise NormfoldError("--fp16 runs float16 copies of the models on ONNX Runtime; it does not combine with "
-                                "--provider reference, which widens every float tensor to float64", exit_code=EXIT_USAGE)
+            raise NormfoldError(
+                "--fp16 runs float16 copies of the models on ONNX Runtime; it does not combine with "
+                "--provider reference, which widens every float tensor to float64",
+                exit_code=EXIT_USAGE,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as the JSON report records them (given input arrays as 'arrays')."""
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["providers"] = list(self.providers)
         data["dims"] = dict(self.dims)
-        data["inputs"] = "arrays" if isinstance(self.inputs, list) else None if self.inputs is None else str(self.inputs)
+        data["inputs"] = (
+            "arrays" if isinstance(self.inputs, list) else None if self.inputs is None else str(self.inputs)
+        )
         data["tolerances"] = {name: {"atol": t.atol, "rtol": t.rtol} for name, t in self.tolerances.items()}
         return data
 
@@ -154,8 +240,9 @@ def check_tolerance_value(flag: str, value: float) -> float:
 def _check_choices(flag: str, values: Sequence[str], choices: Sequence[str]) -> None:
     unknown = [v for v in values if v not in choices]
     if unknown or not values:
-        raise NormfoldError(f"{flag}: unknown value '{(unknown or [''])[0]}' (choose from {', '.join(choices)})",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"{flag}: unknown value '{(unknown or [''])[0]}' (choose from {', '.join(choices)})", exit_code=EXIT_USAGE
+        )
 
 
 def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
@@ -169,13 +256,28 @@ def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
         if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
             raise ValueError
     except ValueError:
-        raise NormfoldError(f"--tol '{text}': expected NAME=ATOL,RTOL with finite non-negative numbers",
-                            exit_code=EXIT_USAGE) from None
+        raise NormfoldError(
+            f"--tol '{text}': expected NAME=ATOL,RTOL with finite non-negative numbers", exit_code=EXIT_USAGE
+        ) from None
     return name, Tolerance(atol, rtol, explicit=True)
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:

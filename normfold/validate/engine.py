@@ -68,9 +68,14 @@ class Check:
     declared: Declared | None = None
 
 
-def validate(reference: ModelArgument, candidate: ModelArgument | None = None, *,
-             expected: str | os.PathLike[str] | None = None, config: ValidationConfig | None = None,
-             **options: Any) -> ValidationReport:
+def validate(
+    reference: ModelArgument,
+    candidate: ModelArgument | None = None,
+    *,
+    expected: str | os.PathLike[str] | None = None,
+    config: ValidationConfig | None = None,
+    **options: Any,
+) -> ValidationReport:
     """Compare `candidate` with `reference` (or `reference` with the outputs stored in `expected`).
 
     Models are paths, or LoadedModel (path plus the model already read and checked, so nothing is read
@@ -93,8 +98,12 @@ def validate(reference: ModelArgument, candidate: ModelArgument | None = None, *
             if cand is None:
                 raise NotComparableError(
                     f"{ref.path} samples random values at run time ({', '.join(list(randoms.values())[:3])}), "
-                    "so stored outputs cannot be reproduced")
-            ref, cand = _seeded(ref, set(randoms), Path(staging), "reference"), _seeded(cand, set(randoms), Path(staging), "candidate")
+                    "so stored outputs cannot be reproduced"
+                )
+            ref, cand = (
+                _seeded(ref, set(randoms), Path(staging), "reference"),
+                _seeded(cand, set(randoms), Path(staging), "candidate"),
+            )
             notes.append(f"random nodes seeded identically in both models: {', '.join(randoms.values())}")
             settings = dataclasses.replace(settings, float64=False)
         report = _validate_loaded(ref, cand, expected, specs, notes, settings, Path(staging))
@@ -133,9 +142,15 @@ def _seeded(model: LoadedModel, keys: set[str], folder: Path, side: str) -> Load
     return LoadedModel(path, model.model, onnx.load(str(path), load_external_data=False))
 
 
-def _validate_loaded(ref: LoadedModel, cand: LoadedModel | None, expected: str | os.PathLike[str] | None,
-                     specs: list[InputSpec], notes: list[str], settings: ValidationConfig,
-                     staging: Path) -> ValidationReport:
+def _validate_loaded(
+    ref: LoadedModel,
+    cand: LoadedModel | None,
+    expected: str | os.PathLike[str] | None,
+    specs: list[InputSpec],
+    notes: list[str],
+    settings: ValidationConfig,
+    staging: Path,
+) -> ValidationReport:
     """The checks proper, on models ready to run."""
     names = [o.name for o in interface(ref).graph.output]
     _check_names(names, specs, settings)
@@ -149,12 +164,21 @@ def _validate_loaded(ref: LoadedModel, cand: LoadedModel | None, expected: str |
     cand_names = None if cand is None else [o.name for o in interface(cand).graph.output]
     checks = _checks(ref, cand, stored, feeds, choices, settings, truth, cand_names, staging)
     comparisons = [result for check in checks for result in _run_check(check, names)]
-    return ValidationReport(str(ref.path), str(cand.path if cand is not None else expected),
-                            [c.label for c in choices], notes, len(feeds), source, comparisons, settings.to_dict())
+    return ValidationReport(
+        str(ref.path),
+        str(cand.path if cand is not None else expected),
+        [c.label for c in choices],
+        notes,
+        len(feeds),
+        source,
+        comparisons,
+        settings.to_dict(),
+    )
 
 
-def _truth(ref: LoadedModel, feeds: Feeds, choices: list[ProviderChoice], settings: ValidationConfig,
-           notes: list[str]) -> Outputs | None:
+def _truth(
+    ref: LoadedModel, feeds: Feeds, choices: list[ProviderChoice], settings: ValidationConfig, notes: list[str]
+) -> Outputs | None:
     """The reference's float64 outputs, or None with a note saying why they are missing."""
     if settings.float64 is False or all(c.key == REFERENCE for c in choices):
         return None  # off, or the reference evaluator already computes in float64
@@ -164,15 +188,24 @@ def _truth(ref: LoadedModel, feeds: Feeds, choices: list[ProviderChoice], settin
         return Float64Runner(ref, feeds, *budget).outputs()
     except Float64Unavailable as why:
         if forced:
-            raise NormfoldError(f"the float64 reference was asked for (--float64) but cannot run: {why}",
-                                exit_code=EXIT_UNUSABLE_INPUT) from None
+            raise NormfoldError(
+                f"the float64 reference was asked for (--float64) but cannot run: {why}", exit_code=EXIT_UNUSABLE_INPUT
+            ) from None
         notes.append(f"float64 reference not run: {why}; outputs are judged against rtol x max|ref| instead")
         return None
 
 
-def _checks(ref: LoadedModel, cand: LoadedModel | None, stored: Outputs | None, feeds: Feeds,
-            choices: list[ProviderChoice], settings: ValidationConfig, truth: Outputs | None,
-            cand_names: list[str] | None, staging: Path) -> list[Check]:
+def _checks(
+    ref: LoadedModel,
+    cand: LoadedModel | None,
+    stored: Outputs | None,
+    feeds: Feeds,
+    choices: list[ProviderChoice],
+    settings: ValidationConfig,
+    truth: Outputs | None,
+    cand_names: list[str] | None,
+    staging: Path,
+) -> list[Check]:
     """Every comparison this validation makes, in report order."""
     tol = _tolerance_for(settings)
     checks: list[Check] = []
@@ -200,8 +233,15 @@ def _checks(ref: LoadedModel, cand: LoadedModel | None, stored: Outputs | None, 
     return checks
 
 
-def _reference_checks(ref: LoadedModel, cand: LoadedModel | None, stored: Outputs | None, feeds: Feeds,
-                      tol: ToleranceFor, cand_names: list[str] | None, max_bytes: int) -> list[Check]:
+def _reference_checks(
+    ref: LoadedModel,
+    cand: LoadedModel | None,
+    stored: Outputs | None,
+    feeds: Feeds,
+    tol: ToleranceFor,
+    cand_names: list[str] | None,
+    max_bytes: int,
+) -> list[Check]:
     """Both models (or the reference and the stored outputs) on onnx's evaluator in float64, each within
     `max_bytes`."""
     ref_run = ReferenceEvaluatorRunner(ref, feeds, max_bytes)
@@ -209,24 +249,56 @@ def _reference_checks(ref: LoadedModel, cand: LoadedModel | None, stored: Output
     checks = []
     if stored is not None:
         stored_types: list[np.dtype | None] = [a.dtype for a in stored[0]]
-        checks.append(Check(f"{REFERENCE_LABEL} vs expected", FixedRunner("expected", [widen(s) for s in stored]),
-                            ref_run, tol, declared=(stored_types, ref_types)))
+        checks.append(
+            Check(
+                f"{REFERENCE_LABEL} vs expected",
+                FixedRunner("expected", [widen(s) for s in stored]),
+                ref_run,
+                tol,
+                declared=(stored_types, ref_types),
+            )
+        )
     if cand is not None:
-        checks.append(Check(REFERENCE_LABEL, ref_run, ReferenceEvaluatorRunner(cand, feeds, max_bytes), tol,
-                            candidate_names=cand_names, declared=(ref_types, declared_dtypes(interface(cand)))))
+        checks.append(
+            Check(
+                REFERENCE_LABEL,
+                ref_run,
+                ReferenceEvaluatorRunner(cand, feeds, max_bytes),
+                tol,
+                candidate_names=cand_names,
+                declared=(ref_types, declared_dtypes(interface(cand))),
+            )
+        )
     return checks
 
 
-def _float16_checks(ref: LoadedModel, cand: LoadedModel, choices: list[ProviderChoice], settings: ValidationConfig,
-                    feeds: Feeds, truth: Outputs | None, cand_names: list[str] | None, staging: Path) -> list[Check]:
+def _float16_checks(
+    ref: LoadedModel,
+    cand: LoadedModel,
+    choices: list[ProviderChoice],
+    settings: ValidationConfig,
+    feeds: Feeds,
+    truth: Outputs | None,
+    cand_names: list[str] | None,
+    staging: Path,
+) -> list[Check]:
     """Both models converted to float16 (float32 inputs/outputs), compared at float16 tolerances on each provider."""
     ref16 = float16_copy(ref.path, ref.full_proto(), staging / "fp16-reference")
     cand16 = float16_copy(cand.path, cand.full_proto(), staging / "fp16-candidate")
     tol = _tolerance_for(settings, half=True)
     half = np.dtype(np.float16)
-    return [Check(f"{choice.key} fp16", OrtRunner(ref16, choice, settings.opt_level, feeds),
-                  OrtRunner(cand16, choice, settings.opt_level, feeds), tol, truth, cand_names, half)
-            for choice in choices]
+    return [
+        Check(
+            f"{choice.key} fp16",
+            OrtRunner(ref16, choice, settings.opt_level, feeds),
+            OrtRunner(cand16, choice, settings.opt_level, feeds),
+            tol,
+            truth,
+            cand_names,
+            half,
+        )
+        for choice in choices
+    ]
 
 
 def _run_check(check: Check, names: list[str]) -> list[OutputComparison]:
@@ -267,14 +339,18 @@ def _check_names(outputs: list[str], specs: list[InputSpec], settings: Validatio
     """A --tol for no output or a --dim for no symbolic dimension is a typo: say so rather than ignore it."""
     unknown = sorted(set(settings.tolerances) - set(outputs))
     if unknown:
-        raise NormfoldError(f"--tol names no output of the model: {', '.join(unknown)} (outputs: {', '.join(outputs)})",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"--tol names no output of the model: {', '.join(unknown)} (outputs: {', '.join(outputs)})",
+            exit_code=EXIT_USAGE,
+        )
     symbolic = {d for spec in specs for d in spec.shape if isinstance(d, str)}
     stray = sorted(set(settings.dims) - symbolic)
     if stray:
         known = ", ".join(sorted(symbolic)) or "none"
-        raise NormfoldError(f"--dim names no symbolic input dimension: {', '.join(stray)} (symbolic dimensions: {known})",
-                            exit_code=EXIT_USAGE)
+        raise NormfoldError(
+            f"--dim names no symbolic input dimension: {', '.join(stray)} (symbolic dimensions: {known})",
+            exit_code=EXIT_USAGE,
+        )
 
 
 def _check_same_inputs(specs: list[InputSpec], other: list[InputSpec], candidate: Path) -> None:
@@ -284,8 +360,9 @@ def _check_same_inputs(specs: list[InputSpec], other: list[InputSpec], candidate
         raise NormfoldError(f"{candidate}: graph inputs {sorted(theirs)} differ from the reference's {sorted(ours)}")
 
 
-def _feeds(specs: list[InputSpec], expected: str | os.PathLike[str] | None,
-           settings: ValidationConfig) -> tuple[Feeds, Outputs | None, str]:
+def _feeds(
+    specs: list[InputSpec], expected: str | os.PathLike[str] | None, settings: ValidationConfig
+) -> tuple[Feeds, Outputs | None, str]:
     """Inputs for every sample, stored outputs if any, and a description of where inputs came from."""
     if expected is not None:
         feeds, stored = load_test_data_sets(Path(expected), specs)
@@ -300,8 +377,9 @@ def _feeds(specs: list[InputSpec], expected: str | os.PathLike[str] | None,
         if is_folder(path):
             return load_test_data_sets(path, specs)[0], None, str(path)
         return load_npz_inputs(path, specs, settings.dims, settings.memory_budget), None, str(path)
-    feeds = random_inputs(specs, dims=settings.dims, samples=settings.samples, seed=settings.seed,
-                          memory_budget=settings.memory_budget)
+    feeds = random_inputs(
+        specs, dims=settings.dims, samples=settings.samples, seed=settings.seed, memory_budget=settings.memory_budget
+    )
     return feeds, None, f"random inputs (seed {settings.seed})"
 
 
@@ -314,8 +392,11 @@ def _tolerance_for(settings: ValidationConfig, half: bool = False) -> ToleranceF
             return dataclasses.replace(overrides[name], explicit=True)
         base = default_tolerance(np.dtype(np.float16) if half and is_float(dtype) else dtype)
         chosen = settings.atol is not None or settings.rtol is not None
-        return Tolerance(base.atol if settings.atol is None else settings.atol,
-                         base.rtol if settings.rtol is None else settings.rtol, explicit=chosen)
+        return Tolerance(
+            base.atol if settings.atol is None else settings.atol,
+            base.rtol if settings.rtol is None else settings.rtol,
+            explicit=chosen,
+        )
 
     return pick
 

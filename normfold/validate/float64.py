@@ -42,8 +42,15 @@ from normfold.validate.float64_kernels import CHUNK_BYTES, ITEM, KERNELS, Kernel
 if TYPE_CHECKING:
     from normfold.model_reading import LoadedModel
 
-__all__ = ["FLOAT_TYPES", "Float64Budget", "Float64Unavailable", "check_estimate", "run_float64", "run_float64_samples",
-           "to_float64"]
+__all__ = [
+    "FLOAT_TYPES",
+    "Float64Budget",
+    "Float64Unavailable",
+    "check_estimate",
+    "run_float64",
+    "run_float64_samples",
+    "to_float64",
+]
 
 DEFAULT_MAX_BYTES = 2 << 30
 BUDGET_OPTION = "--float64-budget"
@@ -128,8 +135,9 @@ def _widen(value: Any) -> Any:
     return value
 
 
-def run_float64(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                budget: Float64Budget | None = None) -> list[np.ndarray]:
+def run_float64(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, budget: Float64Budget | None = None
+) -> list[np.ndarray]:
     """Outputs of the model evaluated in float64 (float inputs widened), within `budget` (default
     Float64Budget()); Float64Unavailable when it is over budget or onnx's evaluator cannot run an op.
 
@@ -142,8 +150,13 @@ def run_float64(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
     return _run_samples(model, [feeds], budget or Float64Budget())[0]
 
 
-def run_float64_samples(model: onnx.ModelProto | LoadedModel, samples: Sequence[Mapping[str, np.ndarray]],
-                        max_bytes: int | None, *, max_flops: float = DEFAULT_FLOAT64_FLOPS) -> list[list[np.ndarray]]:
+def run_float64_samples(
+    model: onnx.ModelProto | LoadedModel,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    max_bytes: int | None,
+    *,
+    max_flops: float = DEFAULT_FLOAT64_FLOPS,
+) -> list[list[np.ndarray]]:
     """run_float64 for several samples, planning the model once; `max_bytes` None: no memory bound."""
     budget = Float64Budget(max_bytes=sys.maxsize if max_bytes is None else max_bytes, max_flops=max_flops)
     if isinstance(model, onnx.ModelProto):
@@ -154,8 +167,12 @@ def run_float64_samples(model: onnx.ModelProto | LoadedModel, samples: Sequence[
     return _run_samples(model.full_proto(), samples, budget)
 
 
-def _run_samples(model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
-                 budget: Float64Budget, base_dir: Path | None = None) -> list[list[np.ndarray]]:
+def _run_samples(
+    model: onnx.ModelProto,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    budget: Float64Budget,
+    base_dir: Path | None = None,
+) -> list[list[np.ndarray]]:
     """Each sample's outputs; the estimate checked once per distinct set of input shapes. `base_dir`: where the
     external data not loaded into `model` lives."""
     whole = _needs_whole_model(model)
@@ -181,19 +198,25 @@ def check_estimate(cost: Float64Cost, budget: Float64Budget, *, whole: bool = Fa
         held = "kept to the end (subgraphs or functions: onnx's evaluator runs it whole)" if whole else "alive at once"
         raise Float64Unavailable(
             f"needs {format_bytes(needed)} of float64 tensors {held}, over the {format_bytes(budget.max_bytes)} "
-            f"budget ({BUDGET_OPTION})", code="over-memory")
+            f"budget ({BUDGET_OPTION})",
+            code="over-memory",
+        )
     if cost.flops > budget.max_flops:
         raise Float64Unavailable(
             f"needs {cost.flops:.3g} floating-point operations in float64, over the budget of "
-            f"{budget.max_flops:.3g} ({FLOPS_OPTION})", code="over-flops")
+            f"{budget.max_flops:.3g} ({FLOPS_OPTION})",
+            code="over-flops",
+        )
 
 
 def _needs_whole_model(model: onnx.ModelProto) -> bool:
     """Whether a main-graph node carries a subgraph or calls a model-local function."""
     functions = {(f.domain, f.name) for f in model.functions}
-    return any((node.domain, node.op_type) in functions
-               or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-               for node in model.graph.node)
+    return any(
+        (node.domain, node.op_type) in functions
+        or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        for node in model.graph.node
+    )
 
 
 @dataclasses.dataclass
@@ -276,8 +299,9 @@ class _Executor:
                 self._keep(name, value)
             return value
         reader = f"node '{node.name or node.op_type}'" if node is not None else "the graph's outputs"
-        raise Float64Unavailable(f"{reader} reads '{name}', which no input, initializer or node gives",
-                                 code="missing-input")
+        raise Float64Unavailable(
+            f"{reader} reads '{name}', which no input, initializer or node gives", code="missing-input"
+        )
 
     def _run_kernel(self, step: _Step, kernel: Kernel, inputs: list[Any]) -> tuple[np.ndarray, ...]:
         """The node on normfold's kernel (step.kernel), after checking its outputs and flops against the budget."""
@@ -294,7 +318,8 @@ class _Executor:
                     f"stopped at node '{node.name or node.op_type}' ({node.op_type}): {self.flops:.3g} "
                     f"floating-point operations so far, over the budget of {self.budget.max_flops:.3g} "
                     f"({FLOPS_OPTION})",
-                    code="runtime-flops")
+                    code="runtime-flops",
+                )
         return kernel.run(inputs, step.attributes, count, self.budget.chunk_bytes)
 
     def _over_memory(self, node: onnx.NodeProto, needed: int) -> None:
@@ -303,7 +328,9 @@ class _Executor:
         raise Float64Unavailable(
             f"stopped at node '{node.name or node.op_type}' ({node.op_type}): its outputs bring the float64 "
             f"tensors alive to {format_bytes(total)}, over the {format_bytes(self.budget.max_bytes)} budget "
-            f"({BUDGET_OPTION})", code="runtime-memory")
+            f"({BUDGET_OPTION})",
+            code="runtime-memory",
+        )
 
 
 def _all_float64(inputs: list[Any]) -> bool:
@@ -340,8 +367,11 @@ class _NodeEvaluators:
         try:
             results = iter(evaluator.run(None, feeds))
         except Exception as error:  # an op or dtype onnx's evaluator cannot run: the reference is unusable
-            raise Float64Unavailable(f"onnx's reference evaluator failed on {_op_name(step.node)} node "
-                                     f"'{step.node.name}': {describe(error, 300)}", code="evaluator-failed") from error
+            raise Float64Unavailable(
+                f"onnx's reference evaluator failed on {_op_name(step.node)} node "
+                f"'{step.node.name}': {describe(error, 300)}",
+                code="evaluator-failed",
+            ) from error
         return [next(results) if name else None for name in step.node.output]
 
     def _build(self, node: onnx.NodeProto, inputs: list[Any]) -> Any:
@@ -355,8 +385,10 @@ class _NodeEvaluators:
         try:
             return ReferenceEvaluator(model)
         except Exception as error:  # no implementation for this op (custom domain, unknown op, bad attributes)
-            raise Float64Unavailable(f"onnx's reference evaluator has no kernel for {_op_name(node)} "
-                                     f"({describe(error, 200)})", code="no-kernel") from error
+            raise Float64Unavailable(
+                f"onnx's reference evaluator has no kernel for {_op_name(node)} ({describe(error, 200)})",
+                code="no-kernel",
+            ) from error
 
 
 def _canonical(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -412,15 +444,17 @@ def _run_whole_model(model: onnx.ModelProto, feeds: Mapping[str, Any], budget: F
     try:
         evaluator = ReferenceEvaluator(to_float64(model), new_ops=ops)
     except Exception as error:  # an op onnx's evaluator has no implementation for
-        raise Float64Unavailable(f"onnx's reference evaluator cannot load the model: {describe(error, 300)}",
-                                 code="no-kernel") from error
+        raise Float64Unavailable(
+            f"onnx's reference evaluator cannot load the model: {describe(error, 300)}", code="no-kernel"
+        ) from error
     try:
         outputs = evaluator.run(None, dict(feeds))
     except _KernelBug as bug:
         raise bug.error from None
     except Exception as error:  # an op or dtype onnx's evaluator cannot run
-        raise Float64Unavailable(f"onnx's reference evaluator failed: {describe(error, 300)}",
-                                 code="evaluator-failed") from error
+        raise Float64Unavailable(
+            f"onnx's reference evaluator failed: {describe(error, 300)}", code="evaluator-failed"
+        ) from error
     assert isinstance(outputs, list)  # no intermediate results were asked for: the outputs in a list
     return outputs
 

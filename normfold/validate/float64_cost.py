@@ -83,8 +83,10 @@ def schedule(graph: onnx.GraphProto) -> Schedule:
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """The nodes in an order where each runs after the producers of its inputs (stable: graph order first)."""
     produced = {name: index for index, node in enumerate(nodes) for name in node.output if name}
-    needs = [{produced[n] for n in node.input if n in produced and n not in available} - {index}
-             for index, node in enumerate(nodes)]
+    needs = [
+        {produced[n] for n in node.input if n in produced and n not in available} - {index}
+        for index, node in enumerate(nodes)
+    ]
     if all(max(need, default=-1) < index for index, need in enumerate(needs)):
         return nodes
     waiting = [len(need) for need in needs]
@@ -108,8 +110,13 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
     return order
 
 
-def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                  plan: Schedule | None = None, base_dir: Path | None = None) -> Float64Cost:
+def estimate_cost(
+    model: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    plan: Schedule | None = None,
+    base_dir: Path | None = None,
+) -> Float64Cost:
     """The flops and float64 memory of running `model` on `feeds` with the executor, from static shapes
     (`plan`: the model's schedule, when the caller has it already; `base_dir`: where external data not
     loaded into `model` lives)."""
@@ -117,8 +124,11 @@ def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
     types = static_types(model, {name: value.shape for name, value in feeds.items()}, base_dir)
     sizes: dict[str, int | None] = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
     # A string initializer has no float64 size: it counts 0, as a tensor of unknown size does.
-    weights = {name: _float64_bytes(t.data_type, tuple(t.dims)) or 0 for name, t in plan.initializers.items()
-               if name not in feeds}
+    weights = {
+        name: _float64_bytes(t.data_type, tuple(t.dims)) or 0
+        for name, t in plan.initializers.items()
+        if name not in feeds
+    }
     unknown: list[str] = []
 
     def size(name: str) -> int:
@@ -142,8 +152,13 @@ def estimate_cost(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
     return Float64Cost(flops, peak, total, sum(weights.values()), tuple(dict.fromkeys(unknown)))
 
 
-def _node_flops(node: onnx.NodeProto, types: dict[str, tuple[int, Shape | None]], feeds: Mapping[str, np.ndarray],
-                initializers: dict[str, onnx.TensorProto], unknown: list[str]) -> float:
+def _node_flops(
+    node: onnx.NodeProto,
+    types: dict[str, tuple[int, Shape | None]],
+    feeds: Mapping[str, np.ndarray],
+    initializers: dict[str, onnx.TensorProto],
+    unknown: list[str],
+) -> float:
     """The node's contraction flops from static shapes (0 for other ops; unknown shapes are noted)."""
     if not is_op(node, *CONTRACTIONS):
         return 0.0
@@ -178,8 +193,9 @@ def kernel_flops(op_type: str, inputs: list[Shape], outputs: list[Shape]) -> flo
     return 0.0
 
 
-def static_types(model: onnx.ModelProto, shapes: Mapping[str, Shape],
-                 base_dir: Path | None = None) -> dict[str, tuple[int, Shape | None]]:
+def static_types(
+    model: onnx.ModelProto, shapes: Mapping[str, Shape], base_dir: Path | None = None
+) -> dict[str, tuple[int, Shape | None]]:
     """{name: (element type, shape or None)} for every tensor shape inference can size, inputs at `shapes`."""
     light = _light_copy(model, shapes, base_dir)
     try:
@@ -196,8 +212,12 @@ def _light_copy(model: onnx.ModelProto, shapes: Mapping[str, Shape], base_dir: P
     graph = model.graph
     kept = [t for t in graph.initializer if stored_bytes(t) <= KEPT_INITIALIZER_BYTES]
     if base_dir is not None:
-        kept = [numpy_helper.from_array(numpy_helper.to_array(t, base_dir=str(base_dir)), t.name)
-                if t.data_location == TensorProto.EXTERNAL else t for t in kept]
+        kept = [
+            numpy_helper.from_array(numpy_helper.to_array(t, base_dir=str(base_dir)), t.name)
+            if t.data_location == TensorProto.EXTERNAL
+            else t
+            for t in kept
+        ]
     kept_names = {t.name for t in kept}
     inputs = []
     for info in graph.input:
@@ -206,8 +226,11 @@ def _light_copy(model: onnx.ModelProto, shapes: Mapping[str, Shape], base_dir: P
             info = helper.make_tensor_value_info(info.name, elem, list(shapes[info.name]))
         inputs.append(info)
     declared = {info.name for info in graph.input}
-    inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
-               if t.name not in kept_names and t.name not in declared]
+    inputs += [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in graph.initializer
+        if t.name not in kept_names and t.name not in declared
+    ]
     light = helper.make_graph(list(graph.node), graph.name, inputs, list(graph.output), kept, value_info=[])
     copy = helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     copy.functions.extend(model.functions)

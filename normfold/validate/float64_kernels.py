@@ -46,23 +46,30 @@ def block_lengths(sizes: Sequence[int], unit: int, bound: int) -> list[int]:
     """
     blocks: list[int] = []
     for index, size in enumerate(sizes):
-        rest = unit * math.prod(sizes[index + 1:])
+        rest = unit * math.prod(sizes[index + 1 :])
         if rest <= bound:
-            return [*blocks, max(1, min(size, bound // max(rest, 1))), *sizes[index + 1:]]
+            return [*blocks, max(1, min(size, bound // max(rest, 1))), *sizes[index + 1 :]]
         blocks.append(1)
     return blocks
 
 
 def block_slices(sizes: Sequence[int], blocks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
     """Every block of a grid of `sizes` cut into `blocks`, as a tuple of slices."""
-    spans = [[slice(start, min(size, start + block)) for start in range(0, size, block)]
-             for size, block in zip(sizes, blocks)]
+    spans = [
+        [slice(start, min(size, start + block)) for start in range(0, size, block)]
+        for size, block in zip(sizes, blocks)
+    ]
     return itertools.product(*spans)
 
 
-def conv_geometry(x_shape: Shape, w_shape: Shape, auto_pad: str | bytes | None = None,
-                  dilations: Sequence[int] | None = None, pads: Sequence[int] | None = None,
-                  strides: Sequence[int] | None = None) -> Geometry:
+def conv_geometry(
+    x_shape: Shape,
+    w_shape: Shape,
+    auto_pad: str | bytes | None = None,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> Geometry:
     """Taps and output size of ONNX Conv (the same rules as pooling: ceil(in / stride) for SAME_*)."""
     rank = len(x_shape) - 2
     sizes, strides, dilations = x_shape[2:], _per_dim(strides, rank), _per_dim(dilations, rank)
@@ -75,15 +82,23 @@ def conv_geometry(x_shape: Shape, w_shape: Shape, auto_pad: str | bytes | None =
     else:
         padding = [0] * (2 * rank) if mode == "VALID" or not pads else list(pads)
         begins = padding[:rank]
-        out = [max(0, (i + padding[j] + padding[j + rank] - e) // s + 1)
-               for j, (i, s, e) in enumerate(zip(sizes, strides, extents))]
+        out = [
+            max(0, (i + padding[j] + padding[j + rank] - e) // s + 1)
+            for j, (i, s, e) in enumerate(zip(sizes, strides, extents))
+        ]
     return Geometry(tuple(w_shape[2:]), strides, dilations, tuple(begins), tuple(out))
 
 
-def conv_transpose_geometry(x_shape: Shape, w_shape: Shape, auto_pad: str | bytes | None = None,
-                            dilations: Sequence[int] | None = None, pads: Sequence[int] | None = None,
-                            strides: Sequence[int] | None = None, output_padding: Sequence[int] | None = None,
-                            output_shape: Sequence[int] | None = None) -> Geometry:
+def conv_transpose_geometry(
+    x_shape: Shape,
+    w_shape: Shape,
+    auto_pad: str | bytes | None = None,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    output_padding: Sequence[int] | None = None,
+    output_shape: Sequence[int] | None = None,
+) -> Geometry:
     """Taps and output size of ONNX ConvTranspose, as its specification and onnx's reference compute them.
 
     With output_shape (or SAME_*, output = input * stride) the pads come from the total padding
@@ -93,8 +108,7 @@ def conv_transpose_geometry(x_shape: Shape, w_shape: Shape, auto_pad: str | byte
     rank = len(x_shape) - 2
     sizes, strides, dilations = x_shape[2:], _per_dim(strides, rank), _per_dim(dilations, rank)
     adjust = _per_dim(output_padding, rank, 0)
-    full = [s * (i - 1) + a + (k - 1) * d + 1
-            for i, s, a, k, d in zip(sizes, strides, adjust, w_shape[2:], dilations)]
+    full = [s * (i - 1) + a + (k - 1) * d + 1 for i, s, a, k, d in zip(sizes, strides, adjust, w_shape[2:], dilations)]
     mode = _text(auto_pad)
     if output_shape or mode in SAME:
         out = list(output_shape)[-rank:] if output_shape else [i * s for i, s in zip(sizes, strides)]
@@ -107,10 +121,19 @@ def conv_transpose_geometry(x_shape: Shape, w_shape: Shape, auto_pad: str | byte
     return Geometry(tuple(w_shape[2:]), strides, dilations, tuple(begins), tuple(int(o) for o in out))
 
 
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, auto_pad: str | bytes | None = None,
-         dilations: Sequence[int] | None = None, group: int | None = None, kernel_shape: Sequence[int] | None = None,
-         pads: Sequence[int] | None = None, strides: Sequence[int] | None = None,
-         chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+def conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str | bytes | None = None,
+    dilations: Sequence[int] | None = None,
+    group: int | None = None,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> np.ndarray:
     """ONNX Conv (1-D to N-D, any stride, dilation, pads, auto_pad, group), tap by tap; kernel_shape is w's."""
     geo = conv_geometry(x.shape, w.shape, auto_pad, dilations, pads, strides)
     groups = group or 1
@@ -121,15 +144,23 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, auto_pad:
     return _with_bias(y.reshape(n, co, *geo.out), b)
 
 
-def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
-                   auto_pad: str | bytes | None = None, dilations: Sequence[int] | None = None,
-                   group: int | None = None, kernel_shape: Sequence[int] | None = None,
-                   output_padding: Sequence[int] | None = None, output_shape: Sequence[int] | None = None,
-                   pads: Sequence[int] | None = None, strides: Sequence[int] | None = None,
-                   chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+def conv_transpose(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str | bytes | None = None,
+    dilations: Sequence[int] | None = None,
+    group: int | None = None,
+    kernel_shape: Sequence[int] | None = None,
+    output_padding: Sequence[int] | None = None,
+    output_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> np.ndarray:
     """ONNX ConvTranspose (weight [C_in, C_out/group, k...]), tap by tap, every group at once."""
-    geo = conv_transpose_geometry(x.shape, w.shape, auto_pad, dilations, pads, strides, output_padding,
-                                  output_shape)
+    geo = conv_transpose_geometry(x.shape, w.shape, auto_pad, dilations, pads, strides, output_padding, output_shape)
     groups = group or 1
     n, c, cog = x.shape[0], x.shape[1], w.shape[1]
     y = np.zeros((n, groups, cog, *geo.out))
@@ -139,8 +170,7 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     return _with_bias(y.reshape(n, cog * groups, *geo.out), b)
 
 
-def _convolve(xg: np.ndarray, wg: np.ndarray, y: np.ndarray, geo: Geometry, chunk_bytes: int,
-              transposed: bool) -> None:
+def _convolve(xg: np.ndarray, wg: np.ndarray, y: np.ndarray, geo: Geometry, chunk_bytes: int, transposed: bool) -> None:
     """Adds every tap of every block into y [n, groups, out/g, ...] from xg [n, groups, in/g, ...] and
     wg [groups, out/g, in/g, taps]. Blocks cut the positions iterated (output positions of a Conv, input
     positions of a ConvTranspose) along their first dim, then the batch, the groups and the channels."""
@@ -206,9 +236,18 @@ def _with_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y
 
 
-def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, alpha: float | None = None,
-         beta: float | None = None, transA: int | None = None, transB: int | None = None,  # noqa: N803 - ONNX's names
-         broadcast: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+def gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float | None = None,
+    beta: float | None = None,
+    transA: int | None = None,
+    transB: int | None = None,  # noqa: N803 - ONNX's names
+    broadcast: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> np.ndarray:
     """ONNX Gemm: alpha * A' B' + beta * C (C broadcast to [M, N]), row block by row block."""
     a, b = (a.T if transA else a), (b.T if transB else b)
     alpha, beta = 1.0 if alpha is None else alpha, 1.0 if beta is None else beta
@@ -217,11 +256,11 @@ def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, alpha: fl
     spread = None if c is None or beta == 0 else np.broadcast_to(c, (m, n))
     (rows,) = block_lengths([m], ITEM * (k + n), chunk_bytes)
     for start in range(0, m, rows):
-        part = y[start:start + rows]
-        np.matmul(a[start:start + rows], b, out=part)
+        part = y[start : start + rows]
+        np.matmul(a[start : start + rows], b, out=part)
         part *= alpha
         if spread is not None:
-            part += spread[start:start + rows] * beta
+            part += spread[start : start + rows] * beta
     return y
 
 
@@ -243,11 +282,22 @@ def matmul(a: np.ndarray, b: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> n
     return y[..., 0] if b.ndim == 1 else y
 
 
-def batch_normalization(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, *,
-                        epsilon: float | None = None, momentum: float | None = None, training_mode: int | None = None,
-                        outputs: int = 1, spatial: int | None = None, is_test: int | None = None,
-                        consumed_inputs: Sequence[int] | None = None,
-                        chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, ...]:
+def batch_normalization(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    *,
+    epsilon: float | None = None,
+    momentum: float | None = None,
+    training_mode: int | None = None,
+    outputs: int = 1,
+    spatial: int | None = None,
+    is_test: int | None = None,
+    consumed_inputs: Sequence[int] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> tuple[np.ndarray, ...]:
     """ONNX BatchNormalization, every version: inference, or batch statistics with training_mode=1 or more outputs.
 
     Training outputs are (Y, running mean, running var, batch mean, batch var)[:outputs], the running statistics
@@ -268,8 +318,15 @@ def batch_normalization(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean
     return result[:outputs]
 
 
-def _normalize(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
-               eps: float, shape: tuple[int, ...]) -> np.ndarray:
+def _normalize(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+    shape: tuple[int, ...],
+) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * scale + bias, in place on the output: no temporary of x's size."""
     y = np.subtract(x, mean.reshape(shape))
     y /= np.sqrt(var.reshape(shape) + eps)
@@ -283,15 +340,22 @@ def _variance(x: np.ndarray, mean: np.ndarray, axes: tuple[int, ...], chunk_byte
     (batch,) = block_lengths([x.shape[0]], ITEM * math.prod(x.shape[1:]), chunk_bytes)
     total = np.zeros(mean.shape)
     for start in range(0, x.shape[0], batch):
-        deviation = x[start:start + batch] - mean
+        deviation = x[start : start + batch] - mean
         deviation *= deviation
         total += deviation.sum(axis=axes, keepdims=True)
     return total / (x.size // mean.size)
 
 
-def max_pool(x: np.ndarray, *, kernel_shape: Sequence[int], auto_pad: str | bytes | None = None,
-             dilations: Sequence[int] | None = None, pads: Sequence[int] | None = None,
-             strides: Sequence[int] | None = None, **_: Any) -> np.ndarray:
+def max_pool(
+    x: np.ndarray,
+    *,
+    kernel_shape: Sequence[int],
+    auto_pad: str | bytes | None = None,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    **_: Any,
+) -> np.ndarray:
     """ONNX MaxPool (floor mode, one output): the maximum over kernel taps, one strided slice per tap.
 
     onnx's reference MaxPool loops in Python over output positions (2 s for ResNet-18's one pool); padding
@@ -299,15 +363,18 @@ def max_pool(x: np.ndarray, *, kernel_shape: Sequence[int], auto_pad: str | byte
     """
     geo = conv_geometry(x.shape, (1, 1, *kernel_shape), auto_pad, dilations, pads, strides)
     spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
-    padded = np.full((*x.shape[:2], *(max(span, b + i) for span, b, i in zip(spans, geo.begins, x.shape[2:]))),
-                     -np.inf)
+    padded = np.full((*x.shape[:2], *(max(span, b + i) for span, b, i in zip(spans, geo.begins, x.shape[2:]))), -np.inf)
     inside: tuple[EllipsisType | slice, ...] = (..., *(slice(b, b + i) for b, i in zip(geo.begins, x.shape[2:])))
     padded[inside] = x
     y = np.full((*x.shape[:2], *geo.out), -np.inf)
     for taps in itertools.product(*(range(k) for k in geo.kernel)):
         window: tuple[EllipsisType | slice, ...] = (
-            ..., *(slice(t * d, t * d + (o - 1) * s + 1, s)
-                   for t, d, o, s in zip(taps, geo.dilations, geo.out, geo.strides)))
+            ...,
+            *(
+                slice(t * d, t * d + (o - 1) * s + 1, s)
+                for t, d, o, s in zip(taps, geo.dilations, geo.out, geo.strides)
+            ),
+        )
         np.maximum(y, padded[window], out=y)
     return y
 
@@ -379,16 +446,26 @@ def _batch_normalization_shapes(shapes: list[Shape | None], attributes: dict[str
 
 KERNELS: dict[str, Kernel] = {
     "Conv": Kernel(lambda i, a, o, chunk: (conv(*i, **a, chunk_bytes=chunk),), _conv_shapes),
-    "ConvTranspose": Kernel(lambda i, a, o, chunk: (conv_transpose(*i, **a, chunk_bytes=chunk),),
-                            _conv_transpose_shapes),
+    "ConvTranspose": Kernel(
+        lambda i, a, o, chunk: (conv_transpose(*i, **a, chunk_bytes=chunk),), _conv_transpose_shapes
+    ),
     "Gemm": Kernel(lambda i, a, o, chunk: (gemm(*i, **a, chunk_bytes=chunk),), _gemm_shapes),
-    "MatMul": Kernel(lambda i, a, o, chunk: (matmul(*i, **a, chunk_bytes=chunk),),
-                     lambda s, a, o: [matmul_shape(required(s[0]), required(s[1]))]),
-    "MaxPool": Kernel(lambda i, a, o, chunk: (max_pool(*i, **a),), _max_pool_shapes,
-                      # Indices, ceil mode and SAME padding with dilation (where ONNX Runtime departs from the
-                      # spec) stay with onnx's evaluator
-                      lambda a, o: o == 1 and not a.get("ceil_mode")
-                      and (_text(a.get("auto_pad")) not in SAME or set(a.get("dilations") or [1]) == {1})),
-    "BatchNormalization": Kernel(lambda i, a, o, chunk: batch_normalization(*i, **a, outputs=o, chunk_bytes=chunk),
-                                 _batch_normalization_shapes),
+    "MatMul": Kernel(
+        lambda i, a, o, chunk: (matmul(*i, **a, chunk_bytes=chunk),),
+        lambda s, a, o: [matmul_shape(required(s[0]), required(s[1]))],
+    ),
+    "MaxPool": Kernel(
+        lambda i, a, o, chunk: (max_pool(*i, **a),),
+        _max_pool_shapes,
+        # Indices, ceil mode and SAME padding with dilation (where ONNX Runtime departs from the
+        # spec) stay with onnx's evaluator
+        lambda a, o: (
+            o == 1
+            and not a.get("ceil_mode")
+            and (_text(a.get("auto_pad")) not in SAME or set(a.get("dilations") or [1]) == {1})
+        ),
+    ),
+    "BatchNormalization": Kernel(
+        lambda i, a, o, chunk: batch_normalization(*i, **a, outputs=o, chunk_bytes=chunk), _batch_normalization_shapes
+    ),
 }

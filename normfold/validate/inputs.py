@@ -135,12 +135,16 @@ def random_inputs(
     shapes = [resolve_shape(spec, dims or {}) for spec in specs]
     for spec in specs:
         if _value_kind(spec.dtype) == "string":
-            raise NormfoldError(f"input '{spec.name}' holds strings; random inputs cover numbers and booleans, "
-                                "give it from an .npz file or a test_data_set folder")
+            raise NormfoldError(
+                f"input '{spec.name}' holds strings; random inputs cover numbers and booleans, "
+                "give it from an .npz file or a test_data_set folder"
+            )
     _check_budget(specs, shapes, samples, memory_budget)
     return [
-        {spec.name: _random_array(_stream(seed, k, i), spec.dtype, shape)
-         for i, (spec, shape) in enumerate(zip(specs, shapes))}
+        {
+            spec.name: _random_array(_stream(seed, k, i), spec.dtype, shape)
+            for i, (spec, shape) in enumerate(zip(specs, shapes))
+        }
         for k in range(samples)
     ]
 
@@ -212,8 +216,12 @@ def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, .
     return rng.integers(low, high, size=shape, dtype=np.int64).astype(dtype)
 
 
-def load_npz_inputs(path: Path, specs: Sequence[InputSpec], dims: Mapping[str, int] | None = None,
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[Feeds]:
+def load_npz_inputs(
+    path: Path,
+    specs: Sequence[InputSpec],
+    dims: Mapping[str, int] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> list[Feeds]:
     """Feeds from an .npz holding one array per graph input, keyed by input name.
 
     If every array has one more dimension than its input's rank, axis 0 indexes samples; otherwise the file
@@ -244,8 +252,9 @@ def _read_npz(path: Path, budget: int) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise NormfoldError(f"{path}: not a readable .npz archive ({describe(error)})") from None
     if total > budget:
-        raise NormfoldError(f"{path}: its arrays need {_size(total)} but the budget is {_size(budget)} "
-                            "(raise --max-input-bytes)")
+        raise NormfoldError(
+            f"{path}: its arrays need {_size(total)} but the budget is {_size(budget)} (raise --max-input-bytes)"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -262,14 +271,16 @@ def _member_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
     with archive.open(info) as member:
         try:
             version = np.lib.format.read_magic(member)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(member)
         except ValueError as error:
             raise NormfoldError(f"{path}: array '{key}' has no valid .npy header ({describe(error)})") from None
     if dtype.hasobject:
-        raise NormfoldError(f"{path}: cannot read array '{key}' (Object arrays cannot be loaded when "
-                            "allow_pickle=False)")
+        raise NormfoldError(
+            f"{path}: cannot read array '{key}' (Object arrays cannot be loaded when allow_pickle=False)"
+        )
     return math.prod(shape) * dtype.itemsize
 
 
@@ -312,12 +323,16 @@ def _has_samples_axis(source: str, arrays: Mapping[str, np.ndarray], specs: Sequ
     for spec in specs:
         rank, ndim = len(spec.shape), arrays[spec.name].ndim
         if ndim not in (rank, rank + 1):
-            raise NormfoldError(f"{source}: input '{spec.name}' has {ndim} dimension(s) but the model's input has "
-                                f"rank {rank} ({rank + 1} with a leading samples axis)")
+            raise NormfoldError(
+                f"{source}: input '{spec.name}' has {ndim} dimension(s) but the model's input has "
+                f"rank {rank} ({rank + 1} with a leading samples axis)"
+            )
         (stacked if ndim == rank + 1 else single).append(spec.name)
     if stacked and single:
-        raise NormfoldError(f"{source}: input(s) {_quoted(stacked)} have a leading samples axis but "
-                            f"{_quoted(single)} do not; give it to every input or to none")
+        raise NormfoldError(
+            f"{source}: input(s) {_quoted(stacked)} have a leading samples axis but "
+            f"{_quoted(single)} do not; give it to every input or to none"
+        )
     return bool(stacked)
 
 
@@ -337,15 +352,19 @@ def _conform(source: str, spec: InputSpec, array: np.ndarray, dims: Mapping[str,
     array = _check_dtype(source, spec, array)
     offset = 1 if stacked else 0
     if array.ndim != len(spec.shape) + offset:
-        raise NormfoldError(f"{source}: input '{spec.name}' has {array.ndim} dimension(s) "
-                            f"but the model's input has rank {len(spec.shape)}")
+        raise NormfoldError(
+            f"{source}: input '{spec.name}' has {array.ndim} dimension(s) "
+            f"but the model's input has rank {len(spec.shape)}"
+        )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape[offset:])):
         if isinstance(want, int) and got != want:
-            raise NormfoldError(f"{source}: input '{spec.name}' has size {got} on axis {axis} "
-                                f"but the model fixes it to {want}")
+            raise NormfoldError(
+                f"{source}: input '{spec.name}' has size {got} on axis {axis} but the model fixes it to {want}"
+            )
         if isinstance(want, str) and want in dims and got != dims[want]:
-            raise NormfoldError(f"{source}: input '{spec.name}' has size {got} on axis {axis} ('{want}') "
-                                f"but --dim {want}={dims[want]}")
+            raise NormfoldError(
+                f"{source}: input '{spec.name}' has size {got} on axis {axis} ('{want}') but --dim {want}={dims[want]}"
+            )
     return array
 
 
@@ -361,9 +380,7 @@ def _check_dtype(source: str, spec: InputSpec, array: np.ndarray) -> np.ndarray:
     raise NormfoldError(f"{source}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}")
 
 
-def load_test_data_sets(
-    folder: Path, specs: Sequence[InputSpec]
-) -> tuple[list[Feeds], list[list[np.ndarray]] | None]:
+def load_test_data_sets(folder: Path, specs: Sequence[InputSpec]) -> tuple[list[Feeds], list[list[np.ndarray]] | None]:
     """Feeds and expected outputs from the ONNX model-zoo layout.
 
     `folder` is one set (it holds input_0.pb, input_1.pb, ... and maybe output_0.pb, ...) or holds
@@ -378,8 +395,10 @@ def load_test_data_sets(
     if not all(outputs):
         lacking = next(path for path, files in zip(sets, outputs) if not files)
         having = next(path for path, files in zip(sets, outputs) if files)
-        raise NormfoldError(f"{lacking}: no output_*.pb files, but {having.name} has them; "
-                            "give expected outputs for every set or for none")
+        raise NormfoldError(
+            f"{lacking}: no output_*.pb files, but {having.name} has them; "
+            "give expected outputs for every set or for none"
+        )
     return inputs, [[_tensor_array(file, _read_tensor(file)) for file in files] for files in outputs]
 
 
@@ -405,8 +424,9 @@ def _numbered(folder: Path, stem: str) -> list[Path]:
             found[int(match.group(1))] = path
     for index in range(len(found)):
         if index not in found:
-            raise NormfoldError(f"{folder}: {stem}_{index}.pb is missing "
-                                f"(found {', '.join(found[i].name for i in sorted(found))})")
+            raise NormfoldError(
+                f"{folder}: {stem}_{index}.pb is missing (found {', '.join(found[i].name for i in sorted(found))})"
+            )
     return [found[index] for index in range(len(found))]
 
 
@@ -425,8 +445,10 @@ def _read_set_inputs(folder: Path, specs: Sequence[InputSpec]) -> Feeds:
         feeds[spec.name] = _conform(str(file), spec, _tensor_array(file, tensor), {}, stacked=False)
     missing = [spec.name for spec in specs if spec.name not in feeds]
     if missing:
-        raise NormfoldError(f"{folder}: no tensor for input(s) {_quoted(missing)} "
-                            f"({len(files)} input_*.pb file(s) for {len(specs)} model input(s))")
+        raise NormfoldError(
+            f"{folder}: no tensor for input(s) {_quoted(missing)} "
+            f"({len(files)} input_*.pb file(s) for {len(specs)} model input(s))"
+        )
     return {spec.name: feeds[spec.name] for spec in specs}
 
 
@@ -437,8 +459,7 @@ def _spec_for_tensor(file: Path, name: str, index: int, specs: Sequence[InputSpe
         return by_name[name]
     if index < len(specs):
         return specs[index]
-    raise NormfoldError(f"{file}: tensor '{name}' matches no input name and the model has only "
-                        f"{len(specs)} input(s)")
+    raise NormfoldError(f"{file}: tensor '{name}' matches no input name and the model has only {len(specs)} input(s)")
 
 
 def _read_tensor(file: Path) -> onnx.TensorProto:

@@ -46,8 +46,15 @@ def rounding_allowance(reference_error: float, truth_scale: float, precision: np
     return ROUNDING_FACTOR * reference_error + ROUNDING_FLOOR_EPS * eps_of(precision) * truth_scale
 
 
-def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, truth: np.ndarray | None,
-                 tolerance: Tolerance, precision: np.dtype) -> OutputComparison:
+def judge_output(
+    name: str,
+    section: str,
+    refs: np.ndarray,
+    cands: np.ndarray,
+    truth: np.ndarray | None,
+    tolerance: Tolerance,
+    precision: np.dtype,
+) -> OutputComparison:
     """One output's verdict over all samples (arrays concatenated), with its figures and the tolerance in force."""
     structural = structural_problem(refs, cands)
     if structural:
@@ -66,11 +73,14 @@ def judge_output(name: str, section: str, refs: np.ndarray, cands: np.ndarray, t
     problem = ""
     if allowance is not None and cand_f64 is not None and cand_f64 > allowance:
         passed = False
-        problem = (f"candidate is {cand_f64 / max(ref_f64 or 0.0, 1e-300):.3g}x further from float64 than the "
-                   f"reference (rounding allows {allowance:.3g})")
+        problem = (
+            f"candidate is {cand_f64 / max(ref_f64 or 0.0, 1e-300):.3g}x further from float64 than the "
+            f"reference (rounding allows {allowance:.3g})"
+        )
     atol = in_force.absolute(metrics.scale)
-    return OutputComparison(name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64, atol, basis,
-                            ref_hist, cand_hist)
+    return OutputComparison(
+        name, section, passed, tolerance, metrics, problem, ref_f64, cand_f64, atol, basis, ref_hist, cand_hist
+    )
 
 
 def _elementwise_pass(metrics: Metrics) -> bool:

@@ -80,8 +80,11 @@ def require_one_onnxruntime() -> None:
     listed = [f"{name} {version}" for name, version in installed]
     both = f"both {listed[0]} and {listed[1]}" if len(listed) == 2 else f"{', '.join(listed[:-1])} and {listed[-1]}"
     keep = "onnxruntime-gpu" if "onnxruntime-gpu" in names and not _driver_missing() else "onnxruntime"
-    raise NormfoldError(f"{both} are installed in this environment; they overwrite each other's files. "
-                        f"Fix: pip uninstall -y {' '.join(names)} && pip install {keep}", exit_code=EXIT_UNUSABLE_INPUT)
+    raise NormfoldError(
+        f"{both} are installed in this environment; they overwrite each other's files. "
+        f"Fix: pip uninstall -y {' '.join(names)} && pip install {keep}",
+        exit_code=EXIT_UNUSABLE_INPUT,
+    )
 
 
 def _runtime_distributions() -> list[tuple[str, str]]:
@@ -159,8 +162,10 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable", *,
         text = describe(error, 2000)
         missing = suggest_reference and _kernel_missing(error)
         if provider == "cpu" and "Unsupported model IR version" in text:  # ONNX Runtime's own words for it
-            advice = (f"the model is newer than onnxruntime {ort.__version__} reads: upgrade onnxruntime, or "
-                      f"{REFERENCE_HINT}; --no-validate would write a model this onnxruntime cannot load")
+            advice = (
+                f"the model is newer than onnxruntime {ort.__version__} reads: upgrade onnxruntime, or "
+                f"{REFERENCE_HINT}; --no-validate would write a model this onnxruntime cannot load"
+            )
             raise NormfoldError(f"{model_path}: ONNX Runtime cannot load the model: {text} ({advice})") from None
         if provider == "cpu":
             advice = "--no-validate skips validation" + (f"; {REFERENCE_HINT}" if missing else "")
@@ -210,7 +215,9 @@ def provider_failure_reason(provider: str) -> str:
     return "the provider loaded but the session fell back to CPU (unsupported GPU, or CUDA/cuDNN versions that do not match)"
 
 
-def resolve_providers(requested: tuple[str, ...], probe_model: Path, opt_level: str = "disable") -> list[ProviderChoice]:
+def resolve_providers(
+    requested: tuple[str, ...], probe_model: Path, opt_level: str = "disable"
+) -> list[ProviderChoice]:
     """Turn --provider values into the providers to run; `auto` is CUDA when it really runs, else CPU.
 
     Whether CUDA runs is first decided without a session where that is certain (no CUDA in this build,
@@ -224,9 +231,12 @@ def resolve_providers(requested: tuple[str, ...], probe_model: Path, opt_level: 
         elif key in PROVIDER_NAMES:
             choice = ProviderChoice(key)
         elif key == REFERENCE:
-            choice = ProviderChoice(REFERENCE, f"{REFERENCE_LABEL}: onnx's reference evaluator runs both models with "
-                                               "every float tensor widened exactly to float64; tolerances follow "
-                                               "each output's declared dtype")
+            choice = ProviderChoice(
+                REFERENCE,
+                f"{REFERENCE_LABEL}: onnx's reference evaluator runs both models with "
+                "every float tensor widened exactly to float64; tolerances follow "
+                "each output's declared dtype",
+            )
         else:
             raise NormfoldError(f"unknown provider '{key}' (choose from {', '.join(PROVIDER_CHOICES)})", exit_code=2)
         if choice.key not in [c.key for c in chosen]:
@@ -238,7 +248,9 @@ def _auto(probe_model: Path, opt_level: str) -> ProviderChoice:
     """CUDA with its session when a CUDA session really runs `probe_model`, else CPU with the reason."""
     name = PROVIDER_NAMES["cuda"]
     if name not in _ort().get_available_providers():
-        return ProviderChoice("cpu", f"auto: CPU, because {name} is not in this onnxruntime build ({_ort().__version__})")
+        return ProviderChoice(
+            "cpu", f"auto: CPU, because {name} is not in this onnxruntime build ({_ort().__version__})"
+        )
     if _driver_missing():
         return ProviderChoice("cpu", f"auto: CPU, CUDA does not run here: {provider_failure_reason('cuda')}")
     try:

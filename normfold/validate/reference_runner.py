@@ -21,8 +21,9 @@ from normfold.validate.compare import is_float
 from normfold.validate.float64 import Float64Unavailable, run_float64_samples
 
 
-def run_reference(path: Path, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
-                  max_bytes: int) -> list[list[np.ndarray]]:
+def run_reference(
+    path: Path, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], max_bytes: int
+) -> list[list[np.ndarray]]:
     """The model's (read from `path`) outputs per sample, float outputs as float64, within `max_bytes`; an error
     when the evaluator cannot run it or it is over budget (the whole choice is then unusable)."""
     try:

@@ -39,14 +39,21 @@ class OutputComparison:
             parts.append(self.problem)
             return " | ".join(parts)
         m = self.metrics
-        parts += [f"max abs {m.max_abs:.3g}", f"max rel {m.max_rel:.3g}", f"mean abs {m.mean_abs:.3g}",
-                  f"median abs {m.median_abs:.3g}", f"{m.eps_units:.3g} eps"]
+        parts += [
+            f"max abs {m.max_abs:.3g}",
+            f"max rel {m.max_rel:.3g}",
+            f"mean abs {m.mean_abs:.3g}",
+            f"median abs {m.median_abs:.3g}",
+            f"{m.eps_units:.3g} eps",
+        ]
         if m.nan_mismatch or m.inf_mismatch:
             parts.append(f"NaN mismatches {m.nan_mismatch}, Inf mismatches {m.inf_mismatch}")
         if m.violations:
             parts.append(f"{m.violations} elements beyond tolerance")
         if self.candidate_vs_float64 is not None and self.reference_vs_float64 is not None:
-            parts.append(f"vs float64: reference {self.reference_vs_float64:.3g}, candidate {self.candidate_vs_float64:.3g}")
+            parts.append(
+                f"vs float64: reference {self.reference_vs_float64:.3g}, candidate {self.candidate_vs_float64:.3g}"
+            )
         if self.problem:
             parts.append(self.problem)
         parts.append(self.describe_tolerance())
@@ -58,7 +65,12 @@ class OutputComparison:
         The essentials of to_line: verdict, output, provider, max abs error, the tolerance it was judged against,
         NaN/Inf mismatches, and the float64 check in a few words.
         """
-        head = [f"{'PASSED' if self.passed else 'FAILED'} '", Squeezable(self.output), "' on ", Squeezable(self.section)]
+        head = [
+            f"{'PASSED' if self.passed else 'FAILED'} '",
+            Squeezable(self.output),
+            "' on ",
+            Squeezable(self.section),
+        ]
         if self.metrics is None:
             return fit([*head, " | ", Cuttable(self.problem)], width)
         m = self.metrics
@@ -130,14 +142,33 @@ class ValidationReport:
         output has its essentials (OutputComparison.to_short_line) instead of every figure.
         """
         failed = len(self.failures)
-        verdict = "PASSED: equivalent" if self.passed else f"FAILED: {failed} of {len(self.comparisons)} output comparison(s) differ"
+        verdict = (
+            "PASSED: equivalent"
+            if self.passed
+            else f"FAILED: {failed} of {len(self.comparisons)} output comparison(s) differ"
+        )
         if width is not None:
-            head = fit(["validate ", Squeezable(self.candidate), " against ", Squeezable(self.reference),
-                        f": {self.samples} sample(s) from ", Cuttable(self.inputs)], width)
-            return [head, *(cut(note, width) for note in self.notes),
-                    *(c.to_short_line(width) for c in self.comparisons), verdict]
-        first = (f"validate {self.candidate} against {self.reference}: {self.samples} sample(s) from {self.inputs}, "
-                 f"provider(s) {', '.join(self.providers)}")
+            head = fit(
+                [
+                    "validate ",
+                    Squeezable(self.candidate),
+                    " against ",
+                    Squeezable(self.reference),
+                    f": {self.samples} sample(s) from ",
+                    Cuttable(self.inputs),
+                ],
+                width,
+            )
+            return [
+                head,
+                *(cut(note, width) for note in self.notes),
+                *(c.to_short_line(width) for c in self.comparisons),
+                verdict,
+            ]
+        first = (
+            f"validate {self.candidate} against {self.reference}: {self.samples} sample(s) from {self.inputs}, "
+            f"provider(s) {', '.join(self.providers)}"
+        )
         return [first, *self.notes, *(c.to_line() for c in self.comparisons), verdict]
 
     def to_dict(self) -> dict[str, Any]:

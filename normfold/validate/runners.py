@@ -57,8 +57,10 @@ class OrtRunner:
             try:
                 self._outputs = [session.run(None, feed) for feed in self.feeds]
             except Exception as error:  # ONNX Runtime raises its own types for models it cannot run
-                raise NormfoldError(f"{self.path}: ONNX Runtime failed on {self.choice.key}: {describe(error, 2000)} "
-                                    "(--no-validate skips validation)") from None
+                raise NormfoldError(
+                    f"{self.path}: ONNX Runtime failed on {self.choice.key}: {describe(error, 2000)} "
+                    "(--no-validate skips validation)"
+                ) from None
         return self._outputs
 
 

@@ -74,7 +74,9 @@ def test_external_data_missing(external_model: Path) -> None:
     (folder / "w.data").unlink()
     before = snapshot(folder)
     result = invoke("fold", external_model)
-    assert_one_line_error(result, f"{external_model}: external data file 'w.data' of tensor 'conv_w1' is missing", exit_code=3)
+    assert_one_line_error(
+        result, f"{external_model}: external data file 'w.data' of tensor 'conv_w1' is missing", exit_code=3
+    )
     assert snapshot(folder) == before
 
 
@@ -143,5 +145,6 @@ def test_truncated_external_data_without_length_is_one_line(tmp_path: Path) -> N
     with open(tmp_path / "w.data", "r+b") as handle:
         handle.truncate(1000)
     result = invoke("fold", source)
-    assert_one_line_error(result, f"{source}: external data file 'w.data' is too short for tensor 'conv_w1'",
-                          exit_code=3)
+    assert_one_line_error(
+        result, f"{source}: external data file 'w.data' is too short for tensor 'conv_w1'", exit_code=3
+    )

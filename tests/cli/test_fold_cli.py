@@ -44,7 +44,11 @@ def test_default_output_is_beside_the_input(workdir: Path) -> None:
     assert result.stdout.splitlines()[-1] == f"wrote {expected}"
     assert sha256(source) == before
     assert_equivalent_fold(source, expected)
-    assert sorted(p.name for p in workdir.iterdir()) == ["resnet_block.folded.onnx", "resnet_block.onnx", "training_export.onnx"]
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "resnet_block.folded.onnx",
+        "resnet_block.onnx",
+        "training_export.onnx",
+    ]
 
 
 def test_installed_script_with_relative_paths(workdir: Path) -> None:
@@ -72,21 +76,49 @@ def test_json_report(workdir: Path) -> None:
     assert report["normfold_report"] == "fold"
     assert report["version"] == 1
     assert report["summary"] == {
-        "batchnorm_total": 6, "batchnorm_folded": 6, "dropout_total": 1, "dropout_stripped": 1, "affine_total": 0, "affine_folded": 0,
-        "switched_to_inference": 0, "nodes_before": 23, "nodes_after": 16,
+        "batchnorm_total": 6,
+        "batchnorm_folded": 6,
+        "dropout_total": 1,
+        "dropout_stripped": 1,
+        "affine_total": 0,
+        "affine_folded": 0,
+        "switched_to_inference": 0,
+        "nodes_before": 23,
+        "nodes_after": 16,
     }
-    bn_pairs = [("batchnormalization7", "conv2"), ("batchnormalization15", "conv10"), ("batchnormalization23", "conv18"),
-                ("batchnormalization32", "conv27"), ("batchnormalization40", "conv35"), ("batchnormalization47", "conv42")]
+    bn_pairs = [
+        ("batchnormalization7", "conv2"),
+        ("batchnormalization15", "conv10"),
+        ("batchnormalization23", "conv18"),
+        ("batchnormalization32", "conv27"),
+        ("batchnormalization40", "conv35"),
+        ("batchnormalization47", "conv42"),
+    ]
     expected_nodes = [
-        {"graph": "main", "node": bn, "op_type": "BatchNormalization", "action": "folded",
-         "detail": f"into Conv '{conv}' (backward)", "reason": ""}
+        {
+            "graph": "main",
+            "node": bn,
+            "op_type": "BatchNormalization",
+            "action": "folded",
+            "detail": f"into Conv '{conv}' (backward)",
+            "reason": "",
+        }
         for bn, conv in bn_pairs
-    ] + [{"graph": "main", "node": "dropout53", "op_type": "Dropout", "action": "stripped", "detail": "removed",
-          "reason": ""}]
+    ] + [
+        {
+            "graph": "main",
+            "node": "dropout53",
+            "op_type": "Dropout",
+            "action": "stripped",
+            "detail": "removed",
+            "reason": "",
+        }
+    ]
     assert [{k: v for k, v in node.items() if k != "tensors"} for node in report["nodes"]] == expected_nodes
     assert report["nodes"][0]["tensors"] == {
         "conv_w1_folded": ["conv_w1", "bn_scale3", "bn_bias4", "bn_mean5", "bn_var6"],
-        "conv2_bias_folded": ["bn_scale3", "bn_bias4", "bn_mean5", "bn_var6"]}
+        "conv2_bias_folded": ["bn_scale3", "bn_bias4", "bn_mean5", "bn_var6"],
+    }
     assert report["nodes"][-1]["tensors"] == {}
     assert report["input"] == str(source)
     assert report["output"] == str(target)
@@ -111,8 +143,10 @@ def test_training_form_is_reported_as_skipped(workdir: Path) -> None:
     assert wrote == f"wrote {target}"
     assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
     verbose = fold_lines(invoke("fold", source, "-v").stdout)
-    assert verbose[2] == ("BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7; 2 node(s) left in "
-                          "training mode (add --eval to convert them first)")
+    assert verbose[2] == (
+        "BatchNormalization folded 0/1, Dropout stripped 0/1, nodes 7 -> 7; 2 node(s) left in "
+        "training mode (add --eval to convert them first)"
+    )
     assert verbose[0].startswith(bn_line.removesuffix("...")) and len(verbose[0]) > 100
     assert sha256(source) == before
     onnx.checker.check_model(str(target), full_check=True)

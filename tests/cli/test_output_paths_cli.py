@@ -78,7 +78,10 @@ def test_output_that_is_not_a_regular_file_is_refused(workdir: Path) -> None:
     assert_one_line_error(result, f"{fifo}: exists and is not a regular file; refusing to replace it", exit_code=2)
     folder = invoke("fold", source, "-o", workdir)
     assert folder.exit_code == 2 and folder.stdout == ""
-    assert folder.stderr.splitlines()[-1] == f"Error: Invalid value for '-o' / '--output': File '{workdir}' is a directory."
+    assert (
+        folder.stderr.splitlines()[-1]
+        == f"Error: Invalid value for '-o' / '--output': File '{workdir}' is a directory."
+    )
 
 
 def test_output_onto_the_inputs_external_data_is_refused(tmp_path: Path) -> None:
@@ -88,8 +91,9 @@ def test_output_onto_the_inputs_external_data_is_refused(tmp_path: Path) -> None
     before = snapshot(tmp_path)
     for command in (["fold"], ["mode", "--eval"]):
         result = invoke(*command, source, "-o", tmp_path / "m.onnx.data")
-        assert_one_line_error(result, f"{tmp_path / 'm.onnx.data'}: refusing to overwrite an external data file of "
-                              "the input", exit_code=2)
+        assert_one_line_error(
+            result, f"{tmp_path / 'm.onnx.data'}: refusing to overwrite an external data file of the input", exit_code=2
+        )
     assert snapshot(tmp_path) == before
 
 

@@ -15,9 +15,11 @@ from click.testing import Result
 WIDTH = 100
 FIGURE = r"-?\d[\d.e+-]*"
 SHORT_PASS = rf"PASSED '{{output}}' on cpu \| max abs {FIGURE} \| atol {FIGURE} rtol 0\.0001 \| float64 ok"
-FULL_PASS = (rf"PASSED \| output '{{output}}' \| cpu \| max abs {FIGURE} \| max rel {FIGURE} \| mean abs {FIGURE} \| "
-             rf"median abs {FIGURE} \| {FIGURE} eps \| vs float64: reference {FIGURE}, candidate {FIGURE} \| "
-             rf"atol {FIGURE} \(rounding\) rtol 0\.0001")
+FULL_PASS = (
+    rf"PASSED \| output '{{output}}' \| cpu \| max abs {FIGURE} \| max rel {FIGURE} \| mean abs {FIGURE} \| "
+    rf"median abs {FIGURE} \| {FIGURE} eps \| vs float64: reference {FIGURE}, candidate {FIGURE} \| "
+    rf"atol {FIGURE} \(rounding\) rtol 0\.0001"
+)
 OUTPUTS = {"resnet_block.onnx": "logits", "mlp.onnx": "scores"}
 
 
@@ -110,14 +112,30 @@ def test_verbose_prints_every_figure_and_full_lines(models: Path) -> None:
     assert re.fullmatch(FULL_PASS.format(output="logits"), validate[1])
     check = invoke("check", models / "training_export.onnx", "-v").stdout.splitlines()
     path = models / "training_export.onnx"
-    assert check[1] == (f"  training-bn 'batchnormalization8': training_mode=1: normalizes with batch statistics; "
-                        f"TensorRT refuses training-mode BatchNormalization (fix: normfold mode --eval {path} (or "
-                        f"normfold fold --eval {path}))")
+    assert check[1] == (
+        f"  training-bn 'batchnormalization8': training_mode=1: normalizes with batch statistics; "
+        f"TensorRT refuses training-mode BatchNormalization (fix: normfold mode --eval {path} (or "
+        f"normfold fold --eval {path}))"
+    )
     batch = invoke("fold", models, "--provider", "cpu", "-v").stdout.splitlines()
-    assert batch[0] == (f"FAILED    {models / 'broken.onnx'}: {models / 'broken.onnx'}: not a readable ONNX model "
-                        "(Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)")
-    assert batch[5].split() == ["MODEL", "STATUS", "BN", "FOLDED", "DROPOUT", "STRIPPED", "NODES", "VALIDATION",
-                                "MAX", "ABS", "EXIT", "REASON"]
+    assert batch[0] == (
+        f"FAILED    {models / 'broken.onnx'}: {models / 'broken.onnx'}: not a readable ONNX model "
+        "(Error parsing message with type 'onnx.ModelProto': Wire format was corrupt)"
+    )
+    assert batch[5].split() == [
+        "MODEL",
+        "STATUS",
+        "BN",
+        "FOLDED",
+        "DROPOUT",
+        "STRIPPED",
+        "NODES",
+        "VALIDATION",
+        "MAX",
+        "ABS",
+        "EXIT",
+        "REASON",
+    ]
 
 
 def test_quiet_prints_only_the_verdict_line_with_the_same_exit_codes(models: Path) -> None:
@@ -126,10 +144,13 @@ def test_quiet_prints_only_the_verdict_line_with_the_same_exit_codes(models: Pat
     assert (fold.exit_code, fold.stderr) == (0, "")
     (line,) = fold.stdout.splitlines()
     assert line.startswith("wrote ") and line.endswith("/mlp.folded.onnx") and len(line) <= WIDTH
-    strict = invoke("fold", model, "-o", models / "strict.onnx", "--provider", "cpu", "--atol", "0", "--rtol", "0",
-                    "-q")
+    strict = invoke(
+        "fold", model, "-o", models / "strict.onnx", "--provider", "cpu", "--atol", "0", "--rtol", "0", "-q"
+    )
     assert strict.exit_code == 1 and strict.stdout == "" and not (models / "strict.onnx").exists()
-    assert len(strict.stderr.splitlines()) == 1 and strict.stderr.startswith("normfold: error: the folded model differs")
+    assert len(strict.stderr.splitlines()) == 1 and strict.stderr.startswith(
+        "normfold: error: the folded model differs"
+    )
     assert invoke("fold", models / "broken.onnx", "-q").exit_code == 3
     assert invoke("validate", model, folded, "--provider", "cpu", "-q").stdout == "PASSED: equivalent\n"
     differs = invoke("validate", model, folded, "--provider", "cpu", "--atol", "0", "--rtol", "0", "-q")

@@ -44,8 +44,12 @@ def test_fold_shows_each_phase_in_place_and_clears_it(terminal: None, model: Pat
     assert result.stdout.splitlines()[:7] == RESNET_LINES
     # the records come out once the fold is written, before validation starts
     output = result.output
-    assert output.index("| write ") < output.index(RESNET_LINES[0]) < output.index("| validate ") < \
-        output.index("validate: PASSED")
+    assert (
+        output.index("| write ")
+        < output.index(RESNET_LINES[0])
+        < output.index("| validate ")
+        < output.index("validate: PASSED")
+    )
 
 
 def test_validate_shows_its_phase(terminal: None, model: Path) -> None:

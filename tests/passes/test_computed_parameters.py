@@ -94,15 +94,19 @@ def test_a_random_node_in_the_cone_is_not_evaluated() -> None:
 
 def test_a_cone_over_the_node_bound_is_not_evaluated() -> None:
     g = rng(25)
-    inits = {"w": g.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32), **bn_params("bn", 4, g),
-             "one": np.ones(4, np.float32)}
+    inits = {
+        "w": g.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32),
+        **bn_params("bn", 4, g),
+        "one": np.ones(4, np.float32),
+    }
     nodes, previous = [], "bn_var"
     for index in range(MAX_NODES + 1):
         nodes.append(helper.make_node("Mul", [previous, "one"], [f"v{index}"], name=f"mul{index}"))
         previous = f"v{index}"
-    nodes += [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-              helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", previous], ["z"],
-                               name="bn")]
+    nodes += [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", previous], ["z"], name="bn"),
+    ]
     result = fold(make_model(nodes, {"x": ["N", 3, 4, 4]}, ["z"], inits))
     assert result.records[0].detail.startswith(f"var '{previous}' is computed at run time")
     nodes_within = nodes[1:]  # one Mul fewer: exactly MAX_NODES

@@ -24,8 +24,15 @@ def _conv_case(dims: int, group: int, bias: bool, stride: int, dilation: int, pa
         inits["b"] = g.normal(0, 0.3, c_out).astype(np.float32)
         inputs.append("b")
     conv = helper.make_node(
-        "Conv", inputs, ["y"], name="conv", group=group, kernel_shape=[k] * dims,
-        strides=[stride] * dims, dilations=[dilation] * dims, pads=[pad] * (2 * dims),
+        "Conv",
+        inputs,
+        ["y"],
+        name="conv",
+        group=group,
+        kernel_shape=[k] * dims,
+        strides=[stride] * dims,
+        dilations=[dilation] * dims,
+        pads=[pad] * (2 * dims),
     )
     spatial = [9] * dims
     return make_model([conv, bn_node("y", "z", "bn")], {"x": ["N", c_in, *spatial]}, ["z"], inits)
@@ -62,7 +69,9 @@ def _convtranspose_case(group: int, bias: bool) -> onnx.ModelProto:
     if bias:
         inits["b"] = g.normal(0, 0.3, c_out_g * group).astype(np.float32)
         inputs.append("b")
-    node = helper.make_node("ConvTranspose", inputs, ["y"], name="deconv", group=group, strides=[2, 2], pads=[1, 1, 1, 1])
+    node = helper.make_node(
+        "ConvTranspose", inputs, ["y"], name="deconv", group=group, strides=[2, 2], pads=[1, 1, 1, 1]
+    )
     return make_model([node, bn_node("y", "z", "bn")], {"x": ["N", c_in, 5, 5]}, ["z"], inits)
 
 
@@ -84,7 +93,7 @@ def _ungrouped(model: onnx.ModelProto, group: int) -> onnx.ModelProto:
     full = np.zeros((c_in, c_out_g * group) + w.shape[2:], w.dtype)
     for i in range(group):
         rows = slice(i * c_in // group, (i + 1) * c_in // group)
-        full[rows, i * c_out_g:(i + 1) * c_out_g] = w[rows]
+        full[rows, i * c_out_g : (i + 1) * c_out_g] = w[rows]
     weight.CopyFrom(onnx.numpy_helper.from_array(full, "w"))
     for attr in dense.graph.node[0].attribute:
         if attr.name == "group":
@@ -136,8 +145,14 @@ def test_matmul_3d_is_left_with_reason() -> None:
     assert "MatMul 'mm' outputs rank 3; BN's channel axis 1 is not its feature axis" in result.records[0].detail
 
 
-ADD_BIAS_SHAPES = {"conv-c11": ("Conv", (6, 1, 1)), "conv-1c11": ("Conv", (1, 6, 1, 1)), "conv-scalar": ("Conv", ()),
-                   "gemm-n": ("Gemm", (6,)), "matmul-n": ("MatMul", (6,)), "matmul-1n": ("MatMul", (1, 6))}
+ADD_BIAS_SHAPES = {
+    "conv-c11": ("Conv", (6, 1, 1)),
+    "conv-1c11": ("Conv", (1, 6, 1, 1)),
+    "conv-scalar": ("Conv", ()),
+    "gemm-n": ("Gemm", (6,)),
+    "matmul-n": ("MatMul", (6,)),
+    "matmul-1n": ("MatMul", (1, 6)),
+}
 
 
 @pytest.mark.parametrize("case", ADD_BIAS_SHAPES, ids=list(ADD_BIAS_SHAPES))
@@ -164,14 +179,20 @@ def test_layer_add_bias_then_bn_folds(case: str) -> None:
         assert "through Add 'add'" in result.records[0].detail
     else:  # the Add folds into the layer's bias on its own, then BN folds into the layer
         assert [(r.op_type, r.detail) for r in result.records] == [
-            ("Add", f"into {op} 'layer' (backward)"), ("BatchNormalization", f"into {op} 'layer' (backward)")]
+            ("Add", f"into {op} 'layer' (backward)"),
+            ("BatchNormalization", f"into {op} 'layer' (backward)"),
+        ]
     assert_fold_exact(model, result.model, random_feeds(model))
 
 
 def test_chain_conv_bn_bn_folds_completely() -> None:
     g = rng(7)
     inits = {"w": g.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), **bn_params("bn1", 4, g), **bn_params("bn2", 4, g)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "y1", "bn1"), bn_node("y1", "z", "bn2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        bn_node("y", "y1", "bn1"),
+        bn_node("y1", "z", "bn2"),
+    ]
     model = make_model(nodes, {"x": ["N", 3, 6, 6]}, ["z"], inits)
     result = fold(model)
     assert op_types(ir.to_proto(result.model)) == ["Conv"]
@@ -184,7 +205,10 @@ def test_bn_after_relu_folds_forward(consumer: str) -> None:
     g = rng(8)
     if consumer.startswith("Conv"):
         group = 2 if consumer == "Conv-grouped" else 1
-        inits = {"w": g.normal(0, 0.5, (6, 4 // group, 3, 3)).astype(np.float32), "b": g.normal(0, 0.3, 6).astype(np.float32)}
+        inits = {
+            "w": g.normal(0, 0.5, (6, 4 // group, 3, 3)).astype(np.float32),
+            "b": g.normal(0, 0.3, 6).astype(np.float32),
+        }
         layer = helper.make_node("Conv", ["h", "w", "b"], ["z"], name="next", group=group)
         inputs = {"x": ["N", 4, 7, 7]}
     else:
@@ -202,29 +226,39 @@ def test_bn_after_relu_folds_forward(consumer: str) -> None:
     result = fold(model)
     ops = op_types(ir.to_proto(result.model))
     assert "BatchNormalization" not in ops
-    assert result.records[0].detail.endswith("(forward)") or "(forward) (MatMul rewritten as Gemm)" in result.records[0].detail
+    assert (
+        result.records[0].detail.endswith("(forward)")
+        or "(forward) (MatMul rewritten as Gemm)" in result.records[0].detail
+    )
     assert_fold_exact(model, result.model, random_feeds(model))
 
 
 def test_forward_into_padded_conv_is_left_with_reason() -> None:
     g = rng(9)
     inits = {"w": g.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, g)}
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "h", "bn"),
-             helper.make_node("Conv", ["h", "w"], ["z"], name="next", pads=[1, 1, 1, 1])]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "h", "bn"),
+        helper.make_node("Conv", ["h", "w"], ["z"], name="next", pads=[1, 1, 1, 1]),
+    ]
     model = make_model(nodes, {"x": ["N", 4, 6, 6]}, ["z"], inits)
     result = fold(model)
     assert "BatchNormalization" in op_types(ir.to_proto(result.model))
-    assert result.records[0].detail == ("into its producer: Relu 'Relu->r' is not a Conv, ConvTranspose, Gemm or "
-                                        "MatMul; into its consumer: Conv 'next' pads its input, and padding zeros "
-                                        "are not shifted by BN")
+    assert result.records[0].detail == (
+        "into its producer: Relu 'Relu->r' is not a Conv, ConvTranspose, Gemm or "
+        "MatMul; into its consumer: Conv 'next' pads its input, and padding zeros "
+        "are not shifted by BN"
+    )
 
 
 def test_parameters_from_constant_nodes_fold() -> None:
     g = rng(10)
     params = bn_params("bn", 4, g)
     weight = g.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32)
-    constants = [helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(array, name))
-                 for name, array in {"w": weight, **params}.items()]
+    constants = [
+        helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(array, name))
+        for name, array in {"w": weight, **params}.items()
+    ]
     nodes = constants + [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z", "bn")]
     model = make_model(nodes, {"x": ["N", 3, 4, 4]}, ["z"], {})
     result = fold(model)
@@ -251,8 +285,11 @@ def test_shared_weight_is_not_changed_in_place() -> None:
     g = rng(11)
     weight = g.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32)
     inits = {"w": weight, **bn_params("bn", 4, g)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z", "bn"),
-             helper.make_node("Conv", ["x", "w"], ["other"], name="other_conv")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        bn_node("y", "z", "bn"),
+        helper.make_node("Conv", ["x", "w"], ["other"], name="other_conv"),
+    ]
     model = make_model(nodes, {"x": ["N", 3, 4, 4]}, ["z", "other"], inits)
     result = fold(model)
     folded = ir.to_proto(result.model)
@@ -279,6 +316,7 @@ def test_batchnorm_opsets_fold(opset: int) -> None:
 
 
 # Negative tests: one per guard, each asserting the reason the user reads.
+
 
 def _conv_bn(extra_nodes=(), outputs=("z",), inputs_override=None, opset=17) -> onnx.ModelProto:
     g = rng(12)
@@ -339,8 +377,11 @@ def test_inconsistent_parameter_shapes_are_an_error() -> None:
     for tensor in model.graph.initializer:
         if tensor.name == "bn_mean":
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "bn_mean"))
-    with pytest.raises(NormfoldError, match=r"^BatchNormalization 'bn' has inconsistent parameter shapes: "
-                       r"scale \[4\], B \[4\], mean \[3\], var \[4\]$"):
+    with pytest.raises(
+        NormfoldError,
+        match=r"^BatchNormalization 'bn' has inconsistent parameter shapes: "
+        r"scale \[4\], B \[4\], mean \[3\], var \[4\]$",
+    ):
         fold(model)
 
 
@@ -394,17 +435,21 @@ def test_a_float64_bn_without_epsilon_folds_with_onnx_float32_default() -> None:
     x = g.normal(0, 1, (5, 3))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    run = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-           .run(None, {"x": x})[0] for m in (model, folded)]
+    run = [
+        ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, folded)
+    ]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-12, atol=0)
 
 
 def test_training_mode_skips_carry_their_reason_code() -> None:
     from examples import MODELS
 
-    from normfold.records import TRAINING_MODE
+    from normfold.reason_codes import TRAINING_MODE
 
     result = fold(MODELS / "training_export.onnx")
     assert [(r.op_type, r.action, r.reason) for r in result.records] == [
-        ("BatchNormalization", "skipped", TRAINING_MODE), ("Dropout", "skipped", TRAINING_MODE)]
+        ("BatchNormalization", "skipped", TRAINING_MODE),
+        ("Dropout", "skipped", TRAINING_MODE),
+    ]
     assert result.to_dict()["nodes"][0]["reason"] == "training-mode"

@@ -44,13 +44,21 @@ def test_layernorm_affine_folds_into_q_k_v_and_leaves_unit_scale() -> None:
 def test_rmsnormalization_scale_folds_into_a_gemm() -> None:
     """RMSNormalization (opset 23) has a scale only: Gemm's weight takes it, C is unchanged."""
     g = rng(52)
-    nodes = [helper.make_node("RMSNormalization", ["x", "gamma"], ["n"], name="rms"),
-             helper.make_node("Gemm", ["n", "w", "b"], ["out"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", C])],
-                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", F])],
-                              [onnx.numpy_helper.from_array(g.uniform(0.5, 1.5, C).astype(np.float32), "gamma"),
-                               onnx.numpy_helper.from_array(g.normal(0, 0.3, (F, C)).astype(np.float32), "w"),
-                               onnx.numpy_helper.from_array(g.normal(0, 0.1, F).astype(np.float32), "b")])
+    nodes = [
+        helper.make_node("RMSNormalization", ["x", "gamma"], ["n"], name="rms"),
+        helper.make_node("Gemm", ["n", "w", "b"], ["out"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rms",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", C])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", F])],
+        [
+            onnx.numpy_helper.from_array(g.uniform(0.5, 1.5, C).astype(np.float32), "gamma"),
+            onnx.numpy_helper.from_array(g.normal(0, 0.3, (F, C)).astype(np.float32), "w"),
+            onnx.numpy_helper.from_array(g.normal(0, 0.1, F).astype(np.float32), "b"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=11)
     onnx.checker.check_model(model, full_check=True)
     proto, records = _folded(model)
@@ -62,16 +70,26 @@ def test_rmsnormalization_scale_folds_into_a_gemm() -> None:
 def test_decomposed_layernorm_mul_and_add_are_removed() -> None:
     """ReduceMean-based LN ending in Mul(gamma) -> Add(beta), read by two MatMuls: the Mul and Add go."""
     g = rng(53)
-    inits = {"gamma": g.uniform(0.5, 1.5, C).astype(np.float32), "beta": g.normal(0, 0.3, C).astype(np.float32),
-             "eps": np.float32(1e-5), "w1": g.normal(0, 0.3, (C, F)).astype(np.float32),
-             "w2": g.normal(0, 0.3, (C, F)).astype(np.float32)}
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), helper.make_node("Sub", ["x", "mean"], ["d"]),
-             helper.make_node("Mul", ["d", "d"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
-             helper.make_node("Div", ["d", "std"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["s"], name="scale"),
-             helper.make_node("Add", ["s", "beta"], ["y"], name="shift"),
-             helper.make_node("MatMul", ["y", "w1"], ["o1"], name="m1"),
-             helper.make_node("MatMul", ["y", "w2"], ["o2"], name="m2")]
+    inits = {
+        "gamma": g.uniform(0.5, 1.5, C).astype(np.float32),
+        "beta": g.normal(0, 0.3, C).astype(np.float32),
+        "eps": np.float32(1e-5),
+        "w1": g.normal(0, 0.3, (C, F)).astype(np.float32),
+        "w2": g.normal(0, 0.3, (C, F)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["s"], name="scale"),
+        helper.make_node("Add", ["s", "beta"], ["y"], name="shift"),
+        helper.make_node("MatMul", ["y", "w1"], ["o1"], name="m1"),
+        helper.make_node("MatMul", ["y", "w2"], ["o2"], name="m2"),
+    ]
     model = make_model(nodes, {"x": ["N", L, C]}, ["o1", "o2"], inits, opset=17)
     proto, records = _folded(model)
     assert "Mul" in op_types(proto)  # d * d stays
@@ -90,7 +108,8 @@ def _skipped(model: onnx.ModelProto) -> str:
 def test_a_residual_consumer_leaves_the_layernorm_with_the_reason() -> None:
     """The normalized tensor also goes to a residual Add, which would see the changed scale."""
     assert _skipped(layernorm_qkv_model(extra_consumer=True)) == (
-        "its output also feeds Add 'residual', not only MatMul or Gemm layers")
+        "its output also feeds Add 'residual', not only MatMul or Gemm layers"
+    )
 
 
 def test_a_layernorm_over_several_axes_is_left_with_the_reason() -> None:

@@ -32,8 +32,12 @@ def test_opset6_is_test_1_folds_like_opset15_and_is_test_0_is_training() -> None
     inits = _inits(1)
     modern = fold(make_model(_conv_bn_nodes(), {"x": [2, 3, 6, 6]}, ["z"], inits, opset=15))
     graph = helper.make_graph(
-        _conv_bn_nodes(is_test=1), "t", [helper.make_tensor_value_info("x", 1, [2, 3, 6, 6])],
-        [helper.make_tensor_value_info("z", 1, [2, 4, 4, 4])], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        _conv_bn_nodes(is_test=1),
+        "t",
+        [helper.make_tensor_value_info("x", 1, [2, 3, 6, 6])],
+        [helper.make_tensor_value_info("z", 1, [2, 4, 4, 4])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
     old.ir_version = 3
     result = fold(old)
@@ -58,7 +62,9 @@ def test_spatial_0_with_per_channel_params_on_2d_input_folds() -> None:
 
 def test_spatial_0_with_per_position_params_is_left() -> None:
     g = rng(3)
-    params = {k: np.abs(g.normal(1, 0.2, (4, 2, 2))).astype(np.float32) for k in ("bn_scale", "bn_bias", "bn_mean", "bn_var")}
+    params = {
+        k: np.abs(g.normal(1, 0.2, (4, 2, 2))).astype(np.float32) for k in ("bn_scale", "bn_bias", "bn_mean", "bn_var")
+    }
     inits = {"w": g.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), **params}
     model = make_model(_conv_bn_nodes(spatial=0), {"x": [1, 3, 2, 2]}, ["z"], inits, opset=7)
     result = fold(model)
@@ -68,8 +74,9 @@ def test_spatial_0_with_per_position_params_is_left() -> None:
 
 def test_bfloat16_weights_are_rounded_once_from_float64() -> None:
     inits = _inits(4, ml_dtypes.bfloat16)
-    model = ir.from_proto(make_model(_conv_bn_nodes(), {"x": ["N", 3, 5, 5]}, ["z"], inits, opset=22,
-                                       dtype=onnx.TensorProto.BFLOAT16))
+    model = ir.from_proto(
+        make_model(_conv_bn_nodes(), {"x": ["N", 3, 5, 5]}, ["z"], inits, opset=22, dtype=onnx.TensorProto.BFLOAT16)
+    )
     result = fold(model)
     assert [n.op_type for n in result.model.graph] == ["Conv"]
     affine = bn_affine(*(inits[f"bn_{p}"] for p in ("scale", "bias", "mean", "var")), 1e-5)
@@ -109,7 +116,9 @@ def test_simplify_folds_computed_parameters_and_removes_dead_code() -> None:
     nodes = [
         helper.make_node("Add", ["bn_var", "var_offset"], ["computed_var"], name="var_add"),
         helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-        helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "computed_var"], ["z"], name="bn"),
+        helper.make_node(
+            "BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "computed_var"], ["z"], name="bn"
+        ),
         helper.make_node("Identity", ["z"], ["out"], name="identity"),
     ]
     model = make_model(nodes, {"x": ["N", 3, 5, 5]}, ["out"], inits)

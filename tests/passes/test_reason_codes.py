@@ -11,7 +11,7 @@ from graphs import bn_node, bn_params, make_model, rng
 from onnx import helper
 
 from normfold import fold
-from normfold.records import (
+from normfold.reason_codes import (
     AXIS_MISMATCH,
     MASK_UNSPECIFIED,
     NO_LAYER,
@@ -32,15 +32,21 @@ def _conv_bn(**changes: object) -> onnx.ModelProto:
     inits = {"w": g.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32), **bn_params("bn", 4, g)}
     inits.update({k: v for k, v in changes.items() if isinstance(v, np.ndarray)})
     outputs = ["z", *changes.get("outputs", [])]  # type: ignore[list-item]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z", "bn", **changes.get("attrs", {}))]  # type: ignore[arg-type]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        bn_node("y", "z", "bn", **changes.get("attrs", {})),
+    ]  # type: ignore[arg-type]
     return make_model(nodes, {"x": ["N", 3, 4, 4]}, outputs, inits)
 
 
 def _relu_bn_conv(pads: list[int]) -> onnx.ModelProto:
     g = rng(62)
     inits = {"w": g.normal(0, 0.4, (2, 4, 3, 3)).astype(np.float32), **bn_params("bn", 4, g)}
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "h", "bn"),
-             helper.make_node("Conv", ["h", "w"], ["z"], name="next", pads=pads)]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "h", "bn"),
+        helper.make_node("Conv", ["h", "w"], ["z"], name="next", pads=pads),
+    ]
     return make_model(nodes, {"x": ["N", 4, 5, 5]}, ["z"], inits)
 
 
@@ -66,17 +72,21 @@ def _graph_input_scale() -> onnx.ModelProto:
 
 
 def _dropout_mask_opset_10() -> onnx.ModelProto:
-    nodes = [helper.make_node("Dropout", ["x"], ["y", "mask"], name="drop"),
-             helper.make_node("Cast", ["mask"], ["m"], to=onnx.TensorProto.FLOAT),
-             helper.make_node("Mul", ["y", "m"], ["z"])]
+    nodes = [
+        helper.make_node("Dropout", ["x"], ["y", "mask"], name="drop"),
+        helper.make_node("Cast", ["mask"], ["m"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["y", "m"], ["z"]),
+    ]
     return make_model(nodes, {"x": ["N", 4]}, ["z"], {}, opset=10)
 
 
 def _per_position_parameters() -> onnx.ModelProto:
     """Opset 7 BN with spatial=0 and parameters of shape (C, H, W): one value per position, not per channel."""
     g = rng(66)
-    inits = {"w": g.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32),
-             **{k: v.repeat(4).reshape(4, 2, 2) for k, v in bn_params("bn", 4, g).items()}}
+    inits = {
+        "w": g.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32),
+        **{k: v.repeat(4).reshape(4, 2, 2) for k, v in bn_params("bn", 4, g).items()},
+    }
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z", "bn", spatial=0)]
     return make_model(nodes, {"x": [1, 3, 2, 2]}, ["z"], inits, opset=7)
 
@@ -86,8 +96,12 @@ CASES = {
     NOT_CONSTANT: _graph_input_scale,
     NOT_PER_CHANNEL: _per_position_parameters,
     NON_FINITE: lambda: _conv_bn(bn_var=np.array([1, -2, 1, 1], np.float32)),
-    NO_LAYER: lambda: make_model([helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "b", "bn"),
-                                  helper.make_node("Relu", ["b"], ["z"])], {"x": ["N", 4]}, ["z"], bn_params("bn", 4, rng(65))),
+    NO_LAYER: lambda: make_model(
+        [helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "b", "bn"), helper.make_node("Relu", ["b"], ["z"])],
+        {"x": ["N", 4]},
+        ["z"],
+        bn_params("bn", 4, rng(65)),
+    ),
     SHARED_VALUE: lambda: _conv_bn(outputs=["y"]),
     AXIS_MISMATCH: _matmul_3d,
     PADDED_CONV: lambda: _relu_bn_conv([1, 1, 1, 1]),

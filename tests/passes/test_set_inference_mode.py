@@ -26,8 +26,12 @@ def _model(training: bool, stats: str = "tracked", flag_input: bool = False) -> 
     params = bn_params("bn", 4, g)
     if stats == "initial":
         params["bn_mean"], params["bn_var"] = np.zeros(4, np.float32), np.ones(4, np.float32)
-    inits = {"w": g.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "fc": g.normal(0, 0.5, (2, 4)).astype(np.float32),
-             "ratio": np.array(0.3, np.float32), **params}
+    inits = {
+        "w": g.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32),
+        "fc": g.normal(0, 0.5, (2, 4)).astype(np.float32),
+        "ratio": np.array(0.3, np.float32),
+        **params,
+    }
     bn_outputs = ["z", "running_mean", "running_var"] if training else ["z"]
     attrs = {"training_mode": 1} if training else {}
     dropout_inputs = ["p", "ratio"]
@@ -37,7 +41,9 @@ def _model(training: bool, stats: str = "tracked", flag_input: bool = False) -> 
             inits["train_flag"] = np.array(True)
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-        helper.make_node("BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "bn_var"], bn_outputs, name="bn", **attrs),
+        helper.make_node(
+            "BatchNormalization", ["y", "bn_scale", "bn_bias", "bn_mean", "bn_var"], bn_outputs, name="bn", **attrs
+        ),
         helper.make_node("Relu", ["z"], ["r"], name="relu"),
         helper.make_node("GlobalAveragePool", ["r"], ["gp"], name="pool"),
         helper.make_node("Flatten", ["gp"], ["p"], name="flatten"),
@@ -50,7 +56,10 @@ def _model(training: bool, stats: str = "tracked", flag_input: bool = False) -> 
         inputs.append(helper.make_tensor_value_info("training", onnx.TensorProto.BOOL, []))
     outputs = [helper.make_tensor_value_info("logits", f, [4, 2])]
     if training:
-        outputs += [helper.make_tensor_value_info("running_mean", f, [4]), helper.make_tensor_value_info("running_var", f, [4])]
+        outputs += [
+            helper.make_tensor_value_info("running_mean", f, [4]),
+            helper.make_tensor_value_info("running_var", f, [4]),
+        ]
     graph = helper.make_graph(nodes, "t", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
@@ -118,7 +127,9 @@ def test_fold_eval_on_pytorch_training_export_leaves_nothing(tmp_path: Path) -> 
     assert "validate: PASSED: equivalent" in result.stdout
     folded = onnx.load(tmp_path / "train.folded.onnx")
     assert not {"BatchNormalization", "Dropout"} & set(op_types(folded))
-    assert "35 node(s) switched to inference mode, BatchNormalization folded 34/34, Dropout stripped 1/1" in result.stdout
+    assert (
+        "35 node(s) switched to inference mode, BatchNormalization folded 34/34, Dropout stripped 1/1" in result.stdout
+    )
 
 
 def test_mode_eval_cli_writes_the_inference_graph(tmp_path: Path) -> None:
@@ -126,7 +137,10 @@ def test_mode_eval_cli_writes_the_inference_graph(tmp_path: Path) -> None:
     onnx.save(_model(training=True), source)
     result = CliRunner().invoke(main, ["mode", str(source), "--eval"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-2:] == ["switched 2 node(s) to inference mode, left 0", f"wrote {tmp_path / 't.eval.onnx'}"]
+    assert result.stdout.splitlines()[-2:] == [
+        "switched 2 node(s) to inference mode, left 0",
+        f"wrote {tmp_path / 't.eval.onnx'}",
+    ]
     converted = onnx.load(tmp_path / "t.eval.onnx")
     np.testing.assert_array_equal(run_ort(converted, {"x": X})[0], run_ort(_model(training=False), {"x": X})[0])
 
@@ -161,6 +175,11 @@ def test_pytorch_training_export_without_tracked_statistics_keeps_its_outputs_wi
 
 def test_fold_eval_counts_each_node_once() -> None:
     result = fold(_model(training=True, stats="initial"), eval_mode=True)
-    assert result.summary() == ("1 node(s) switched to inference mode, BatchNormalization folded 0/1, "
-                                "Dropout stripped 1/1, nodes 7 -> 6")
-    assert [(r.node, r.action) for r in result.records] == [("bn", "skipped"), ("drop", "converted"), ("drop", "stripped")]
+    assert result.summary() == (
+        "1 node(s) switched to inference mode, BatchNormalization folded 0/1, Dropout stripped 1/1, nodes 7 -> 6"
+    )
+    assert [(r.node, r.action) for r in result.records] == [
+        ("bn", "skipped"),
+        ("drop", "converted"),
+        ("drop", "stripped"),
+    ]

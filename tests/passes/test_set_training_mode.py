@@ -24,7 +24,12 @@ from normfold.passes import SetInferenceModePass, SetTrainingModePass
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from seed_reference import batchnorm_train  # noqa: E402
 
-INFERENCE_MODELS = ["resnet_block.onnx", "mlp.onnx", "torchvision_resnet_eval.onnx", "torchvision_mobilenetv3_eval.onnx"]
+INFERENCE_MODELS = [
+    "resnet_block.onnx",
+    "mlp.onnx",
+    "torchvision_resnet_eval.onnx",
+    "torchvision_mobilenetv3_eval.onnx",
+]
 
 
 def _train(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
@@ -66,9 +71,13 @@ def _single_bn(shape: tuple[int, ...]) -> tuple[onnx.ModelProto, dict[str, np.nd
     g = rng(31)
     params = bn_params("bn", shape[1], g)
     node = helper.make_node("BatchNormalization", ["x", *params], ["y"], name="bn", epsilon=1e-3)
-    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(shape))],
-                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    graph = helper.make_graph(
+        [node],
+        "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(shape))],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model, params
@@ -106,8 +115,10 @@ def test_cli_alpha_and_momentum_are_distinct_conventions(tmp_path: Path) -> None
         assert next(a.f for a in train_bn.attribute if a.name == "momentum") == pytest.approx(0.9)
     both = runner.invoke(main, ["mode", str(source), "--train", "--alpha", "0.1", "--momentum", "0.9"])
     assert both.exit_code == 2
-    assert both.stderr.strip() == ("normfold: error: --momentum (ONNX: weight of the old value) and --alpha (weight of "
-                                   "the new value) say the same thing two ways; give one")
+    assert both.stderr.strip() == (
+        "normfold: error: --momentum (ONNX: weight of the old value) and --alpha (weight of "
+        "the new value) say the same thing two ways; give one"
+    )
 
 
 def test_dropout_follows_the_flag(tmp_path: Path) -> None:
@@ -131,8 +142,11 @@ def test_old_opsets_are_converted_and_say_so(monkeypatch: pytest.MonkeyPatch) ->
         raise RuntimeError("No Adapter For BatchNormalization")
 
     monkeypatch.setattr(version_converter, "convert_version", refuse)
-    with pytest.raises(NormfoldError, match=r"^mode --train needs opset 14 or newer .* the model's opset 9 could not be "
-                                            r"converted: No Adapter For BatchNormalization$"):
+    with pytest.raises(
+        NormfoldError,
+        match=r"^mode --train needs opset 14 or newer .* the model's opset 9 could not be "
+        r"converted: No Adapter For BatchNormalization$",
+    ):
         _train(model)
 
 
@@ -158,15 +172,33 @@ def _fresh_export() -> onnx.ModelProto:
     """A freshly initialised BN as the TorchScript exporter writes it with constant folding off: identical
     initializers merged (weight = running_var = ones, bias = running_mean = zeros), reached through Identity."""
     f = onnx.TensorProto.FLOAT
-    chains = (("ones", "bn.weight"), ("zeros", "bn.bias"), ("zeros", "mean_0"), ("mean_0", "bn.running_mean"),
-              ("ones", "bn.running_var"))
-    nodes = [*(helper.make_node("Identity", [source], [target]) for source, target in chains),
-             helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
-                              ["y"], name="bn", epsilon=1e-5)]
-    graph = helper.make_graph(nodes, "fresh", [helper.make_tensor_value_info("x", f, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("y", f, ["N", 3, "H", "W"])],
-                              [numpy_helper.from_array(np.ones(3, np.float32), "ones"),
-                               numpy_helper.from_array(np.zeros(3, np.float32), "zeros")])
+    chains = (
+        ("ones", "bn.weight"),
+        ("zeros", "bn.bias"),
+        ("zeros", "mean_0"),
+        ("mean_0", "bn.running_mean"),
+        ("ones", "bn.running_var"),
+    )
+    nodes = [
+        *(helper.make_node("Identity", [source], [target]) for source, target in chains),
+        helper.make_node(
+            "BatchNormalization",
+            ["x", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+            ["y"],
+            name="bn",
+            epsilon=1e-5,
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fresh",
+        [helper.make_tensor_value_info("x", f, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", f, ["N", 3, "H", "W"])],
+        [
+            numpy_helper.from_array(np.ones(3, np.float32), "ones"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "zeros"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -183,7 +215,8 @@ def test_statistics_through_identity_chains_give_typed_outputs(tmp_path: Path, r
     variance = "unbiased, n/(n-1)" if running_var == "unbiased" else "biased"
     assert result.stdout.splitlines()[0] == (
         f"CONVERTED BatchNormalization 'bn': batch statistics when 'training' is true (momentum 0.9); running variance "
-        f"{variance}; outputs bn.running_mean_1, bn.running_var_1")
+        f"{variance}; outputs bn.running_mean_1, bn.running_var_1"
+    )
     trained = onnx.load(tmp_path / "fresh.train.onnx")
     onnx.checker.check_model(trained, full_check=True)
     for output in trained.graph.output[1:]:
@@ -206,9 +239,13 @@ def test_unbiased_factor_follows_the_batch_shape_at_run_time(tmp_path: Path) -> 
     params = bn_params("bn", 3, rng(12))
     node = helper.make_node("BatchNormalization", ["x", *params], ["y"], name="bn", epsilon=1e-3)
     dims = ["N", 3, "H", "W"]
-    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", f, dims)],
-                              [helper.make_tensor_value_info("y", f, dims)],
-                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    graph = helper.make_graph(
+        [node],
+        "t",
+        [helper.make_tensor_value_info("x", f, dims)],
+        [helper.make_tensor_value_info("y", f, dims)],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     trained = _train(model, momentum=0.75, running_var="unbiased")
@@ -258,7 +295,12 @@ def test_statistics_of_unknown_type_leave_the_bn_with_the_reason() -> None:
     model.graph.node[1].input[3] = "data_mean"
     result = SetTrainingModePass()(ir.from_proto(model))
     assert [(r.action, r.detail, r.reason) for r in result.records] == [
-        ("skipped", "the type of its running statistics is unknown (computed at run time, no type in the model), and "
-                    "graph outputs need one: run onnx shape inference first", "unknown-type")]
+        (
+            "skipped",
+            "the type of its running statistics is unknown (computed at run time, no type in the model), and "
+            "graph outputs need one: run onnx shape inference first",
+            "unknown-type",
+        )
+    ]
     assert result.switches == [None]
     assert op_types(ir.to_proto(result.model)) == ["ReduceMean", "BatchNormalization"]

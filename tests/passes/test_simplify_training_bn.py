@@ -35,7 +35,8 @@ def _conv_training_bn(opset: int, extra_graph_outputs: list[str]) -> onnx.ModelP
     bn.output.extend(["running_mean", "running_var"])
     shapes = {"z": [4, 4, 4, 4], "running_mean": [4], "running_var": [4]}
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn], "training-bn",
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn],
+        "training-bn",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 3, 6, 6])],
         [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shapes[n]) for n in ["z", *extra_graph_outputs]],
         [numpy_helper.from_array(a, n) for n, a in inits.items()],

@@ -85,7 +85,8 @@ def test_check_scale_and_scaled_blocks_agree_with_scale_and_round() -> None:
     pushed = int((np.abs(weight.astype(np.float64) * 1e-37) < np.finfo(np.float32).smallest_normal).sum())
     assert pushed > 100
     assert check_scale(weight, tiny, np.float32).startswith(
-        f"folding pushes {pushed} weights below float32's smallest normal")
+        f"folding pushes {pushed} weights below float32's smallest normal"
+    )
 
 
 def test_folded_tensor_reads_whole_when_asked(stream_everything: None) -> None:
@@ -105,8 +106,10 @@ def _resident_file_kib() -> int:
     raise AssertionError("no RssFile line")
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists() or not hasattr(mmap, "MADV_DONTNEED"),
-                    reason="needs Linux /proc and madvise to observe resident pages")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or not hasattr(mmap, "MADV_DONTNEED"),
+    reason="needs Linux /proc and madvise to observe resident pages",
+)
 def test_release_pages_drops_read_pages_from_resident_memory_and_keeps_the_data(tmp_path: Path) -> None:
     data = rng(9).standard_normal((1024, 16384)).astype(np.float32)  # 64 MiB
     data.tofile(tmp_path / "w.bin")
@@ -118,7 +121,7 @@ def test_release_pages_drops_read_pages_from_resident_memory_and_keeps_the_data(
     touched = _resident_file_kib()
     assert touched - before > 50_000, (before, touched)
     for start in range(0, 1024, 100):
-        release_pages(array[start:start + 100])
+        release_pages(array[start : start + 100])
     assert touched - _resident_file_kib() > 50_000
     assert float(array.sum(dtype=np.float64)) == total
     np.testing.assert_array_equal(array[1000], data[1000])

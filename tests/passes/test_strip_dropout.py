@@ -61,8 +61,10 @@ def test_used_mask_before_opset_12_keeps_the_dropout(as_graph_output: bool) -> N
     model = _dropout_model(10, [], {}, mask="mask", mask_output=as_graph_output)
     result = fold(model)
     assert "Dropout" in op_types(ir.to_proto(result.model))
-    assert result.records[0].detail == ("its mask is used, and at opset 10 the inference mask is not specified "
-                                        "(ONNX Runtime returns all false; opset 12 made it all true)")
+    assert result.records[0].detail == (
+        "its mask is used, and at opset 10 the inference mask is not specified "
+        "(ONNX Runtime returns all false; opset 12 made it all true)"
+    )
 
 
 @pytest.mark.parametrize("as_graph_output", [False, True])
@@ -99,8 +101,12 @@ def test_constant_true_training_mode_stays() -> None:
 def test_runtime_training_mode_stays() -> None:
     nodes = [helper.make_node("Dropout", ["x", "", "train"], ["y"], name="drop")]
     graph = helper.make_graph(
-        nodes, "t",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]), helper.make_tensor_value_info("train", onnx.TensorProto.BOOL, [])],
+        nodes,
+        "t",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("train", onnx.TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -110,7 +116,10 @@ def test_runtime_training_mode_stays() -> None:
 
 
 def test_output_name_kept_when_dropout_feeds_graph_output() -> None:
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Dropout", ["r"], ["y"], name="drop")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Dropout", ["r"], ["y"], name="drop"),
+    ]
     model = make_model(nodes, {"x": ["N", 3]}, ["y"], {}, opset=13)
     folded = ir.to_proto(fold(model).model)
     assert op_types(folded) == ["Relu"]
@@ -136,7 +145,8 @@ def test_pass_leaves_its_input_unchanged() -> None:
 
 def test_opset6_dropout_follows_is_test() -> None:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Dropout", ["r"], ["y"], name="drop", is_test=1)], "t",
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Dropout", ["r"], ["y"], name="drop", is_test=1)],
+        "t",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
     )
@@ -150,9 +160,11 @@ def test_opset6_dropout_follows_is_test() -> None:
 
 
 def test_generated_node_names_do_not_collide() -> None:
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="drop_mask"),
-             helper.make_node("Dropout", ["r"], ["h", "mask"], name="drop"),
-             helper.make_node("Not", ["mask"], ["m2"], name="drop_mask_shape")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="drop_mask"),
+        helper.make_node("Dropout", ["r"], ["h", "mask"], name="drop"),
+        helper.make_node("Not", ["mask"], ["m2"], name="drop_mask_shape"),
+    ]
     model = make_model(nodes, {"x": ["N", 3]}, ["h", "m2"], {}, opset=13)
     folded = ir.to_proto(fold(model).model)
     names = [n.name for n in folded.graph.node]

@@ -43,8 +43,9 @@ def averaged_unbiased(inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndar
     return np.mean(means, axis=0), np.mean(variances, axis=0)
 
 
-def running(inputs: Sequence[np.ndarray], mean: np.ndarray, var: np.ndarray, momentum: float,
-            unbiased: bool) -> tuple[np.ndarray, np.ndarray]:
+def running(
+    inputs: Sequence[np.ndarray], mean: np.ndarray, var: np.ndarray, momentum: float, unbiased: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """ONNX's update per batch from the stored statistics, with the biased or the unbiased batch variance."""
     mean, var = mean.astype(np.float64), var.astype(np.float64)
     for x in inputs:

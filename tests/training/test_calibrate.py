@@ -32,9 +32,12 @@ def _model(with_conv: bool, dtype: int = onnx.TensorProto.FLOAT) -> onnx.ModelPr
         source = "c"
     nodes.append(helper.make_node("BatchNormalization", [source, "s", "b", "m", "v"], ["y"], name="bn"))
     graph = helper.make_graph(
-        nodes, "t", [helper.make_tensor_value_info("x", dtype, ["N", 3, 6, 6])],
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", dtype, ["N", 3, 6, 6])],
         [helper.make_tensor_value_info("y", dtype, ["N", 3, 6, 6])],
-        [numpy_helper.from_array(np.asarray(v).astype(np_dtype), k) for k, v in inits.items()])
+        [numpy_helper.from_array(np.asarray(v).astype(np_dtype), k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model
@@ -43,8 +46,14 @@ def _model(with_conv: bool, dtype: int = onnx.TensorProto.FLOAT) -> onnx.ModelPr
 def _batches(count: int = 4, size: int = 5, dtype: type = np.float32) -> list[dict[str, np.ndarray]]:
     g = np.random.default_rng(9)
     shape = (size, 3, 6, 6)
-    return [{"x": (g.standard_normal(shape) * CHANNEL_STD.reshape(1, 3, 1, 1) + CHANNEL_MEAN.reshape(1, 3, 1, 1)).astype(dtype)}
-            for _ in range(count)]
+    return [
+        {
+            "x": (g.standard_normal(shape) * CHANNEL_STD.reshape(1, 3, 1, 1) + CHANNEL_MEAN.reshape(1, 3, 1, 1)).astype(
+                dtype
+            )
+        }
+        for _ in range(count)
+    ]
 
 
 def _stats(result, name: str = "bn") -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +119,10 @@ def test_cli_writes_the_inference_model_and_refuses_bad_data(tmp_path: Path) -> 
     np.savez(data, x=np.stack([b["x"] for b in _batches()]))
     result = CliRunner().invoke(main, ["calibrate", str(source), "--data", str(data), "--provider", "cpu"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[1] == ("calibrated 1 BatchNormalization node(s) on 4 batch(es) (cumulative, "
-                                             "provider cpu) from the biased batch variance")
+    assert result.stdout.splitlines()[1] == (
+        "calibrated 1 BatchNormalization node(s) on 4 batch(es) (cumulative, "
+        "provider cpu) from the biased batch variance"
+    )
     calibrated = onnx.load(tmp_path / "m.calibrated.onnx")
     assert [n.op_type for n in calibrated.graph.node] == ["Conv", "BatchNormalization"]
     wrong = tmp_path / "wrong.npz"

@@ -33,10 +33,21 @@ def _bn(x: str, y: str, prefix: str, extra: tuple[str, ...] = (), **attrs: objec
     return helper.make_node("BatchNormalization", inputs, [y, *extra], name=prefix, **attrs)
 
 
-def _model(nodes: list[onnx.NodeProto], params: dict[str, np.ndarray], outputs: list[onnx.ValueInfoProto],
-           x: str = "x", opset: int = 15, dims: tuple = ("N", 3, 6, 6)) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info(x, F, list(dims))], outputs,
-                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+def _model(
+    nodes: list[onnx.NodeProto],
+    params: dict[str, np.ndarray],
+    outputs: list[onnx.ValueInfoProto],
+    x: str = "x",
+    opset: int = 15,
+    dims: tuple = ("N", 3, 6, 6),
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info(x, F, list(dims))],
+        outputs,
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -77,8 +88,10 @@ def test_a_value_named_training_does_not_clash_with_the_mode_flag(where: str) ->
     if where == "graph input":
         model, source = _model([_bn("training", "y", "bn")], params, [_out("y")], x="training"), "training"
     else:
-        model, source = _model([helper.make_node("Relu", ["x"], ["training"]), _bn("training", "y", "bn")],
-                               params, [_out("y")]), "x"
+        model, source = (
+            _model([helper.make_node("Relu", ["x"], ["training"]), _bn("training", "y", "bn")], params, [_out("y")]),
+            "x",
+        )
     batches = _batches(source)
     result = calibrate(ir.from_proto(model), batches)
     feeds = [np.maximum(b[source], 0) if where != "graph input" else b[source] for b in batches]
@@ -87,14 +100,29 @@ def test_a_value_named_training_does_not_clash_with_the_mode_flag(where: str) ->
 
 CASES = {
     "training BN with running outputs": (
-        [_bn("x", "y", "a", ("a_rm", "a_rv"), training_mode=1)], ["a"], False, ["y", "a_rm", "a_rv"]),
+        [_bn("x", "y", "a", ("a_rm", "a_rv"), training_mode=1)],
+        ["a"],
+        False,
+        ["y", "a_rm", "a_rv"],
+    ),
     "never-tracked training BN with running outputs": (
-        [_bn("x", "y", "a", ("a_rm", "a_rv"), training_mode=1)], ["a"], True, ["y", "a_rm", "a_rv"]),
+        [_bn("x", "y", "a", ("a_rm", "a_rv"), training_mode=1)],
+        ["a"],
+        True,
+        ["y", "a_rm", "a_rv"],
+    ),
     "two BNs, the first with running outputs": (
-        [_bn("x", "h", "a", ("a_rm", "a_rv"), training_mode=1), _bn("h", "y", "b")], ["a", "b"], True,
-        ["y", "a_rm", "a_rv"]),
+        [_bn("x", "h", "a", ("a_rm", "a_rv"), training_mode=1), _bn("h", "y", "b")],
+        ["a", "b"],
+        True,
+        ["y", "a_rm", "a_rv"],
+    ),
     "three BNs, an intermediate output": (
-        [_bn("x", "h", "a"), _bn("h", "k", "b"), _bn("k", "y", "c")], ["a", "b", "c"], False, ["y", "h"]),
+        [_bn("x", "h", "a"), _bn("h", "k", "b"), _bn("k", "y", "c")],
+        ["a", "b", "c"],
+        False,
+        ["y", "h"],
+    ),
 }
 
 
@@ -112,8 +140,12 @@ def test_running_statistics_outputs_and_several_bns_are_counted_right(case: str)
 def test_dropout_that_fold_keeps_is_the_identity_while_calibrating() -> None:
     params = {**_params("a"), **_params("b")}
     dropout = helper.make_node("Dropout", ["h"], ["d", "mask"], name="drop", ratio=0.5)
-    model = _model([_bn("x", "h", "a"), dropout, _bn("d", "y", "b")], params,
-                   [_out("y"), _out("mask", onnx.TensorProto.BOOL)], opset=11)
+    model = _model(
+        [_bn("x", "h", "a"), dropout, _bn("d", "y", "b")],
+        params,
+        [_out("y"), _out("mask", onnx.TensorProto.BOOL)],
+        opset=11,
+    )
     batches = _batches()
     result = calibrate(ir.from_proto(model), batches)
     _assert_statistics(result, params, ["a", "b"], [b["x"] for b in batches])

@@ -14,15 +14,23 @@ from normfold.cli import main
 from normfold.lints import training_lints
 
 
-def _model(batch: int | str = "N", epsilon: float = 1e-5, ratio: float = 0.2, dropout_first: bool = False) -> onnx.ModelProto:
+def _model(
+    batch: int | str = "N", epsilon: float = 1e-5, ratio: float = 0.2, dropout_first: bool = False
+) -> onnx.ModelProto:
     inits = {"s": np.ones(3), "b": np.zeros(3), "m": np.zeros(3), "v": np.ones(3), "ratio": np.array(ratio)}
     nodes = [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop")]
     bn_input = "d" if dropout_first else "x"
-    nodes.append(helper.make_node("BatchNormalization", [bn_input, "s", "b", "m", "v"], ["y"], name="bn", epsilon=epsilon))
+    nodes.append(
+        helper.make_node("BatchNormalization", [bn_input, "s", "b", "m", "v"], ["y"], name="bn", epsilon=epsilon)
+    )
     outputs = ["y"] if dropout_first else ["y", "d"]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 3, 4])],
-                              [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [batch, 3, 4]) for o in outputs],
-                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 3, 4])],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [batch, 3, 4]) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model

@@ -22,12 +22,19 @@ RATIO = 0.3
 
 def _linear(with_dropout: bool = True) -> tuple[onnx.ModelProto, np.ndarray]:
     w = np.random.default_rng(1).normal(0, 1, (64, 4)).astype(np.float32)
-    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop")] if with_dropout else [
-        helper.make_node("Identity", ["x"], ["d"])]
+    nodes = (
+        [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop")]
+        if with_dropout
+        else [helper.make_node("Identity", ["x"], ["d"])]
+    )
     nodes.append(helper.make_node("MatMul", ["d", "w"], ["y"], name="mm"))
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(RATIO, np.float32), "ratio")])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(RATIO, np.float32), "ratio")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model, w
@@ -39,7 +46,9 @@ def test_mean_and_std_match_inverted_dropout_theory() -> None:
     result = monte_carlo(ir.from_proto(model), {"x": x}, passes=4000, seed=3)
     exact_mean = (x.astype(np.float64) @ w.astype(np.float64))[0]
     keep = 1 - RATIO
-    exact_std = np.sqrt(((x[0].astype(np.float64) ** 2)[:, None] * w.astype(np.float64) ** 2).sum(axis=0) * RATIO / keep)
+    exact_std = np.sqrt(
+        ((x[0].astype(np.float64) ** 2)[:, None] * w.astype(np.float64) ** 2).sum(axis=0) * RATIO / keep
+    )
     standard_error = exact_std / np.sqrt(4000)
     assert np.all(np.abs(result.mean["y"][0] - exact_mean) < 5 * standard_error)
     np.testing.assert_allclose(result.std["y"][0], exact_std, rtol=0.08)
@@ -98,8 +107,9 @@ def test_cli_writes_mean_and_std(tmp_path: Path) -> None:
     inputs = tmp_path / "x.npz"
     np.savez(inputs, x=np.ones((1, 64), np.float32))
     out = tmp_path / "mc.npz"
-    result = CliRunner().invoke(main, ["mc", str(source), "--inputs", str(inputs), "--passes", "20",
-                                       "--provider", "cpu", "-o", str(out)])
+    result = CliRunner().invoke(
+        main, ["mc", str(source), "--inputs", str(inputs), "--passes", "20", "--provider", "cpu", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "20 passes on cpu, Dropout active in 1 node(s): drop"
     with np.load(out) as saved:

@@ -21,11 +21,18 @@ WIDTH = 256
 PASSES = 400
 
 
-def _model(nodes: list[onnx.NodeProto], initializers: dict[str, np.ndarray] | None = None, opset: int = 13,
-           x_shape: list[int | str] | None = None, y_shape: list[int] | None = None) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    initializers: dict[str, np.ndarray] | None = None,
+    opset: int = 13,
+    x_shape: list[int | str] | None = None,
+    y_shape: list[int] | None = None,
+) -> onnx.ModelProto:
     """A checked model: float input `x` [1, WIDTH] (or `x_shape`), float output `y` [1, WIDTH] (or `y_shape`)."""
     graph = helper.make_graph(
-        nodes, "mc", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape or [1, WIDTH])],
+        nodes,
+        "mc",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape or [1, WIDTH])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_shape or [1, WIDTH])],
         [numpy_helper.from_array(a, n) for n, a in (initializers or {}).items()],
     )
@@ -69,8 +76,10 @@ ONES = {"x": np.ones((1, WIDTH), np.float32)}
 
 
 def _chained() -> onnx.ModelProto:
-    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["a"], name="d1"),
-             helper.make_node("Dropout", ["a", "ratio"], ["y"], name="d2")]
+    nodes = [
+        helper.make_node("Dropout", ["x", "ratio"], ["a"], name="d1"),
+        helper.make_node("Dropout", ["a", "ratio"], ["y"], name="d2"),
+    ]
     return _model(nodes, _ratio(0.3))
 
 
@@ -90,9 +99,11 @@ TAKEN = ["d.mc_mask", "d.mc_dropout", "d.mc_output", "d.mc_probe", "d.mc_input"]
 
 def _names_taken() -> onnx.ModelProto:
     """y = Dropout(x) + 1 through nodes and values that use every name in TAKEN."""
-    nodes = [helper.make_node("Identity", ["x"], ["d.mc_input"], name="d.mc_probe"),
-             helper.make_node("Dropout", ["d.mc_input", "ratio"], ["d.mc_output"], name="d"),
-             helper.make_node("Add", ["d.mc_output", "d.mc_mask"], ["y"], name="d.mc_dropout")]
+    nodes = [
+        helper.make_node("Identity", ["x"], ["d.mc_input"], name="d.mc_probe"),
+        helper.make_node("Dropout", ["d.mc_input", "ratio"], ["d.mc_output"], name="d"),
+        helper.make_node("Add", ["d.mc_output", "d.mc_mask"], ["y"], name="d.mc_dropout"),
+    ]
     return _model(nodes, {**_ratio(0.3), "d.mc_mask": np.ones((1, WIDTH), np.float32)})
 
 
@@ -101,8 +112,11 @@ def test_generated_names_are_fresh(tmp_path: Path) -> None:
     model already held, and ONNX Runtime refused the duplicate names."""
     probe, masked, sites = masked_model(ir.from_proto(_names_taken()))
     for model in (probe, masked):
-        values = [v.name for v in model.graph.inputs] + list(model.graph.initializers) + \
-                 [v.name for node in model.graph for v in node.outputs]
+        values = (
+            [v.name for v in model.graph.inputs]
+            + list(model.graph.initializers)
+            + [v.name for node in model.graph for v in node.outputs]
+        )
         nodes = [node.name for node in model.graph]
         assert len(values) == len(set(values)) and len(nodes) == len(set(nodes))
     (site,) = sites
@@ -116,8 +130,10 @@ def test_generated_names_are_fresh(tmp_path: Path) -> None:
 
 def _initializer_input() -> onnx.ModelProto:
     """y = Dropout(c) + x with c an initializer of ones."""
-    nodes = [helper.make_node("Dropout", ["c", "ratio"], ["d"], name="drop"),
-             helper.make_node("Add", ["d", "x"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Dropout", ["c", "ratio"], ["d"], name="drop"),
+        helper.make_node("Add", ["d", "x"], ["y"], name="add"),
+    ]
     return _model(nodes, {**_ratio(0.3), "c": np.ones((1, WIDTH), np.float32)})
 
 
@@ -141,8 +157,18 @@ def test_ratio_attribute_before_opset_12_is_sampled(opset: int, tmp_path: Path) 
     result = monte_carlo(ir.from_proto(_attribute_ratio(opset, 0.9)), ONES, passes=PASSES, seed=0)
     _assert_inverted_dropout(result, [0.9])
     out = tmp_path / "stats.npz"
-    cli = invoke("mc", _saved(_attribute_ratio(opset, 0.9), tmp_path), "--provider", "cpu", "--inputs",
-                 _saved_inputs(tmp_path), "--passes", str(PASSES), "-o", out)
+    cli = invoke(
+        "mc",
+        _saved(_attribute_ratio(opset, 0.9), tmp_path),
+        "--provider",
+        "cpu",
+        "--inputs",
+        _saved_inputs(tmp_path),
+        "--passes",
+        str(PASSES),
+        "-o",
+        out,
+    )
     assert cli.exit_code == 0, cli.output
     with np.load(out) as saved:
         np.testing.assert_allclose(saved["y_std"].mean(), 3.0, rtol=0.05)
@@ -187,30 +213,41 @@ def test_ratio_outside_0_1_is_refused(tmp_path: Path) -> None:
 
 
 def test_dropout_with_its_mask_in_use_is_refused(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["y", "mask"], name="drop"),
-             helper.make_node("Cast", ["mask"], ["kept"], name="cast", to=onnx.TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Dropout", ["x", "ratio"], ["y", "mask"], name="drop"),
+        helper.make_node("Cast", ["mask"], ["kept"], name="cast", to=onnx.TensorProto.FLOAT),
+    ]
     model = _model(nodes, _ratio(0.3))
     model.graph.output.append(helper.make_tensor_value_info("kept", onnx.TensorProto.FLOAT, [1, WIDTH]))
     path = _saved(model, tmp_path)
     result = invoke("mc", path, "--provider", "cpu")
     assert_one_line_error(
-        result, f"Dropout 'drop' of {path} has its mask output in use; Monte Carlo Dropout replaces it", 3)
+        result, f"Dropout 'drop' of {path} has its mask output in use; Monte Carlo Dropout replaces it", 3
+    )
 
 
 def test_model_without_dropout_names_the_path(tmp_path: Path) -> None:
     path = _saved(_model([helper.make_node("Identity", ["x"], ["y"])]), tmp_path)
-    assert_one_line_error(invoke("mc", path, "--provider", "cpu"),
-                          f"{path} has no Dropout in its main graph: Monte Carlo Dropout needs at least one", 3)
+    assert_one_line_error(
+        invoke("mc", path, "--provider", "cpu"),
+        f"{path} has no Dropout in its main graph: Monte Carlo Dropout needs at least one",
+        3,
+    )
 
 
 def _custom_op() -> onnx.ModelProto:
     """x -> Dropout -> acme:Foo -> y: valid ONNX that ONNX Runtime has no kernel for."""
-    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
-             helper.make_node("Foo", ["d"], ["y"], name="foo", domain="acme")]
+    nodes = [
+        helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
+        helper.make_node("Foo", ["d"], ["y"], name="foo", domain="acme"),
+    ]
     graph = helper.make_graph(
-        nodes, "custom", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        nodes,
+        "custom",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(np.array(0.3, np.float32), "ratio")])
+        [numpy_helper.from_array(np.array(0.3, np.float32), "ratio")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("acme", 1)])
     model.ir_version = 8
     return model
@@ -218,8 +255,10 @@ def _custom_op() -> onnx.ModelProto:
 
 def test_model_onnx_runtime_refuses_is_named_not_its_temporary_copy(tmp_path: Path) -> None:
     """Regression: the error named normfold's temporary probe file and advised --no-validate, which mc lacks."""
-    prefix = "ONNX Runtime cannot run {} with Dropout masks on cpu: [ONNXRuntimeError] : 1 : FAIL : Load model " \
-             "from the Monte Carlo model failed:Fatal error: acme:Foo(-1) is not a registered function/op"
+    prefix = (
+        "ONNX Runtime cannot run {} with Dropout masks on cpu: [ONNXRuntimeError] : 1 : FAIL : Load model "
+        "from the Monte Carlo model failed:Fatal error: acme:Foo(-1) is not a registered function/op"
+    )
     with pytest.raises(NormfoldError) as refused:
         monte_carlo(ir.from_proto(_custom_op()), {"x": np.ones((1, 2), np.float32)}, passes=2)
     assert str(refused.value) == prefix.format("the model")
@@ -229,16 +268,20 @@ def test_model_onnx_runtime_refuses_is_named_not_its_temporary_copy(tmp_path: Pa
 
 def _symbolic_width() -> onnx.ModelProto:
     """x [1, K] -> Dropout -> MatMul with w [8, 4] -> y [1, 4]: runs only when K is 8."""
-    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
-             helper.make_node("MatMul", ["d", "w"], ["y"], name="mm")]
+    nodes = [
+        helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
+        helper.make_node("MatMul", ["d", "w"], ["y"], name="mm"),
+    ]
     return _model(nodes, {**_ratio(0.3), "w": np.ones((8, 4), np.float32)}, x_shape=[1, "K"], y_shape=[1, 4])
 
 
 def test_inputs_onnx_runtime_refuses_are_a_user_error(tmp_path: Path) -> None:
     """Regression: ONNX Runtime's own exception escaped with a traceback."""
-    message = "ONNX Runtime cannot run {} on cpu with these inputs: [ONNXRuntimeError] : 1 : FAIL : Non-zero " \
-              "status code returned while running MatMul node. Name:'mm' Status Message: matmul_helper.h:59 Compute " \
-              "MatMul dimension mismatch"
+    message = (
+        "ONNX Runtime cannot run {} on cpu with these inputs: [ONNXRuntimeError] : 1 : FAIL : Non-zero "
+        "status code returned while running MatMul node. Name:'mm' Status Message: matmul_helper.h:59 Compute "
+        "MatMul dimension mismatch"
+    )
     with pytest.raises(NormfoldError) as refused:
         monte_carlo(ir.from_proto(_symbolic_width()), {"x": np.ones((1, 3), np.float32)}, passes=2)
     assert str(refused.value) == message.format("the model")
@@ -250,8 +293,10 @@ def test_random_inputs_over_the_budget_are_refused_with_mc_options(tmp_path: Pat
     """Regression: the message advised validate's --max-input-bytes, which mc did not have."""
     path = _saved(_symbolic_width(), tmp_path)
     result = invoke("mc", path, "--provider", "cpu", "--dim", "K=8", "--max-input-bytes", "31")
-    message = (f"{path}: random inputs need 32 bytes, over --max-input-bytes (31 bytes); set symbolic dimensions "
-               "with --dim, give --inputs, or raise --max-input-bytes")
+    message = (
+        f"{path}: random inputs need 32 bytes, over --max-input-bytes (31 bytes); set symbolic dimensions "
+        "with --dim, give --inputs, or raise --max-input-bytes"
+    )
     assert_one_line_error(result, message, 3)
     assert_options_are_mc_options(message)
     within = invoke("mc", path, "--provider", "cpu", "--dim", "K=8", "--max-input-bytes", "32", "--passes", "2")

@@ -23,17 +23,32 @@ DIMS = ["N", 3, "H", "W"]
 
 def _params() -> dict[str, np.ndarray]:
     g = np.random.default_rng(8)
-    return {f"{p}_{k}": value.astype(np.float32) for p in "ab" for k, value in
-            (("scale", g.uniform(0.5, 1.5, 3)), ("bias", g.normal(0, 0.3, 3)),
-             ("mean", g.normal(0, 0.5, 3)), ("var", g.uniform(0.5, 2.0, 3)))}
+    return {
+        f"{p}_{k}": value.astype(np.float32)
+        for p in "ab"
+        for k, value in (
+            ("scale", g.uniform(0.5, 1.5, 3)),
+            ("bias", g.normal(0, 0.3, 3)),
+            ("mean", g.normal(0, 0.5, 3)),
+            ("var", g.uniform(0.5, 2.0, 3)),
+        )
+    }
 
 
 def _model(params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    nodes = [helper.make_node("BatchNormalization", [x, *(f"{p}_{k}" for k in ("scale", "bias", "mean", "var"))], [y],
-                              name=p) for x, y, p in (("x", "h", "a"), ("h", "y", "b"))]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", F, DIMS)],
-                              [helper.make_tensor_value_info("y", F, DIMS)],
-                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    nodes = [
+        helper.make_node(
+            "BatchNormalization", [x, *(f"{p}_{k}" for k in ("scale", "bias", "mean", "var"))], [y], name=p
+        )
+        for x, y, p in (("x", "h", "a"), ("h", "y", "b"))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", F, DIMS)],
+        [helper.make_tensor_value_info("y", F, DIMS)],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model
@@ -43,8 +58,10 @@ def _batches() -> list[dict[str, np.ndarray]]:
     """Batches of different batch and image sizes, so the weighting of each method shows."""
     g = np.random.default_rng(21)
     shift = np.array([1.5, -2.0, 0.25]).reshape(1, 3, 1, 1)
-    return [{"x": (g.normal(0, 2.0, shape) + shift).astype(np.float32)}
-            for shape in ((4, 3, 5, 5), (2, 3, 7, 3), (6, 3, 2, 2))]
+    return [
+        {"x": (g.normal(0, 2.0, shape) + shift).astype(np.float32)}
+        for shape in ((4, 3, 5, 5), (2, 3, 7, 3), (6, 3, 2, 2))
+    ]
 
 
 def _seen(params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
@@ -58,8 +75,9 @@ def _reference(method: str, running_var: str, params, batches, momentum: float) 
     references = {}
     for prefix, inputs in zip("ab", _seen(params, batches)):
         if method == "running":
-            references[prefix] = running(inputs, params[f"{prefix}_mean"], params[f"{prefix}_var"], momentum,
-                                         running_var == "unbiased")
+            references[prefix] = running(
+                inputs, params[f"{prefix}_mean"], params[f"{prefix}_var"], momentum, running_var == "unbiased"
+            )
         else:
             references[prefix] = pooled(inputs) if running_var == "biased" else averaged_unbiased(inputs)
     return references
@@ -91,8 +109,9 @@ def test_cli_option_reaches_the_written_model_and_the_report(tmp_path: Path) -> 
     source, data = tmp_path / "m.onnx", tmp_path / "d.npz"
     onnx.save(_model(params), source)
     np.savez(data, x=np.stack([b["x"] for b in batches]))
-    result = CliRunner().invoke(main, ["calibrate", str(source), "--data", str(data), "--provider", "cpu",
-                                       "--running-var", "unbiased"])
+    result = CliRunner().invoke(
+        main, ["calibrate", str(source), "--data", str(data), "--provider", "cpu", "--running-var", "unbiased"]
+    )
     assert result.exit_code == 0, result.output
     record = "running statistics re-estimated from 1 batch(es) (cumulative, unbiased variance)"
     assert result.stdout.splitlines()[:3] == [

@@ -22,22 +22,40 @@ PREFIXES = ("a", "b")
 
 def _params() -> dict[str, np.ndarray]:
     g = np.random.default_rng(17)
-    return {f"{p}_{k}": value.astype(np.float32) for p in PREFIXES for k, value in
-            (("scale", g.uniform(0.5, 1.5, 3)), ("bias", g.normal(0, 0.3, 3)),
-             ("mean", g.normal(0, 0.5, 3)), ("var", g.uniform(0.5, 2.0, 3)))}
+    return {
+        f"{p}_{k}": value.astype(np.float32)
+        for p in PREFIXES
+        for k, value in (
+            ("scale", g.uniform(0.5, 1.5, 3)),
+            ("bias", g.normal(0, 0.3, 3)),
+            ("mean", g.normal(0, 0.5, 3)),
+            ("var", g.uniform(0.5, 2.0, 3)),
+        )
+    }
 
 
 def _onnx_chain(params: dict[str, np.ndarray], count: int) -> onnx.ModelProto:
     """x -> BN a [-> BN b], float32, dynamic batch and image size."""
     sources, targets = ["x", "h"][:count], ["h", "y"][:count]
     targets[-1] = "y"
-    nodes = [helper.make_node("BatchNormalization", [source, f"{p}_scale", f"{p}_bias", f"{p}_mean", f"{p}_var"],
-                              [target], name=p, epsilon=EPS)
-             for source, target, p in zip(sources, targets, PREFIXES)]
+    nodes = [
+        helper.make_node(
+            "BatchNormalization",
+            [source, f"{p}_scale", f"{p}_bias", f"{p}_mean", f"{p}_var"],
+            [target],
+            name=p,
+            epsilon=EPS,
+        )
+        for source, target, p in zip(sources, targets, PREFIXES)
+    ]
     dims = ["N", 3, "H", "W"]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, dims)],
-                              [numpy_helper.from_array(v, k) for k, v in params.items() if k[0] in PREFIXES[:count]])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, dims)],
+        [numpy_helper.from_array(v, k) for k, v in params.items() if k[0] in PREFIXES[:count]],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model
@@ -76,8 +94,9 @@ def test_mode_train_step_matches_pytorch() -> None:
 
 def test_calibrate_running_matches_pytorch_momentum() -> None:
     params, batches = _params(), _batches()
-    result = calibrate(ir.from_proto(_onnx_chain(params, 2)), batches, method="running", momentum=0.75,
-                       running_var="unbiased")
+    result = calibrate(
+        ir.from_proto(_onnx_chain(params, 2)), batches, method="running", momentum=0.75, running_var="unbiased"
+    )
     chain = _torch_chain(params, 2, momentum=0.25)
     with torch.no_grad():
         for batch in batches:

@@ -24,9 +24,17 @@ def _session(nodes, inputs, outputs, opset: int = 15) -> ort.InferenceSession:
 def _bn_session(shape: tuple[int, ...], momentum: float, eps: float) -> ort.InferenceSession:
     c = shape[1]
     f = onnx.TensorProto.FLOAT
-    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
-                            training_mode=1, momentum=momentum, epsilon=eps)
-    inputs = [helper.make_tensor_value_info("x", f, list(shape))] + [helper.make_tensor_value_info(n, f, [c]) for n in "sbmv"]
+    node = helper.make_node(
+        "BatchNormalization",
+        ["x", "s", "b", "m", "v"],
+        ["y", "rm", "rv"],
+        training_mode=1,
+        momentum=momentum,
+        epsilon=eps,
+    )
+    inputs = [helper.make_tensor_value_info("x", f, list(shape))] + [
+        helper.make_tensor_value_info(n, f, [c]) for n in "sbmv"
+    ]
     outputs = [helper.make_tensor_value_info(n, f, None) for n in ("y", "rm", "rv")]
     return _session([node], inputs, outputs)
 
@@ -66,9 +74,15 @@ def test_inference_batchnorm_matches_seed() -> None:
     params = [g.uniform(0.5, 1.5, 3).astype(np.float32) for _ in range(4)]
     f = onnx.TensorProto.FLOAT
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3)
-    inputs = [helper.make_tensor_value_info("x", f, [2, 3, 4, 4])] + [helper.make_tensor_value_info(n, f, [3]) for n in "sbmv"]
-    (y,) = _session([node], inputs, [helper.make_tensor_value_info("y", f, None)]).run(None, dict(zip("xsbmv", [x, *params])))
-    np.testing.assert_allclose(y, batchnorm_inference(*(a.astype(np.float64) for a in (x, *params)), 1e-3), rtol=1e-5, atol=1e-6)
+    inputs = [helper.make_tensor_value_info("x", f, [2, 3, 4, 4])] + [
+        helper.make_tensor_value_info(n, f, [3]) for n in "sbmv"
+    ]
+    (y,) = _session([node], inputs, [helper.make_tensor_value_info("y", f, None)]).run(
+        None, dict(zip("xsbmv", [x, *params]))
+    )
+    np.testing.assert_allclose(
+        y, batchnorm_inference(*(a.astype(np.float64) for a in (x, *params)), 1e-3), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("p", [0.9, 0.5, 0.2])
@@ -77,9 +91,15 @@ def test_ort_training_dropout_matches_seed_statistics(p: float) -> None:
     ratio = 1 - p
     f = onnx.TensorProto.FLOAT
     node = helper.make_node("Dropout", ["x", "ratio", "training"], ["y", "mask"], seed=5)
-    inputs = [helper.make_tensor_value_info("x", f, [200, 500]), helper.make_tensor_value_info("ratio", f, []),
-              helper.make_tensor_value_info("training", onnx.TensorProto.BOOL, [])]
-    outputs = [helper.make_tensor_value_info("y", f, None), helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, None)]
+    inputs = [
+        helper.make_tensor_value_info("x", f, [200, 500]),
+        helper.make_tensor_value_info("ratio", f, []),
+        helper.make_tensor_value_info("training", onnx.TensorProto.BOOL, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", f, None),
+        helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, None),
+    ]
     session = _session([node], inputs, outputs, opset=13)
     x = np.random.default_rng(0).uniform(1.0, 2.0, (200, 500)).astype(np.float32)
     y, mask = session.run(None, {"x": x, "ratio": np.array(ratio, np.float32), "training": np.array(True)})

@@ -35,12 +35,25 @@ class BatchNormalization(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None, spatial=None,
-             is_test=None, consumed_inputs=None):
+    def _run(
+        self,
+        x,
+        scale,
+        bias,
+        mean,
+        var,
+        epsilon=None,
+        momentum=None,
+        training_mode=None,
+        spatial=None,
+        is_test=None,
+        consumed_inputs=None,
+    ):
         shape = (1, -1, *[1] * (x.ndim - 2))
         eps = 1e-5 if epsilon is None else epsilon
-        return ((x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape)
-                + bias.reshape(shape),)
+        return (
+            (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape),
+        )
 
 
 def whole_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -95,16 +108,18 @@ def test_estimate_over_the_memory_budget_is_refused_with_its_reason() -> None:
     with pytest.raises(Float64Unavailable) as caught:
         run_float64(model, feeds, budget=Float64Budget(max_bytes=4 << 10))
     assert caught.value.code == "over-memory"
-    assert str(caught.value) == ("needs 5.12 KiB of float64 tensors alive at once, over the 4 KiB budget "
-                                 "(--float64-budget)")
+    assert str(caught.value) == (
+        "needs 5.12 KiB of float64 tensors alive at once, over the 4 KiB budget (--float64-budget)"
+    )
 
 
 def test_estimate_over_the_flops_budget_is_refused() -> None:
     model, feeds = chain(3)
     with pytest.raises(Float64Unavailable) as caught:
         run_float64(model, feeds, budget=Float64Budget(max_flops=5e4))
-    assert str(caught.value) == ("needs 5.53e+04 floating-point operations in float64, over the budget of 5e+04 "
-                                 "(--float64-flops)")
+    assert str(caught.value) == (
+        "needs 5.53e+04 floating-point operations in float64, over the budget of 5e+04 (--float64-flops)"
+    )
     assert caught.value.code == "over-flops"
 
 
@@ -123,14 +138,21 @@ def test_estimate_cost_of_a_small_conv_model() -> None:
 
 def _expand_model(rows: int, columns: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """MatMul of two Expands whose shapes come from graph inputs: static shapes cannot size them."""
-    nodes = [helper.make_node("Expand", ["a", "s1"], ["A"], name="expand_a"),
-             helper.make_node("Expand", ["a", "s2"], ["B"], name="expand_b"),
-             helper.make_node("MatMul", ["A", "B"], ["C"], name="outer")]
+    nodes = [
+        helper.make_node("Expand", ["a", "s1"], ["A"], name="expand_a"),
+        helper.make_node("Expand", ["a", "s2"], ["B"], name="expand_b"),
+        helper.make_node("MatMul", ["A", "B"], ["C"], name="outer"),
+    ]
     graph = helper.make_graph(
-        nodes, "expand", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 1]),
-                          helper.make_tensor_value_info("s1", TensorProto.INT64, [2]),
-                          helper.make_tensor_value_info("s2", TensorProto.INT64, [2])],
-        [helper.make_tensor_value_info("C", TensorProto.FLOAT, None)])
+        nodes,
+        "expand",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 1]),
+            helper.make_tensor_value_info("s1", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("s2", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     feeds = {"a": np.ones((1, 1), np.float32), "s1": np.array([rows, 1]), "s2": np.array([1, columns])}
     return model, feeds
@@ -142,8 +164,10 @@ def test_runtime_guard_stops_a_kernel_before_its_output_passes_the_budget() -> N
     with pytest.raises(Float64Unavailable) as caught:
         run_float64(model, feeds, budget=Float64Budget(max_bytes=1 << 20))
     assert caught.value.code == "runtime-memory"
-    assert str(caught.value).startswith("stopped at node 'outer' (MatMul): its outputs bring the float64 tensors "
-                                        "alive to 7.64 MiB, over the 1 MiB budget")
+    assert str(caught.value).startswith(
+        "stopped at node 'outer' (MatMul): its outputs bring the float64 tensors "
+        "alive to 7.64 MiB, over the 1 MiB budget"
+    )
     np.testing.assert_array_equal(run_float64(model, feeds)[0], np.ones((1000, 1000)))
 
 
@@ -156,10 +180,15 @@ def test_runtime_guard_after_an_evaluator_node() -> None:
 
 def _custom_op_model() -> onnx.ModelProto:
     node = helper.make_node("FusedThing", ["x"], ["y"], domain="com.example")
-    graph = helper.make_graph([node], "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
-                             ir_version=8)
+    graph = helper.make_graph(
+        [node],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)], ir_version=8
+    )
 
 
 def test_an_op_onnx_cannot_run_is_float64_unavailable() -> None:
@@ -170,9 +199,13 @@ def test_an_op_onnx_cannot_run_is_float64_unavailable() -> None:
 
 def test_an_evaluator_error_is_float64_unavailable() -> None:
     node = helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")
-    graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.array([4], np.int64), "shape")])
+    graph = helper.make_graph(
+        [node],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([4], np.int64), "shape")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(Float64Unavailable, match="failed on Reshape node 'bad_reshape'") as caught:
         run_float64(model, {"x": np.ones((2, 3), np.float32)})
@@ -200,10 +233,16 @@ def _if_model() -> onnx.ModelProto:
     other = helper.make_graph([helper.make_node("Relu", ["x"], ["branch"])], "else", [], out)
     nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
     w = rng(2).standard_normal((2, 2, 3, 3)).astype(np.float32)
-    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        nodes,
+        "if",
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -217,8 +256,9 @@ def test_subgraphs_run_on_the_whole_model_evaluator(cond: bool) -> None:
 
 
 def test_model_local_functions_run_on_the_whole_model_evaluator() -> None:
-    function = helper.make_function("local", "Double", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                                    [helper.make_opsetid("", 17)])
+    function = helper.make_function(
+        "local", "Double", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])], [helper.make_opsetid("", 17)]
+    )
     node = helper.make_node("Double", ["x"], ["y"], domain="local")
     model = make_model([node], {"x": [3]}, ["y"], {}, functions=[function], extra_opsets={"local": 1})
     x = np.array([1.5, -2.0, 0.25], np.float32)
@@ -229,9 +269,15 @@ def test_model_local_functions_run_on_the_whole_model_evaluator() -> None:
 
 def test_integer_matmul_runs_on_onnx_evaluator_and_keeps_its_dtype() -> None:
     node = helper.make_node("MatMul", ["a", "b"], ["c"])
-    graph = helper.make_graph([node], "int", [helper.make_tensor_value_info("a", TensorProto.INT64, [2, 3]),
-                                              helper.make_tensor_value_info("b", TensorProto.INT64, [3, 2])],
-                              [helper.make_tensor_value_info("c", TensorProto.INT64, [2, 2])])
+    graph = helper.make_graph(
+        [node],
+        "int",
+        [
+            helper.make_tensor_value_info("a", TensorProto.INT64, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, [3, 2]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.INT64, [2, 2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     a, b = np.arange(6).reshape(2, 3), np.arange(6).reshape(3, 2)
     (c,) = run_float64(model, {"a": a, "b": b})
@@ -271,13 +317,15 @@ def test_dilated_conv_model_runs_small() -> None:
     assert y.shape == (1, 64, 24, 24)
 
 
-@pytest.mark.parametrize("opset,attrs", [(6, {"is_test": 1}), (7, {"spatial": 1}), (9, {}), (14, {}),
-                                         (15, {"training_mode": 0})])
+@pytest.mark.parametrize(
+    "opset,attrs", [(6, {"is_test": 1}), (7, {"spatial": 1}), (9, {}), (14, {}), (15, {"training_mode": 0})]
+)
 def test_batchnorm_inference_in_every_version(opset: int, attrs: dict[str, int]) -> None:
     params = _bn_params(rng(8), 3)
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3, **attrs)
-    model = make_model([node], {"x": [2, 3, 4]}, ["y"], {k: v.astype(np.float32) for k, v in params.items()},
-                       opset=opset)
+    model = make_model(
+        [node], {"x": [2, 3, 4]}, ["y"], {k: v.astype(np.float32) for k, v in params.items()}, opset=opset
+    )
     x = rng(8).standard_normal((2, 3, 4)).astype(np.float32)
     s, b, m, v = (params[k].astype(np.float32).astype(np.float64)[:, None] for k in "sbmv")
     eps = float(np.float32(1e-3))
@@ -286,15 +334,20 @@ def test_batchnorm_inference_in_every_version(opset: int, attrs: dict[str, int])
 
 
 def _bn_params(g: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
-    return {"s": g.uniform(0.5, 1.5, channels), "b": g.normal(0, 0.2, channels), "m": g.normal(0, 0.5, channels),
-            "v": g.uniform(0.5, 2, channels)}
+    return {
+        "s": g.uniform(0.5, 1.5, channels),
+        "b": g.normal(0, 0.2, channels),
+        "m": g.normal(0, 0.5, channels),
+        "v": g.uniform(0.5, 2, channels),
+    }
 
 
 def test_batchnorm_training_mode_outputs_through_the_engine() -> None:
     g = rng(9)
     params = _bn_params(g, 2)
-    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1,
-                            momentum=0.75)
+    node = helper.make_node(
+        "BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1, momentum=0.75
+    )
     model = make_model([node], {"x": [5, 2]}, ["y", "rm", "rv"], {k: v.astype(np.float32) for k, v in params.items()})
     x = g.standard_normal((5, 2)).astype(np.float32)
     y, running_mean, running_var = run_float64(model, {"x": x})

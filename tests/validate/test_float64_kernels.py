@@ -61,8 +61,9 @@ def naive_conv(x, w, b, strides, dilations, pads, group, auto_pad="NOTSET"):
     return y
 
 
-def naive_conv_transpose(x, w, b, strides, dilations, group, pads=None, output_padding=None, output_shape=None,
-                         auto_pad="NOTSET"):
+def naive_conv_transpose(
+    x, w, b, strides, dilations, group, pads=None, output_padding=None, output_shape=None, auto_pad="NOTSET"
+):
     """ConvTranspose by its definition: input (i) meets output (o) at tap t when o = i*s + t*d - pad_begin."""
     rank = x.ndim - 2
     adjust = output_padding or [0] * rank
@@ -93,17 +94,21 @@ def naive_conv_transpose(x, w, b, strides, dilations, group, pads=None, output_p
 
 
 CONV_CASES = {
-    "2d-dilation2-pad-stride2": dict(x=(2, 3, 9, 8), w=(4, 3, 3, 3), strides=[2, 2], dilations=[2, 2],
-                                     pads=[2, 1, 1, 2], group=1),
-    "2d-dilation3-asymmetric": dict(x=(1, 2, 10, 11), w=(3, 2, 3, 2), strides=[1, 2], dilations=[3, 2],
-                                    pads=[3, 0, 1, 4], group=1),
+    "2d-dilation2-pad-stride2": dict(
+        x=(2, 3, 9, 8), w=(4, 3, 3, 3), strides=[2, 2], dilations=[2, 2], pads=[2, 1, 1, 2], group=1
+    ),
+    "2d-dilation3-asymmetric": dict(
+        x=(1, 2, 10, 11), w=(3, 2, 3, 2), strides=[1, 2], dilations=[3, 2], pads=[3, 0, 1, 4], group=1
+    ),
     "groups2": dict(x=(1, 4, 7, 7), w=(6, 2, 3, 3), strides=[1, 1], dilations=[1, 1], pads=[1, 1, 1, 1], group=2),
     "depthwise": dict(x=(2, 3, 6, 7), w=(6, 1, 3, 3), strides=[2, 1], dilations=[2, 1], pads=[2, 1, 2, 1], group=3),
     "1d": dict(x=(2, 3, 13), w=(2, 3, 4), strides=[3], dilations=[2], pads=[3, 2], group=1),
-    "3d": dict(x=(1, 2, 5, 6, 4), w=(2, 2, 2, 3, 2), strides=[2, 1, 1], dilations=[1, 2, 1], pads=[1, 2, 0, 0, 1, 1],
-               group=1),
-    "no-padding-big-kernel": dict(x=(1, 1, 5, 5), w=(1, 1, 5, 5), strides=[1, 1], dilations=[1, 1],
-                                  pads=[0, 0, 0, 0], group=1),
+    "3d": dict(
+        x=(1, 2, 5, 6, 4), w=(2, 2, 2, 3, 2), strides=[2, 1, 1], dilations=[1, 2, 1], pads=[1, 2, 0, 0, 1, 1], group=1
+    ),
+    "no-padding-big-kernel": dict(
+        x=(1, 1, 5, 5), w=(1, 1, 5, 5), strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0], group=1
+    ),
 }
 
 
@@ -135,19 +140,34 @@ def test_conv_defaults_are_stride_1_no_padding() -> None:
 
 
 CONV_TRANSPOSE_CASES = {
-    "stride2-pads": dict(x=(2, 3, 4, 5), w=(3, 2, 3, 3), strides=[2, 2], dilations=[1, 1], group=1,
-                         pads=[1, 0, 0, 1]),
-    "output-padding": dict(x=(1, 2, 3, 4), w=(2, 3, 3, 2), strides=[3, 2], dilations=[1, 2], group=1,
-                           pads=[1, 1, 0, 0], output_padding=[2, 1]),
-    "groups2-output-padding": dict(x=(1, 4, 3, 3), w=(4, 3, 2, 2), strides=[2, 2], dilations=[2, 1], group=2,
-                                   output_padding=[1, 1]),
+    "stride2-pads": dict(x=(2, 3, 4, 5), w=(3, 2, 3, 3), strides=[2, 2], dilations=[1, 1], group=1, pads=[1, 0, 0, 1]),
+    "output-padding": dict(
+        x=(1, 2, 3, 4),
+        w=(2, 3, 3, 2),
+        strides=[3, 2],
+        dilations=[1, 2],
+        group=1,
+        pads=[1, 1, 0, 0],
+        output_padding=[2, 1],
+    ),
+    "groups2-output-padding": dict(
+        x=(1, 4, 3, 3), w=(4, 3, 2, 2), strides=[2, 2], dilations=[2, 1], group=2, output_padding=[1, 1]
+    ),
     "depthwise": dict(x=(2, 3, 4, 3), w=(3, 1, 3, 3), strides=[1, 2], dilations=[1, 1], group=3, pads=[1, 1, 1, 1]),
     "1d-dilation3": dict(x=(1, 2, 5), w=(2, 2, 3), strides=[2], dilations=[3], group=1, pads=[2, 1]),
     "3d": dict(x=(1, 2, 2, 3, 2), w=(2, 1, 2, 2, 3), strides=[2, 1, 2], dilations=[1, 1, 1], group=1),
-    "output-shape": dict(x=(1, 2, 3, 4), w=(2, 2, 3, 3), strides=[2, 3], dilations=[1, 1], group=1,
-                         output_shape=[6, 10]),
-    "output-shape-odd-total": dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), strides=[2, 2], dilations=[1, 1], group=1,
-                                   output_shape=[5, 6], output_padding=[1, 0]),
+    "output-shape": dict(
+        x=(1, 2, 3, 4), w=(2, 2, 3, 3), strides=[2, 3], dilations=[1, 1], group=1, output_shape=[6, 10]
+    ),
+    "output-shape-odd-total": dict(
+        x=(1, 2, 3, 3),
+        w=(2, 2, 3, 3),
+        strides=[2, 2],
+        dilations=[1, 1],
+        group=1,
+        output_shape=[5, 6],
+        output_padding=[1, 0],
+    ),
 }
 
 
@@ -213,10 +233,20 @@ def naive_matmul(a, b):
     return y[..., 0] if b.ndim == 1 else y
 
 
-@pytest.mark.parametrize("shapes", [
-    ((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4)), ((2, 1, 2, 3), (5, 3, 4)),
-    ((4, 2, 3), (3, 2)), ((7, 1, 3), (1, 3, 2)), ((2, 3), (4, 3, 1)), ((3, 1, 2, 2), (1, 2, 2, 3)),
-])
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        ((3,), (3,)),
+        ((2, 3), (3,)),
+        ((3,), (3, 4)),
+        ((2, 3), (3, 4)),
+        ((2, 1, 2, 3), (5, 3, 4)),
+        ((4, 2, 3), (3, 2)),
+        ((7, 1, 3), (1, 3, 2)),
+        ((2, 3), (4, 3, 1)),
+        ((3, 1, 2, 2), (1, 2, 2, 3)),
+    ],
+)
 def test_matmul_broadcasting(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
     a, b = G.standard_normal(shapes[0]), G.standard_normal(shapes[1])
     expected = naive_matmul(a, b)
@@ -240,8 +270,12 @@ def test_batch_normalization_inference() -> None:
     (y,) = batch_normalization(x, scale, bias, mean, var, epsilon=1e-3)
     np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-13)
     (default_eps,) = batch_normalization(x, scale, bias, mean, var, is_test=1, spatial=1, consumed_inputs=[0, 0])
-    np.testing.assert_allclose(default_eps, (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + ONNX_EPSILON)
-                               * scale[:, None, None] + bias[:, None, None], rtol=1e-13)
+    np.testing.assert_allclose(
+        default_eps,
+        (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + ONNX_EPSILON) * scale[:, None, None]
+        + bias[:, None, None],
+        rtol=1e-13,
+    )
 
 
 def _batch_stats(x):
@@ -258,8 +292,9 @@ def test_batch_normalization_training_mode(chunk: int) -> None:
     x = G.standard_normal((4, 3, 2, 3))
     scale, bias, mean, var = _bn_params(3)
     batch_mean, batch_var = _batch_stats(x)
-    y, running_mean, running_var = batch_normalization(x, scale, bias, mean, var, momentum=0.8, training_mode=1,
-                                                       outputs=3, chunk_bytes=chunk)
+    y, running_mean, running_var = batch_normalization(
+        x, scale, bias, mean, var, momentum=0.8, training_mode=1, outputs=3, chunk_bytes=chunk
+    )
     expected = (x - batch_mean[:, None, None]) / np.sqrt(batch_var[:, None, None] + ONNX_EPSILON) * scale[:, None, None]
     np.testing.assert_allclose(y, expected + bias[:, None, None], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(running_mean, 0.8 * mean + 0.2 * batch_mean, rtol=1e-12)  # momentum weighs the OLD value
@@ -309,12 +344,15 @@ def test_tiny_chunk_bound_keeps_temporaries_small() -> None:
     x, w = G.standard_normal((2, 16, 32, 32)), G.standard_normal((16, 16, 3, 3))
     output = 2 * 16 * 32 * 32 * 8
     assert _peak_bytes(conv, x, w, pads=[1, 1, 1, 1], chunk_bytes=4096) < output + 64 * 1024
-    np.testing.assert_allclose(conv(x, w, pads=[1, 1, 1, 1], chunk_bytes=4096), conv(x, w, pads=[1, 1, 1, 1]),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        conv(x, w, pads=[1, 1, 1, 1], chunk_bytes=4096), conv(x, w, pads=[1, 1, 1, 1]), rtol=1e-12, atol=1e-12
+    )
     xt = G.standard_normal((2, 16, 16, 16))
     output_t = 2 * 16 * 32 * 32 * 8
-    assert _peak_bytes(conv_transpose, xt, w, strides=[2, 2], output_padding=[1, 1], pads=[1, 1, 1, 1],
-                       chunk_bytes=4096) < output_t + 64 * 1024
+    assert (
+        _peak_bytes(conv_transpose, xt, w, strides=[2, 2], output_padding=[1, 1], pads=[1, 1, 1, 1], chunk_bytes=4096)
+        < output_t + 64 * 1024
+    )
 
 
 def test_dilated_conv_is_small() -> None:
@@ -324,9 +362,12 @@ def test_dilated_conv_is_small() -> None:
     assert _peak_bytes(conv, x, w, **attrs) < 4 * x.nbytes
     y = conv(x, w, **attrs)
     for i, j in [(0, 0), (11, 12), (23, 5)]:  # spot checks by the definition
-        expected = sum(w[:, :, ki, kj] @ x[0, :, i + 12 * ki - 12, j + 12 * kj - 12]
-                       for ki in range(3) for kj in range(3)
-                       if 0 <= i + 12 * ki - 12 < 24 and 0 <= j + 12 * kj - 12 < 24)
+        expected = sum(
+            w[:, :, ki, kj] @ x[0, :, i + 12 * ki - 12, j + 12 * kj - 12]
+            for ki in range(3)
+            for kj in range(3)
+            if 0 <= i + 12 * ki - 12 < 24 and 0 <= j + 12 * kj - 12 < 24
+        )
         np.testing.assert_allclose(y[0, :, i, j], expected, rtol=1e-12, atol=1e-12)
 
 
@@ -336,8 +377,12 @@ def _ort_max_pool(x: np.ndarray, attributes: dict[str, object]) -> np.ndarray:
     from onnx import helper
 
     node = helper.make_node("MaxPool", ["x"], ["y"], **attributes)
-    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
@@ -355,8 +400,12 @@ def test_max_pool_matches_onnx_runtime(seed: int) -> None:
         dilations = [int(rng.integers(1, 3)) if auto_pad in ("NOTSET", "VALID") else 1 for _ in range(rank)]
         same = auto_pad.startswith("SAME")  # ONNX Runtime refuses SAME with a stride over the kernel
         strides = [int(rng.integers(1, (min(k, 2) if same else 2) + 1)) for k in kernel]
-        attributes: dict[str, object] = {"kernel_shape": kernel, "strides": strides, "dilations": dilations,
-                                         "auto_pad": auto_pad}
+        attributes: dict[str, object] = {
+            "kernel_shape": kernel,
+            "strides": strides,
+            "dilations": dilations,
+            "auto_pad": auto_pad,
+        }
         if auto_pad == "NOTSET":
             attributes["pads"] = [int(rng.integers(0, k)) for k in kernel * 2]
         shape = [2, 3, *(int(rng.integers((k - 1) * d + 1, 9)) for k, d in zip(kernel, dilations))]
@@ -365,12 +414,16 @@ def test_max_pool_matches_onnx_runtime(seed: int) -> None:
         np.testing.assert_array_equal(max_pool(x.astype(np.float64), **attributes), expected.astype(np.float64))
 
 
-@pytest.mark.parametrize("attributes, outputs", [
-    ({"kernel_shape": [2, 2], "ceil_mode": 1}, 1),
-    ({"kernel_shape": [2, 2]}, 2),
-    ({"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER", "dilations": [2, 2]}, 1),
-])
-def test_max_pool_leaves_indices_ceil_mode_and_dilated_same_to_onnx(attributes: dict[str, object],
-                                                                   outputs: int) -> None:
+@pytest.mark.parametrize(
+    "attributes, outputs",
+    [
+        ({"kernel_shape": [2, 2], "ceil_mode": 1}, 1),
+        ({"kernel_shape": [2, 2]}, 2),
+        ({"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER", "dilations": [2, 2]}, 1),
+    ],
+)
+def test_max_pool_leaves_indices_ceil_mode_and_dilated_same_to_onnx(
+    attributes: dict[str, object], outputs: int
+) -> None:
     assert not KERNELS["MaxPool"].handles(attributes, outputs)
     assert KERNELS["MaxPool"].handles({"kernel_shape": [2, 2]}, 1)

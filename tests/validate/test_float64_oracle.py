@@ -35,27 +35,51 @@ TIGHT = dict(rtol=1e-12, atol=1e-12)
 ONNX_EPSILON = float(np.float32(1e-5))
 
 
-def conv_formula(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides: Sequence[int],
-                 dilations: Sequence[int], pads: Sequence[int], group: int) -> np.ndarray:
+def conv_formula(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    group: int,
+) -> np.ndarray:
     """Conv as im2col: pad explicitly, take every dilated window with numpy's sliding windows, one tensordot a group."""
     rank = x.ndim - 2
     padded = np.pad(x, [(0, 0), (0, 0), *[(pads[j], pads[j + rank]) for j in range(rank)]])
     extents = [(k - 1) * d + 1 for k, d in zip(w.shape[2:], dilations)]
     windows = np.lib.stride_tricks.sliding_window_view(padded, extents, axis=tuple(range(2, 2 + rank)))
-    windows = windows[(slice(None), slice(None), *[slice(None, None, s) for s in strides],
-                       *[slice(None, None, d) for d in dilations])]  # [n, c, out..., taps...]
+    windows = windows[
+        (slice(None), slice(None), *[slice(None, None, s) for s in strides], *[slice(None, None, d) for d in dilations])
+    ]  # [n, c, out..., taps...]
     cin, cout = x.shape[1] // group, w.shape[0] // group
     taps = list(range(2 + rank, 2 + 2 * rank))
-    parts = [np.moveaxis(np.tensordot(windows[:, g * cin:(g + 1) * cin], w[g * cout:(g + 1) * cout],
-                                      axes=([1, *taps], [1, *range(2, 2 + rank)])), -1, 1)
-             for g in range(group)]
+    parts = [
+        np.moveaxis(
+            np.tensordot(
+                windows[:, g * cin : (g + 1) * cin],
+                w[g * cout : (g + 1) * cout],
+                axes=([1, *taps], [1, *range(2, 2 + rank)]),
+            ),
+            -1,
+            1,
+        )
+        for g in range(group)
+    ]
     y = np.concatenate(parts, axis=1)
     return y if b is None else y + b.reshape(1, -1, *[1] * rank)
 
 
-def conv_transpose_formula(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides: Sequence[int],
-                           dilations: Sequence[int], pads: Sequence[int], group: int,
-                           output_padding: Sequence[int]) -> np.ndarray:
+def conv_transpose_formula(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    group: int,
+    output_padding: Sequence[int],
+) -> np.ndarray:
     """ConvTranspose as the Conv (stride 1) of the input spread out by the strides, padded by the kernel's
     extent, with the kernel flipped and its channel axes swapped per group; then cropped by the pads."""
     rank = x.ndim - 2
@@ -64,23 +88,25 @@ def conv_transpose_formula(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, s
     edge = [(k - 1) * d for k, d in zip(w.shape[2:], dilations)]
     cin = x.shape[1] // group
     flipped = w[(slice(None), slice(None), *[slice(None, None, -1)] * rank)]
-    kernel = np.concatenate([flipped[g * cin:(g + 1) * cin].swapaxes(0, 1) for g in range(group)], axis=0)
-    full = conv_formula(spread, kernel, None, [1] * rank, dilations,
-                        [*edge, *[e + a for e, a in zip(edge, output_padding)]], group)
+    kernel = np.concatenate([flipped[g * cin : (g + 1) * cin].swapaxes(0, 1) for g in range(group)], axis=0)
+    full = conv_formula(
+        spread, kernel, None, [1] * rank, dilations, [*edge, *[e + a for e, a in zip(edge, output_padding)]], group
+    )
     y = full[(slice(None), slice(None), *[slice(pads[j], full.shape[2 + j] - pads[j + rank]) for j in range(rank)])]
     return y if b is None else y + b.reshape(1, -1, *[1] * rank)
 
 
-def max_pool_formula(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
-                     pads: Sequence[int]) -> np.ndarray:
+def max_pool_formula(
+    x: np.ndarray, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], pads: Sequence[int]
+) -> np.ndarray:
     """MaxPool (floor mode) as the maximum over every dilated sliding window of the -inf padded input."""
     rank = x.ndim - 2
-    padded = np.pad(x, [(0, 0), (0, 0), *[(pads[j], pads[j + rank]) for j in range(rank)]],
-                    constant_values=-np.inf)
+    padded = np.pad(x, [(0, 0), (0, 0), *[(pads[j], pads[j + rank]) for j in range(rank)]], constant_values=-np.inf)
     extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     windows = np.lib.stride_tricks.sliding_window_view(padded, extents, axis=tuple(range(2, 2 + rank)))
-    windows = windows[(slice(None), slice(None), *[slice(None, None, s) for s in strides],
-                       *[slice(None, None, d) for d in dilations])]
+    windows = windows[
+        (slice(None), slice(None), *[slice(None, None, s) for s in strides], *[slice(None, None, d) for d in dilations])
+    ]
     return windows.max(axis=tuple(range(2 + rank, 2 + 2 * rank)))
 
 
@@ -99,8 +125,16 @@ CONV_TABLE = [
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("bias", [pytest.param(True, id="bias"), pytest.param(False, id="nobias")])
 @pytest.mark.parametrize("x_shape, w_shape, strides, dilations, pads, group", CONV_TABLE)
-def test_conv_matches_im2col(x_shape: tuple[int, ...], w_shape: tuple[int, ...], strides: list[int],
-                             dilations: list[int], pads: list[int], group: int, bias: bool, chunk: int) -> None:
+def test_conv_matches_im2col(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+    group: int,
+    bias: bool,
+    chunk: int,
+) -> None:
     """normfold's Conv equals the im2col formula for groups, dilations, strides and pads."""
     x, w = G.standard_normal(x_shape), G.standard_normal(w_shape)
     b = G.standard_normal(w_shape[0]) if bias else None
@@ -123,16 +157,32 @@ CONV_TRANSPOSE_TABLE = [
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("bias", [pytest.param(True, id="bias"), pytest.param(False, id="nobias")])
 @pytest.mark.parametrize("x_shape, w_shape, strides, dilations, pads, group, output_padding", CONV_TRANSPOSE_TABLE)
-def test_conv_transpose_matches_conv_of_spread_input(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
-                                                     strides: list[int], dilations: list[int], pads: list[int],
-                                                     group: int, output_padding: list[int], bias: bool,
-                                                     chunk: int) -> None:
+def test_conv_transpose_matches_conv_of_spread_input(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+    group: int,
+    output_padding: list[int],
+    bias: bool,
+    chunk: int,
+) -> None:
     """normfold's ConvTranspose equals the Conv of the stride-spread input with the flipped, swapped kernel."""
     x, w = G.standard_normal(x_shape), G.standard_normal(w_shape)
     b = G.standard_normal(w_shape[1] * group) if bias else None
     expected = conv_transpose_formula(x, w, b, strides, dilations, pads, group, output_padding)
-    got = conv_transpose(x, w, b, strides=strides, dilations=dilations, pads=pads, group=group,
-                         output_padding=output_padding, chunk_bytes=chunk)
+    got = conv_transpose(
+        x,
+        w,
+        b,
+        strides=strides,
+        dilations=dilations,
+        pads=pads,
+        group=group,
+        output_padding=output_padding,
+        chunk_bytes=chunk,
+    )
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, **TIGHT)
 
@@ -149,8 +199,16 @@ GEMM_TABLE = [
 
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("a_shape, b_shape, c_shape, alpha, beta, trans_a, trans_b", GEMM_TABLE)
-def test_gemm_matches_einsum(a_shape: tuple[int, ...], b_shape: tuple[int, ...], c_shape: tuple[int, ...] | None,
-                             alpha: float, beta: float, trans_a: int, trans_b: int, chunk: int) -> None:
+def test_gemm_matches_einsum(
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    c_shape: tuple[int, ...] | None,
+    alpha: float,
+    beta: float,
+    trans_a: int,
+    trans_b: int,
+    chunk: int,
+) -> None:
     """normfold's Gemm equals alpha * einsum(A', B') + beta * C for each transA/transB and C shape."""
     a, b = G.standard_normal(a_shape), G.standard_normal(b_shape)
     c = None if c_shape is None else G.standard_normal(c_shape)
@@ -172,8 +230,7 @@ MATMUL_TABLE = [
 
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("a_shape, b_shape, subscripts", MATMUL_TABLE)
-def test_matmul_matches_einsum(a_shape: tuple[int, ...], b_shape: tuple[int, ...], subscripts: str,
-                               chunk: int) -> None:
+def test_matmul_matches_einsum(a_shape: tuple[int, ...], b_shape: tuple[int, ...], subscripts: str, chunk: int) -> None:
     """normfold's MatMul equals the einsum of numpy's matmul rules, 1-D operands and broadcast batches."""
     a, b = G.standard_normal(a_shape), G.standard_normal(b_shape)
     expected = np.einsum(subscripts, a, b)
@@ -209,15 +266,17 @@ BN_TRAINING_TABLE = [
 
 
 @pytest.mark.parametrize("x_shape, momentum, epsilon, outputs", BN_TRAINING_TABLE)
-def test_batch_normalization_training_matches_seed(x_shape: tuple[int, ...], momentum: float, epsilon: float,
-                                                   outputs: int) -> None:
+def test_batch_normalization_training_matches_seed(
+    x_shape: tuple[int, ...], momentum: float, epsilon: float, outputs: int
+) -> None:
     """Training-mode BN equals the seed's batchnorm_train with alpha = 1 - ONNX momentum (biased variance)."""
     x = G.standard_normal(x_shape)
     c = x_shape[1]
     gamma, beta, mean, var = G.uniform(0.5, 1.5, c), G.normal(0, 0.3, c), G.normal(0, 0.5, c), G.uniform(0.5, 2, c)
     expected = batchnorm_train(x, gamma, beta, mean, var, alpha=1 - momentum, eps=epsilon)
-    got = batch_normalization(x, gamma, beta, mean, var, epsilon=epsilon, momentum=momentum, training_mode=1,
-                              outputs=outputs, chunk_bytes=8)
+    got = batch_normalization(
+        x, gamma, beta, mean, var, epsilon=epsilon, momentum=momentum, training_mode=1, outputs=outputs, chunk_bytes=8
+    )
     assert len(got) == outputs
     for value, reference in zip(got, expected):
         np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-12)
@@ -233,8 +292,9 @@ MAX_POOL_TABLE = [
 
 
 @pytest.mark.parametrize("x_shape, kernel, strides, dilations, pads", MAX_POOL_TABLE)
-def test_max_pool_matches_sliding_windows(x_shape: tuple[int, ...], kernel: list[int], strides: list[int],
-                                          dilations: list[int], pads: list[int]) -> None:
+def test_max_pool_matches_sliding_windows(
+    x_shape: tuple[int, ...], kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]
+) -> None:
     """normfold's MaxPool equals the maximum over sliding windows of the -inf padded input, exactly."""
     x = G.standard_normal(x_shape)
     expected = max_pool_formula(x, kernel, strides, dilations, pads)
@@ -251,8 +311,14 @@ def _one_node_model(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 
 
 @pytest.mark.parametrize("x_shape, w_shape, strides, dilations, pads, group", CONV_TABLE)
-def test_conv_formula_matches_onnx_reference(x_shape: tuple[int, ...], w_shape: tuple[int, ...], strides: list[int],
-                                             dilations: list[int], pads: list[int], group: int) -> None:
+def test_conv_formula_matches_onnx_reference(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+    group: int,
+) -> None:
     """The im2col formula itself agrees with onnx's reference Conv (so the pin above pins the spec)."""
     x, w, b = G.standard_normal(x_shape), G.standard_normal(w_shape), G.standard_normal(w_shape[0])
     model = _one_node_model("Conv", x, w, b, strides=strides, dilations=dilations, pads=pads, group=group)
@@ -261,16 +327,32 @@ def test_conv_formula_matches_onnx_reference(x_shape: tuple[int, ...], w_shape: 
 
 
 @pytest.mark.parametrize("x_shape, w_shape, strides, dilations, pads, group, output_padding", CONV_TRANSPOSE_TABLE)
-def test_conv_transpose_formula_matches_onnx_reference(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
-                                                       strides: list[int], dilations: list[int], pads: list[int],
-                                                       group: int, output_padding: list[int]) -> None:
+def test_conv_transpose_formula_matches_onnx_reference(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+    group: int,
+    output_padding: list[int],
+) -> None:
     """The spread-input formula agrees with onnx's reference ConvTranspose (grouped: one group at a time)."""
     x, w, b = G.standard_normal(x_shape), G.standard_normal(w_shape), G.standard_normal(w_shape[1] * group)
-    model = _one_node_model("ConvTranspose", x, w, b, strides=strides, dilations=dilations, pads=pads,
-                            output_padding=output_padding, group=group)
+    model = _one_node_model(
+        "ConvTranspose",
+        x,
+        w,
+        b,
+        strides=strides,
+        dilations=dilations,
+        pads=pads,
+        output_padding=output_padding,
+        group=group,
+    )
     (y,) = run_float64(model, {"x": x})
-    np.testing.assert_allclose(conv_transpose_formula(x, w, b, strides, dilations, pads, group, output_padding), y,
-                               **TIGHT)
+    np.testing.assert_allclose(
+        conv_transpose_formula(x, w, b, strides, dilations, pads, group, output_padding), y, **TIGHT
+    )
 
 
 @pytest.mark.parametrize("opset", [pytest.param(v, id=f"opset{v}") for v in (7, 9, 13, 14, 15)])
@@ -279,12 +361,19 @@ def test_truth_of_inference_batchnorm_every_opset(opset: int) -> None:
     opsets 9-13, blends batch statistics in; tests/numerics.py replaces it)."""
     generator = rng(4)
     params = {k: v.astype(np.float64) for k, v in bn_params("bn", 3, generator).items()}
-    model = make_model([bn_node("x", "y", "bn", epsilon=1e-3)], {"x": [2, 3, 4, 4]}, ["y"], params, opset=opset,
-                       dtype=onnx.TensorProto.DOUBLE)
+    model = make_model(
+        [bn_node("x", "y", "bn", epsilon=1e-3)],
+        {"x": [2, 3, 4, 4]},
+        ["y"],
+        params,
+        opset=opset,
+        dtype=onnx.TensorProto.DOUBLE,
+    )
     x = generator.standard_normal((2, 3, 4, 4))
     (y,) = run_float64(model, {"x": x})
-    expected = batchnorm_inference(x, params["bn_scale"], params["bn_bias"], params["bn_mean"], params["bn_var"],
-                                   float(np.float32(1e-3)))
+    expected = batchnorm_inference(
+        x, params["bn_scale"], params["bn_bias"], params["bn_mean"], params["bn_var"], float(np.float32(1e-3))
+    )
     np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-13)
 
 
@@ -306,8 +395,9 @@ def _widening_model() -> onnx.ModelProto:
         helper.make_node("Add", ["m", "hf"], ["s"]),
         helper.make_node("Cast", ["s"], ["y"], to=onnx.TensorProto.FLOAT16),
     ]
-    return make_model(nodes, {"x": [2, 3]}, ["y"], {"h": np.array([0.1, 0.2, 0.3], np.float16)},
-                      dtype=onnx.TensorProto.FLOAT16)
+    return make_model(
+        nodes, {"x": [2, 3]}, ["y"], {"h": np.array([0.1, 0.2, 0.3], np.float16)}, dtype=onnx.TensorProto.FLOAT16
+    )
 
 
 def test_float64_copy_widens_inputs_constants_casts_and_initializers() -> None:
@@ -330,8 +420,9 @@ def test_run_float64_computes_in_float64() -> None:
     np.testing.assert_array_equal(y, x.astype(np.float64) * np.float64(np.float32(0.1)) + h)
 
 
-@pytest.mark.parametrize("name", ["mlp.onnx", "resnet_block.onnx", "torchvision_mobilenetv3_eval.onnx",
-                                  "torchvision_resnet_eval.onnx"])
+@pytest.mark.parametrize(
+    "name", ["mlp.onnx", "resnet_block.onnx", "torchvision_mobilenetv3_eval.onnx", "torchvision_resnet_eval.onnx"]
+)
 def test_independent_truth_agrees_with_normfold_engine(name: str) -> None:
     """onnx's evaluator on the tests' float64 copy and normfold's float64 engine agree on the shipped models."""
     model = onnx.load(str(MODELS / name))

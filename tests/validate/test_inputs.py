@@ -187,8 +187,10 @@ def test_random_inputs_dtypes_shapes_and_ranges() -> None:
 
 def test_random_inputs_refuse_strings() -> None:
     error = _raises(random_inputs, [InputSpec("text", np.dtype(object), (2,))])
-    assert str(error) == ("input 'text' holds strings; random inputs cover numbers and booleans, "
-                          "give it from an .npz file or a test_data_set folder")
+    assert str(error) == (
+        "input 'text' holds strings; random inputs cover numbers and booleans, "
+        "give it from an .npz file or a test_data_set folder"
+    )
 
 
 def test_memory_budget_is_checked_before_allocating() -> None:
@@ -216,10 +218,13 @@ def test_memory_budget_counts_every_sample() -> None:
     )
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"samples": 0}, "--samples must be at least 1, not 0"),
-    ({"seed": -1}, "--seed must be non-negative, not -1"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"samples": 0}, "--samples must be at least 1, not 0"),
+        ({"seed": -1}, "--seed must be non-negative, not -1"),
+    ],
+)
 def test_random_inputs_refuse_bad_options(options: dict[str, int], message: str) -> None:
     error = _raises(random_inputs, SPECS, **options)
     assert (str(error), error.exit_code) == (message, 2)
@@ -250,28 +255,48 @@ def test_npz_bfloat16_comes_back_from_raw_bytes(tmp_path: Path) -> None:
 GOOD = {"x": np.zeros((2, 3), np.float32), "ids": np.zeros(2, np.int64)}
 
 NPZ_ERRORS = {
-    "missing input": ({"x": GOOD["x"], "other": GOOD["ids"]}, None,
-                      "no array for input(s) 'ids' (the file has: 'other', 'x')"),
-    "extra key": ({**GOOD, "labels": GOOD["ids"], "a": GOOD["ids"]}, None,
-                  "array(s) 'a', 'labels' match no model input (inputs: 'x', 'ids')"),
-    "dtype": ({**GOOD, "x": GOOD["x"].astype(np.float64)}, None,
-              "input 'x' is float64 but the model expects float32"),
-    "fixed dim": ({**GOOD, "x": np.zeros((2, 4), np.float32)}, None,
-                  "input 'x' has size 4 on axis 1 but the model fixes it to 3"),
-    "fixed dim in a sample": ({"x": np.zeros((5, 2, 4), np.float32), "ids": np.zeros((5, 2), np.int64)}, None,
-                              "input 'x' has size 4 on axis 1 but the model fixes it to 3"),
+    "missing input": (
+        {"x": GOOD["x"], "other": GOOD["ids"]},
+        None,
+        "no array for input(s) 'ids' (the file has: 'other', 'x')",
+    ),
+    "extra key": (
+        {**GOOD, "labels": GOOD["ids"], "a": GOOD["ids"]},
+        None,
+        "array(s) 'a', 'labels' match no model input (inputs: 'x', 'ids')",
+    ),
+    "dtype": ({**GOOD, "x": GOOD["x"].astype(np.float64)}, None, "input 'x' is float64 but the model expects float32"),
+    "fixed dim": (
+        {**GOOD, "x": np.zeros((2, 4), np.float32)},
+        None,
+        "input 'x' has size 4 on axis 1 but the model fixes it to 3",
+    ),
+    "fixed dim in a sample": (
+        {"x": np.zeros((5, 2, 4), np.float32), "ids": np.zeros((5, 2), np.int64)},
+        None,
+        "input 'x' has size 4 on axis 1 but the model fixes it to 3",
+    ),
     "--dim": (GOOD, {"batch": 8}, "input 'x' has size 2 on axis 0 ('batch') but --dim batch=8"),
-    "rank": ({**GOOD, "ids": np.zeros((1, 1, 2), np.int64)}, None,
-             "input 'ids' has 3 dimension(s) but the model's input has rank 1 (2 with a leading samples axis)"),
+    "rank": (
+        {**GOOD, "ids": np.zeros((1, 1, 2), np.int64)},
+        None,
+        "input 'ids' has 3 dimension(s) but the model's input has rank 1 (2 with a leading samples axis)",
+    ),
     "mixed samples axis": (
         {**GOOD, "ids": np.zeros((4, 2), np.int64)},
         None,
         "input(s) 'ids' have a leading samples axis but 'x' do not; give it to every input or to none",
     ),
-    "sample counts": ({"x": np.zeros((4, 2, 3), np.float32), "ids": np.zeros((3, 2), np.int64)}, None,
-                      "inconsistent sample counts on axis 0: 'x' has 4, 'ids' has 3"),
-    "no samples": ({"x": np.zeros((0, 2, 3), np.float32), "ids": np.zeros((0, 2), np.int64)}, None,
-                   "no samples (axis 0 has size 0)"),
+    "sample counts": (
+        {"x": np.zeros((4, 2, 3), np.float32), "ids": np.zeros((3, 2), np.int64)},
+        None,
+        "inconsistent sample counts on axis 0: 'x' has 4, 'ids' has 3",
+    ),
+    "no samples": (
+        {"x": np.zeros((0, 2, 3), np.float32), "ids": np.zeros((0, 2), np.int64)},
+        None,
+        "no samples (axis 0 has size 0)",
+    ),
 }
 
 
@@ -293,16 +318,16 @@ def test_npz_refuses_unreadable_files(tmp_path: Path) -> None:
     cases = {
         tmp_path / "absent.npz": "no such file",
         tmp_path: "not a regular file",
-        _write_bytes(tmp_path / "array.npz", (tmp_path / "one.npy").read_bytes()):
-            "a single .npy array, not an .npz archive of arrays named after the inputs",
+        _write_bytes(
+            tmp_path / "array.npz", (tmp_path / "one.npy").read_bytes()
+        ): "a single .npy array, not an .npz archive of arrays named after the inputs",
         _write_bytes(tmp_path / "text.npz", b"x,ids\n1,2\n"): "not an .npz archive",
-        _write_bytes(tmp_path / "broken.npz", b"PK\x03\x04 truncated"):
-            "not a readable .npz archive (File is not a zip file)",
+        _write_bytes(
+            tmp_path / "broken.npz", b"PK\x03\x04 truncated"
+        ): "not a readable .npz archive (File is not a zip file)",
     }
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object), ids=GOOD["ids"])
-    cases[tmp_path / "objects.npz"] = (
-        "cannot read array 'x' (Object arrays cannot be loaded when allow_pickle=False)"
-    )
+    cases[tmp_path / "objects.npz"] = "cannot read array 'x' (Object arrays cannot be loaded when allow_pickle=False)"
     for path, message in cases.items():
         assert str(_raises(load_npz_inputs, path, SPECS)) == f"{path}: {message}"
 
@@ -340,8 +365,11 @@ def test_one_data_set_maps_by_tensor_name_first(tmp_path: Path) -> None:
 def test_several_data_sets_in_numeric_order_with_outputs(tmp_path: Path) -> None:
     for k in (10, 2, 0):
         feeds = _sample(k)
-        _write_set(tmp_path / f"test_data_set_{k}", [("x", feeds["x"]), ("ids", feeds["ids"])],
-                   [np.full(2, k, np.float32), np.array(k)])
+        _write_set(
+            tmp_path / f"test_data_set_{k}",
+            [("x", feeds["x"]), ("ids", feeds["ids"])],
+            [np.full(2, k, np.float32), np.array(k)],
+        )
     (tmp_path / "README.txt").write_text("not a set")
     inputs, outputs = load_test_data_sets(tmp_path, SPECS)
     _assert_feeds_equal(inputs, [_sample(0), _sample(2), _sample(10)])
@@ -393,5 +421,7 @@ def test_data_sets_need_inputs_in_every_set_and_outputs_in_all_or_none(tmp_path:
     _write_set(tmp_path / "b" / "test_data_set_0", [("x", x), ("ids", ids)])
     _write_set(tmp_path / "b" / "test_data_set_1", [("x", x), ("ids", ids)], [np.ones(1)])
     error = _raises(load_test_data_sets, tmp_path / "b", SPECS)
-    assert str(error) == (f"{tmp_path / 'b' / 'test_data_set_0'}: no output_*.pb files, but test_data_set_1 has "
-                          "them; give expected outputs for every set or for none")
+    assert str(error) == (
+        f"{tmp_path / 'b' / 'test_data_set_0'}: no output_*.pb files, but test_data_set_1 has "
+        "them; give expected outputs for every set or for none"
+    )

@@ -35,14 +35,19 @@ def _model(head: str) -> onnx.ModelProto:
         nodes.append(helper.make_node("Mul", ["y", "k"], ["out"]))
     elif head == "saturated":
         params["shift"] = np.array(-11.0, dtype=np.float32)
-        nodes += [helper.make_node("Abs", ["y"], ["a"]), helper.make_node("Sub", ["shift", "a"], ["z"]),
-                  helper.make_node("Sigmoid", ["z"], ["out"])]
+        nodes += [
+            helper.make_node("Abs", ["y"], ["a"]),
+            helper.make_node("Sub", ["shift", "a"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["out"]),
+        ]
     elif head == "near_zero":
         scale = params["bn_scale"].astype(np.float64) / np.sqrt(params["bn_var"].astype(np.float64) + ONNX_EPSILON)
         params["w_alt"] = (weight * scale[:, None, None, None]).astype(np.float32)
         params["b_alt"] = (params["bn_bias"] - params["bn_mean"] * scale).astype(np.float32)
-        nodes += [helper.make_node("Conv", ["x", "w_alt", "b_alt"], ["y_alt"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Sub", ["y", "y_alt"], ["out"])]
+        nodes += [
+            helper.make_node("Conv", ["x", "w_alt", "b_alt"], ["y_alt"], pads=[1, 1, 1, 1]),
+            helper.make_node("Sub", ["y", "y_alt"], ["out"]),
+        ]
     else:
         nodes.append(helper.make_node("Identity", ["y"], ["out"]))
     return make_model(nodes, {"x": [1, C_IN, SIZE, SIZE]}, ["out"], params)
@@ -103,7 +108,10 @@ def test_weights_scaled_by_1e_4_fail(tmp_path: Path, head: str) -> None:
     report = validate(source, _edited(target, tmp_path, "weight"), providers=["cpu"], samples=2)
     (comparison,) = report.comparisons
     assert not report.passed and report.return_code == 1
-    assert comparison.problem.startswith("candidate is ") and "further from float64 than the reference" in comparison.problem
+    assert (
+        comparison.problem.startswith("candidate is ")
+        and "further from float64 than the reference" in comparison.problem
+    )
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -130,12 +138,15 @@ def test_a_given_tolerance_is_applied_as_given(tmp_path: Path) -> None:
     assert comparison.to_line().endswith("atol 1 rtol 0.0001")
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("atol", float("nan"), "--atol must be a finite number >= 0, got nan"),
-    ("atol", float("inf"), "--atol must be a finite number >= 0, got inf"),
-    ("rtol", float("nan"), "--rtol must be a finite number >= 0, got nan"),
-    ("rtol", -1.0, "--rtol must be a finite number >= 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("atol", float("nan"), "--atol must be a finite number >= 0, got nan"),
+        ("atol", float("inf"), "--atol must be a finite number >= 0, got inf"),
+        ("rtol", float("nan"), "--rtol must be a finite number >= 0, got nan"),
+        ("rtol", -1.0, "--rtol must be a finite number >= 0, got -1.0"),
+    ],
+)
 def test_non_finite_tolerances_are_usage_errors(tmp_path: Path, option: str, value: float, message: str) -> None:
     source, target = _fold_pair(tmp_path, "identity")
     with pytest.raises(NormfoldError) as raised:

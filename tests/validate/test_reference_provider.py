@@ -21,9 +21,13 @@ from normfold.validate import validate
 from normfold.validate.reference_runner import run_reference
 
 LABEL = "onnx-reference (float64)"
-NOTE = (f"{LABEL}: onnx's reference evaluator runs both models with every float tensor widened exactly to float64; "
-        "tolerances follow each output's declared dtype")
-HINT = "(--no-validate skips validation; --provider reference validates on onnx's reference evaluator in float64 instead)"
+NOTE = (
+    f"{LABEL}: onnx's reference evaluator runs both models with every float tensor widened exactly to float64; "
+    "tolerances follow each output's declared dtype"
+)
+HINT = (
+    "(--no-validate skips validation; --provider reference validates on onnx's reference evaluator in float64 instead)"
+)
 BF16 = ml_dtypes.bfloat16
 
 
@@ -119,8 +123,9 @@ def test_bfloat16_weight_off_by_a_fifth_fails_on_reference(bf16_conv: tuple[Path
     assert report.return_code == 1
 
 
-def test_declared_output_dtype_still_counts_though_outputs_are_float64(bf16_conv: tuple[Path, Path],
-                                                                       tmp_path: Path) -> None:
+def test_declared_output_dtype_still_counts_though_outputs_are_float64(
+    bf16_conv: tuple[Path, Path], tmp_path: Path
+) -> None:
     source, target = bf16_conv
     model = onnx.load(target)
     model.graph.node[-1].output[0] = "out_bf16"
@@ -136,12 +141,14 @@ def test_cli_prints_the_provider_and_exits_0_or_1(bf16_conv: tuple[Path, Path], 
     ok = invoke("validate", source, target, "--provider", "reference")
     assert ok.exit_code == 0, ok.output
     lines = ok.stdout.splitlines()
-    assert all(len(line) <= 100 for line in lines) and lines[1] == NOTE[:len(lines[1]) - 3] + "..."
+    assert all(len(line) <= 100 for line in lines) and lines[1] == NOTE[: len(lines[1]) - 3] + "..."
     assert lines[2].startswith(f"PASSED 'out' on {LABEL} | max abs ") and lines[2].endswith(" rtol 0.05")
     assert lines[3:] == ["PASSED: equivalent"]
     ok = invoke("validate", source, target, "--provider", "reference", "-v")
     lines = ok.stdout.splitlines()
-    assert lines[0] == f"validate {target} against {source}: 1 sample(s) from random inputs (seed 0), provider(s) {LABEL}"
+    assert (
+        lines[0] == f"validate {target} against {source}: 1 sample(s) from random inputs (seed 0), provider(s) {LABEL}"
+    )
     assert lines[1] == NOTE
     assert lines[2].startswith(f"PASSED | output 'out' | {LABEL} | max abs ") and lines[2].endswith("rtol 0.05")
     assert lines[3:] == ["PASSED: equivalent"]
@@ -174,7 +181,9 @@ def test_auto_stays_on_onnx_runtime_and_its_error_hints_at_reference(bf16_conv: 
 
 def test_ort_errors_not_about_kernels_get_no_hint(tmp_path: Path) -> None:
     info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in "xy"]
-    graph = helper.make_graph([helper.make_node("Foo", ["x"], ["y"], name="foo", domain="acme")], "g", info[:1], info[1:])
+    graph = helper.make_graph(
+        [helper.make_node("Foo", ["x"], ["y"], name="foo", domain="acme")], "g", info[:1], info[1:]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("acme", 1)])
     model.ir_version = 8
     path = tmp_path / "custom.onnx"
@@ -188,12 +197,16 @@ def test_ort_errors_not_about_kernels_get_no_hint(tmp_path: Path) -> None:
 def test_cross_provider_and_fp16_do_not_combine_with_reference(resnet: tuple[Path, Path]) -> None:
     cross = invoke("validate", *resnet, "--provider", "reference", "--cross-provider")
     assert cross.exit_code == 2
-    assert cross.stderr.strip() == ("normfold: error: --cross-provider compares ONNX Runtime's GPU providers with its "
-                                    "CPU one; it does not combine with --provider reference")
+    assert cross.stderr.strip() == (
+        "normfold: error: --cross-provider compares ONNX Runtime's GPU providers with its "
+        "CPU one; it does not combine with --provider reference"
+    )
     half = invoke("validate", *resnet, "--provider", "cpu", "--provider", "reference", "--fp16")
     assert half.exit_code == 2
-    assert half.stderr.strip() == ("normfold: error: --fp16 runs float16 copies of the models on ONNX Runtime; it does "
-                                   "not combine with --provider reference, which widens every float tensor to float64")
+    assert half.stderr.strip() == (
+        "normfold: error: --fp16 runs float16 copies of the models on ONNX Runtime; it does "
+        "not combine with --provider reference, which widens every float tensor to float64"
+    )
 
 
 def test_reference_and_cpu_together_report_both(resnet: tuple[Path, Path]) -> None:
@@ -216,7 +229,8 @@ def test_training_dropout_is_seeded_identically_as_on_onnx_runtime(tmp_path: Pat
 
 
 def test_expected_outputs_are_checked_on_the_reference_evaluator(
-        resnet: tuple[Path, Path], expected_set: tuple[Path, np.ndarray]) -> None:
+    resnet: tuple[Path, Path], expected_set: tuple[Path, np.ndarray]
+) -> None:
     _, target = resnet
     folder, y = expected_set
     good = invoke("validate", target, "--expected", folder, "--provider", "reference")
@@ -235,7 +249,9 @@ def test_a_model_the_evaluator_cannot_run_is_unusable(tmp_path: Path) -> None:
     assert validate(path, path, providers=["cpu"]).passed
     with pytest.raises(NormfoldError) as refused:
         validate(path, path, providers=["reference"])
-    assert str(refused.value).startswith(f"{path}: --provider reference cannot run the model: onnx's reference "
-                                         "evaluator has no kernel for GlobalLpPool (No registered implementation "
-                                         "for operator 'GlobalLpPool'")
+    assert str(refused.value).startswith(
+        f"{path}: --provider reference cannot run the model: onnx's reference "
+        "evaluator has no kernel for GlobalLpPool (No registered implementation "
+        "for operator 'GlobalLpPool'"
+    )
     assert refused.value.exit_code == 3

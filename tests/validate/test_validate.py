@@ -68,18 +68,52 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     ok = invoke("validate", source, target, "--provider", "cpu", "--json")
     assert ok.exit_code == 0, ok.output
     document = json.loads(ok.stdout)
-    assert set(document) == {"normfold_report", "version", "reference", "candidate", "providers", "notes", "samples",
-                             "inputs", "passed", "return_code", "outputs", "config"}
+    assert set(document) == {
+        "normfold_report",
+        "version",
+        "reference",
+        "candidate",
+        "providers",
+        "notes",
+        "samples",
+        "inputs",
+        "passed",
+        "return_code",
+        "outputs",
+        "config",
+    }
     assert document["config"]["providers"] == ["cpu"] and document["config"]["float64_budget"] == 2 << 30
     assert document["normfold_report"] == "validate" and document["version"] == 1 and document["passed"] is True
     assert document["return_code"] == 0 and document["providers"] == ["cpu"] and document["samples"] == 1
     (entry,) = document["outputs"]
-    assert set(entry) == {"output", "section", "passed", "status", "tolerance", "metrics", "problem",
-                          "reference_vs_float64", "candidate_vs_float64", "atol_in_force", "basis",
-                          "reference_vs_float64_histogram", "candidate_vs_float64_histogram"}
+    assert set(entry) == {
+        "output",
+        "section",
+        "passed",
+        "status",
+        "tolerance",
+        "metrics",
+        "problem",
+        "reference_vs_float64",
+        "candidate_vs_float64",
+        "atol_in_force",
+        "basis",
+        "reference_vs_float64_histogram",
+        "candidate_vs_float64_histogram",
+    }
     assert entry["basis"] == "rounding" and entry["atol_in_force"] > 0
-    assert set(entry["metrics"]) == {"max_abs", "max_rel", "scale", "mean_abs", "median_abs", "eps_units", "violations",
-                                     "nan_mismatch", "inf_mismatch", "histogram"}
+    assert set(entry["metrics"]) == {
+        "max_abs",
+        "max_rel",
+        "scale",
+        "mean_abs",
+        "median_abs",
+        "eps_units",
+        "violations",
+        "nan_mismatch",
+        "inf_mismatch",
+        "histogram",
+    }
     assert entry["tolerance"] == {"atol": None, "rtol": 1e-4, "explicit": False}
     assert document["outputs"][0]["output"] == "logits" and document["outputs"][0]["status"] == "passed"
     broken = _perturbed(target, tmp_path / "broken.onnx", "fc_b", 0.5)
@@ -87,10 +121,15 @@ def test_cli_exit_codes_and_json(resnet: tuple[Path, Path], tmp_path: Path) -> N
     assert bad.exit_code == 1
     assert "\nFAILED 'logits' on cpu | max abs 0.5 | atol " in bad.stdout
     missing = invoke("validate", source, tmp_path / "nope.onnx", "--provider", "cpu")
-    assert missing.exit_code == 3 and missing.stderr.strip() == f"normfold: error: {tmp_path / 'nope.onnx'}: no such file"
+    assert (
+        missing.exit_code == 3 and missing.stderr.strip() == f"normfold: error: {tmp_path / 'nope.onnx'}: no such file"
+    )
     usage = invoke("validate", source, target, "--tol", "logits=abc")
     assert usage.exit_code == 2
-    assert usage.stderr.strip() == "normfold: error: --tol 'logits=abc': expected NAME=ATOL,RTOL with finite non-negative numbers"
+    assert (
+        usage.stderr.strip()
+        == "normfold: error: --tol 'logits=abc': expected NAME=ATOL,RTOL with finite non-negative numbers"
+    )
 
 
 def test_tolerances_decide_the_verdict(resnet: tuple[Path, Path], tmp_path: Path) -> None:
@@ -121,7 +160,9 @@ def test_different_graph_inputs_are_unusable(tmp_path: Path, resnet: tuple[Path,
         validate(source, other, providers=["cpu"])
 
 
-def test_expected_outputs_in_test_data_set_layout(resnet: tuple[Path, Path], expected_set: tuple[Path, np.ndarray]) -> None:
+def test_expected_outputs_in_test_data_set_layout(
+    resnet: tuple[Path, Path], expected_set: tuple[Path, np.ndarray]
+) -> None:
     _, target = resnet
     folder, y = expected_set
     good = invoke("validate", target, "--expected", folder, "--provider", "cpu")
@@ -186,7 +227,9 @@ def test_fold_validates_by_default_and_reports_it(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(bool(CUDA_REASON), reason=f"CUDA is not usable here: {CUDA_REASON}")
-@pytest.mark.parametrize("name", ["resnet_block.onnx", "mlp.onnx", "torchvision_resnet_eval.onnx", "torchvision_mobilenetv3_eval.onnx"])
+@pytest.mark.parametrize(
+    "name", ["resnet_block.onnx", "mlp.onnx", "torchvision_resnet_eval.onnx", "torchvision_mobilenetv3_eval.onnx"]
+)
 def test_cuda_fp32_comparison_on_shipped_models(tmp_path: Path, name: str) -> None:
     source, target = shipped_and_folded(tmp_path, name)
     report = validate(source, target, providers=["cuda"], cross_provider=True)
@@ -216,8 +259,9 @@ def test_random_node_missing_from_candidate_is_not_comparable(tmp_path: Path, pr
     onnx.save(model, tmp_path / "renamed.onnx")
     result = invoke("validate", source, tmp_path / "renamed.onnx", "--provider", provider)
     assert result.exit_code == 3
-    assert result.stderr.strip().endswith("has no node matching the reference's random node(s) dropout14, "
-                                          "so their random values cannot be made equal")
+    assert result.stderr.strip().endswith(
+        "has no node matching the reference's random node(s) dropout14, so their random values cannot be made equal"
+    )
     assert invoke("validate", source, "--expected", tmp_path, "--provider", provider).exit_code == 3
 
 
@@ -234,9 +278,11 @@ def test_fp16_deployment_path_is_compared_at_float16_tolerance(resnet: tuple[Pat
 def test_float64_reference_runs_within_its_budget(resnet: tuple[Path, Path]) -> None:
     report = validate(*resnet, providers=["cpu"], float64_budget=1000)
     assert report.comparisons[0].candidate_vs_float64 is None and report.comparisons[0].basis == "output scale"
-    assert report.notes[-1] == ("float64 reference not run: needs 402 KiB of float64 tensors alive at once, over "
-                                "the 1000 B budget (--float64-budget); outputs are judged against rtol x max|ref| "
-                                "instead")
+    assert report.notes[-1] == (
+        "float64 reference not run: needs 402 KiB of float64 tensors alive at once, over "
+        "the 1000 B budget (--float64-budget); outputs are judged against rtol x max|ref| "
+        "instead"
+    )
     forced = validate(*resnet, providers=["cpu"], float64=True, float64_budget=1000)
     assert forced.comparisons[0].candidate_vs_float64 is not None
 
@@ -244,9 +290,11 @@ def test_float64_reference_runs_within_its_budget(resnet: tuple[Path, Path]) -> 
 def test_float64_reference_runs_within_its_flops_budget(resnet: tuple[Path, Path]) -> None:
     report = validate(*resnet, providers=["cpu"], float64_flops=1e3)
     assert report.passed and report.comparisons[0].basis == "output scale"
-    assert report.notes[-1] == ("float64 reference not run: needs 1.77e+07 floating-point operations in float64, "
-                                "over the budget of 1e+03 (--float64-flops); outputs are judged against rtol x "
-                                "max|ref| instead")
+    assert report.notes[-1] == (
+        "float64 reference not run: needs 1.77e+07 floating-point operations in float64, "
+        "over the budget of 1e+03 (--float64-flops); outputs are judged against rtol x "
+        "max|ref| instead"
+    )
     forced = validate(*resnet, providers=["cpu"], float64=True, float64_flops=1e3)
     assert forced.comparisons[0].candidate_vs_float64 is not None
 
@@ -284,7 +332,9 @@ def test_cuda_session_really_runs_on_cuda(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["fc_w", "conv_w"])
-def test_one_weight_changed_by_1e_3_fails_and_names_the_output(resnet: tuple[Path, Path], tmp_path: Path, prefix: str) -> None:
+def test_one_weight_changed_by_1e_3_fails_and_names_the_output(
+    resnet: tuple[Path, Path], tmp_path: Path, prefix: str
+) -> None:
     source, target = resnet
     broken = _perturbed(target if prefix == "fc_w" else source, tmp_path / "broken.onnx", prefix, 1e-3)
     result = invoke("validate", source, broken, "--provider", "cpu")
@@ -312,8 +362,9 @@ def test_misspelled_tol_and_dim_names_are_usage_errors(resnet: tuple[Path, Path]
     assert tol.stderr.strip() == "normfold: error: --tol names no output of the model: logitz (outputs: logits)"
     dim = invoke("validate", *resnet, "--provider", "cpu", "--dim", "bacth=8")
     assert dim.exit_code == 2
-    assert dim.stderr.strip() == ("normfold: error: --dim names no symbolic input dimension: bacth "
-                                  "(symbolic dimensions: batch)")
+    assert dim.stderr.strip() == (
+        "normfold: error: --dim names no symbolic input dimension: bacth (symbolic dimensions: batch)"
+    )
 
 
 def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> None:
@@ -328,8 +379,10 @@ def test_float64_reference_is_right_for_opset_13_batchnorm(tmp_path: Path) -> No
     onnx.save(model, tmp_path / "scaled.onnx")
     scaled = validate(source, tmp_path / "scaled.onnx", providers=["cpu"], samples=4)
     assert not scaled.passed
-    assert re.fullmatch(r"candidate is \d+x further from float64 than the reference \(rounding allows [0-9.e-]+\)",
-                        scaled.comparisons[0].problem)
+    assert re.fullmatch(
+        r"candidate is \d+x further from float64 than the reference \(rounding allows [0-9.e-]+\)",
+        scaled.comparisons[0].problem,
+    )
 
 
 @pytest.mark.skipif(not CUDA_REASON, reason="CUDA runs here, so TensorRT may too")
@@ -351,8 +404,13 @@ def test_two_folders_compare_pair_by_pair(tmp_path: Path) -> None:
     result = invoke("validate", originals, folded, "--provider", "cpu", "-j", "2", "-v")
     assert result.exit_code == 3, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"PASSED    {originals / 'mlp.onnx'} -> {folded / 'mlp.onnx'}: 1 output comparison(s) on cpu")
-    assert lines[1] == f"UNUSABLE  {originals / 'orphan.onnx'} -> {folded / 'orphan.onnx'}: {folded / 'orphan.onnx'}: no such file"
+    assert lines[0].startswith(
+        f"PASSED    {originals / 'mlp.onnx'} -> {folded / 'mlp.onnx'}: 1 output comparison(s) on cpu"
+    )
+    assert (
+        lines[1]
+        == f"UNUSABLE  {originals / 'orphan.onnx'} -> {folded / 'orphan.onnx'}: {folded / 'orphan.onnx'}: no such file"
+    )
     assert lines[2].startswith(f"PASSED    {originals / 'sub' / 'resnet_block.onnx'}")
     assert lines[-1] == "2 of 3 pair(s) equivalent"
     (originals / "orphan.onnx").unlink()
