@@ -23,6 +23,7 @@ from normfold.validate.providers import require_one_onnxruntime, resolve_provide
 
 from .deprecated_options import deprecated_option, momentum_advice, replace_deprecated
 from .finite_float import FiniteFloat
+from .runtime_options import dims_option, provider_option
 
 
 @click.command("calibrate")
@@ -56,16 +57,8 @@ from .finite_float import FiniteFloat
     "(PyTorch's: times n/(n-1), n = values per channel in the batch; cumulative then averages batches "
     "as PyTorch's momentum=None).",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(("auto", "cuda", "cpu")),
-    default="auto",
-    show_default=True,
-    help="Execution provider: auto is CUDA when it really runs, else CPU.",
-)
-@click.option(
-    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable."
-)
+@provider_option
+@dims_option
 @click.option(
     "-o",
     "--output",

@@ -28,6 +28,7 @@ from normfold.validate.inputs import (
 from normfold.validate.providers import require_one_onnxruntime, resolve_providers
 
 from .deprecated_options import deprecated_option, replace_deprecated
+from .runtime_options import dims_option, provider_option
 
 
 @click.command("mc")
@@ -52,16 +53,8 @@ from .deprecated_options import deprecated_option, replace_deprecated
     show_default=True,
     help="Seed of the Dropout masks (and random inputs).",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(("auto", "cuda", "cpu")),
-    default="auto",
-    show_default=True,
-    help="Execution provider: auto is CUDA when it really runs, else CPU.",
-)
-@click.option(
-    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic input dimension, repeatable."
-)
+@provider_option
+@dims_option
 @click.option(
     "--max-input-bytes",
     default=f"{DEFAULT_MEMORY_BUDGET // 2**30}GiB",
