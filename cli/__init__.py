@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -78,6 +79,22 @@ def install_signal_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_signal)
         signal.signal(signal.SIGINT, _exit_on_signal)
+        sys.unraisablehook = _redeliver_swallowed_exit
+
+
+_PENDING: list[int] = []  # the signal being unwound
+
+
+def _redeliver_swallowed_exit(unraisable: Any) -> None:
+    """A signal that lands while Python runs a finalizer or weakref callback raises its SystemExit there, where
+    Python only prints it and goes on: deliver the signal again, so the exit unwinds from the main code."""
+    if isinstance(unraisable.exc_value, SystemExit) and _PENDING and _SIGNALLED.is_set():
+        _SIGNALLED.clear()
+        again = threading.Timer(0.01, os.kill, args=(os.getpid(), _PENDING[-1]))  # from outside this callback
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -87,6 +104,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     if _SIGNALLED.is_set():
         os._exit(code)
     _SIGNALLED.set()
+    _PENDING.append(signum)
     deadline = threading.Timer(UNWIND_SECONDS, os._exit, args=(code,))
     deadline.daemon = True
     deadline.start()

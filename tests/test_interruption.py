@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +148,29 @@ def test_streamed_fold_killed_at_any_moment_leaves_input_and_no_partial_output(t
         in done.stdout.decode()
     )
     assert [n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node] == ["Gemm"]
+
+
+SWALLOWED = r"""
+import os, signal, weakref
+from normfold.cli import install_signal_handlers
+install_signal_handlers()
+class Held: pass
+held = Held()
+def finalizer(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000): pass
+ref = weakref.ref(held, finalizer)
+try:
+    del held
+    for _ in range(10**7): pass
+    print("not unwound")
+except SystemExit as done:
+    print("unwound", done.code)
+"""
+
+
+def test_a_signal_during_a_finalizer_still_unwinds_without_a_traceback() -> None:
+    """SIGTERM landing in a weakref callback (where Python only prints a SystemExit) is delivered again, so the
+    process unwinds from its main code and prints nothing."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
+    assert (done.stdout, done.stderr) == ("unwound 143\n", "")
