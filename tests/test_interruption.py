@@ -169,8 +169,9 @@ except SystemExit as done:
 """
 
 
-def test_a_signal_during_a_finalizer_still_unwinds_without_a_traceback() -> None:
+def test_a_signal_during_a_finalizer_still_unwinds_without_a_traceback(tmp_path: Path) -> None:
     """SIGTERM landing in a weakref callback (where Python only prints a SystemExit) is delivered again, so the
-    process unwinds from its main code and prints nothing."""
-    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
+    process unwinds from its main code and prints nothing. Run from tmp_path: `python -c` would otherwise
+    import the source tree's normfold/, which has no cli package."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert (done.stdout, done.stderr) == ("unwound 143\n", "")
