@@ -17,6 +17,7 @@ from onnx_ir import serde
 
 from normfold.errors import NormfoldError, describe
 from normfold.external_data import data_files_read_by, data_files_read_by_others, has_external_data, proto_tensors
+from normfold.inline_streaming import needs_streaming, write_inline
 from normfold.model_reading import CONCURRENT_CHECK_BYTES
 from normfold.output_paths import is_folder, name_limit, require_binary_name
 
@@ -127,11 +128,22 @@ def _write_checked(model: ir.Model, staged: Path, data_name: str | None, path: P
     are written (it releases the GIL), unless they are CONCURRENT_CHECK_BYTES or more: then it reads
     the staged file once the bytes are written and freed, as it does with external data (written now
     or referenced), so the model's bytes and the checker's copies of them are never in memory together.
+    A model with large weights inside (`inline_streaming.needs_streaming`) is written and checked with
+    external data, then rewritten as one file: its weights are never serialized in memory.
     """
     if data_name is not None or has_external_data(model):
         _serialize(lambda: ir.save(model, staged, external_data=data_name), path)
         if check:
             _full_check(str(staged), path)  # by path: the checker also finds the external data files
+        return
+    if needs_streaming(model):  # large: written with external data, checked so, then made one file
+        external = staged.with_name(f".external.{staged.name}")
+        _serialize(lambda: ir.save(model, external, external_data=f"{external.name}.data"), path)
+        if check:
+            _full_check(str(external), path)
+        write_inline(external, staged)
+        external.unlink()
+        external.with_name(f"{external.name}.data").unlink(missing_ok=True)
         return
     data = _serialize(lambda: serde.serialize_model(model).SerializeToString(), path)
     if not check or len(data) >= CONCURRENT_CHECK_BYTES:

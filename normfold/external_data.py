@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from normfold.errors import NormfoldError
 from normfold.graph_walk import iter_scopes
+from normfold.inline_mapping import InlineMappedTensor
 
 
 def proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -92,12 +93,14 @@ def stored_bytes(tensor: onnx.TensorProto) -> int:
 
 
 def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
-    """Every tensor of the model stored outside the .onnx file: initializers of every graph, attribute tensors."""
+    """Every tensor of the model stored outside the .onnx file: initializers of every graph, attribute tensors
+    (not those read in place from inside the model file: InlineMappedTensor)."""
     for scope in iter_scopes(model):
         if isinstance(scope.body, ir.Graph):
             for value in scope.body.initializers.values():
-                if isinstance(value.const_value, ir.ExternalTensor):
-                    yield value.const_value
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor) and not isinstance(tensor, InlineMappedTensor):
+                    yield tensor
         for node in scope.body:
             for attr in node.attributes.values() if node.attributes else ():
                 if (

@@ -139,15 +139,19 @@ def op_counts(model: ir.Model) -> dict[str, int]:
 
 
 def file_op_counts(path: str | os.PathLike[str]) -> dict[str, int] | None:
-    """op_counts of a model file (external data not read), or None when it cannot be read.
+    """op_counts of a model file (external data and large inline weights not read), or None when it cannot be read.
 
     None rather than an error: the command that reads the model reports what is wrong with it.
     """
     import onnx
     import onnx_ir as ir
 
+    from normfold.inline_mapping import read_mapped_proto
+
     try:
-        return op_counts(ir.serde.deserialize_model(onnx.load(os.fspath(path), load_external_data=False)))
+        mapped = read_mapped_proto(Path(path))
+        proto = mapped[0] if mapped is not None else onnx.load(os.fspath(path), load_external_data=False)
+        return op_counts(ir.serde.deserialize_model(proto))
     except Exception:  # protobuf and onnx_ir raise many unrelated types for a bad file
         return None
 

@@ -17,14 +17,15 @@ from onnx_ir import external_data as ir_external_data
 from onnx_ir import serde
 
 from normfold.errors import NormfoldError, describe
-from normfold.external_data import check_external_tensor, proto_tensors, stored_bytes
+from normfold.external_data import check_external_tensor, external_data_entries, proto_tensors, stored_bytes
+from normfold.inline_mapping import as_inline_mapped, read_mapped_proto
 from normfold.mapped_pages import return_freed_heap
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """The checked ModelProto of an ONNX file, external data not loaded; any problem is a NormfoldError."""
-    proto = _parse(Path(path))
-    _run_checker(Path(path))
+    proto, mapped = _parse(Path(path))
+    _run_checker(_without_mapped_data(proto) if mapped else Path(path), Path(path))
     return proto
 
 
@@ -41,8 +42,19 @@ class LoadedModel:
     proto: onnx.ModelProto | None = None
 
     def full_proto(self) -> onnx.ModelProto:
-        """The ModelProto with every tensor's data in memory (for onnx's reference evaluator and converters)."""
+        """The ModelProto with every tensor's data in memory (for onnx's reference evaluator and converters).
+
+        A model without its parsed proto is serialized, unless it has memory-mapped tensors: serializing would
+        leave them as references to files relative to where they were read, so it is read from its file
+        (written from it).
+        """
         if self.proto is None:
+            if self.path.is_file() and any(
+                isinstance(value.const_value, ir.ExternalTensor)
+                for graph in self.model.graphs()
+                for value in graph.initializers.values()
+            ):
+                return onnx.load(str(self.path))
             return serde.serialize_model(self.model)
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
@@ -66,7 +78,8 @@ def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) ->
 
     onnx's checker (C++, it releases the GIL) reads the file in a second thread while the file is
     parsed, its tensors checked and the proto deserialized; a file of CONCURRENT_CHECK_BYTES or more is
-    checked first, alone. Errors keep their order either way: an unreadable file or escaping external
+    checked first, alone. A large file with its weights inside is not parsed whole: its large initializers
+    are memory-mapped where they lie in it (`inline_mapping`) and the checker reads the rest. Errors keep their order either way: an unreadable file or escaping external
     data first, then an invalid model, then what onnx_ir cannot read.
 
     `keep_proto=False` (a caller that never needs the input as it was, e.g. a fold without validation)
@@ -78,8 +91,13 @@ def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) ->
     require_regular_file(path)  # before the checker's thread opens it: a FIFO would block that thread for ever
     alone = path.stat().st_size >= CONCURRENT_CHECK_BYTES
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
-        checked = _run_now(_run_checker, path) if alone else pool.submit(_run_checker, path)
-        proto = _parse(path)
+        mapped = read_mapped_proto(path)
+        if mapped is not None:  # the checker reads the parsed model without its weights, not the file
+            proto = _checked_tensors(mapped[0], path, mapped[1])
+            checked = _run_now(_run_checker, _without_mapped_data(proto), path)
+        else:
+            checked = _run_now(_run_checker, path, path) if alone else pool.submit(_run_checker, path, path)
+            proto = _parse(path, map_inline=False)[0]
         try:
             model = serde.deserialize_model(proto)
         except Exception as error:  # corrupt fields the checker lets through
@@ -88,6 +106,8 @@ def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) ->
         checked.result()
         held.pass_on()
     ir_external_data.set_base_dir(model.graph, str(path.parent))
+    if mapped is not None:
+        as_inline_mapped(model, mapped[1])
     if keep_proto:
         return LoadedModel(path, model, proto)
     del proto
@@ -97,12 +117,14 @@ def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) ->
     return LoadedModel(path, model)
 
 
-def _run_now(function: Callable[[Path], None], path: Path) -> Future[None]:
-    """Run `function(path)` now, its outcome held in a future like the checker's thread's: its error is raised
-    where the concurrent check's would be, after the file's own errors."""
+def _run_now(
+    function: Callable[[onnx.ModelProto | Path, Path], None], model: onnx.ModelProto | Path, path: Path
+) -> Future[None]:
+    """Run `function(model, path)` now, its outcome held in a future like the checker's thread's: its error is
+    raised where the concurrent check's would be, after the file's own errors."""
     future: Future[None] = Future()
     try:
-        function(path)
+        function(model, path)
         future.set_result(None)
     except NormfoldError as error:
         future.set_exception(error)
@@ -177,17 +199,29 @@ class _HeldLogs(logging.Handler):
         self._records.clear()
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked."""
+def _parse(path: Path, *, map_inline: bool = True) -> tuple[onnx.ModelProto, bool]:
+    """The file's ModelProto, external data not loaded, its tensors' sizes and locations checked, and whether its
+    large inline weights were left in the file (`inline_mapping`; `map_inline=False`: parsed whole)."""
     require_regular_file(path)
     if path.stat().st_size == 0:
         raise NormfoldError(f"{path}: empty file, not an ONNX model")
+    mapped = read_mapped_proto(path) if map_inline else None
+    if mapped is not None:
+        return _checked_tensors(mapped[0], path, mapped[1]), True
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for bad bytes
         raise NormfoldError(f"{path}: not a readable ONNX model ({describe(error)})") from None
+    return _checked_tensors(proto, path, []), False
+
+
+def _checked_tensors(proto: onnx.ModelProto, path: Path, mapped: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """The parsed model, refused when it has no graph or when a tensor's data does not fit its shape; `mapped` are
+    the tensors whose raw data was left in the file (their length is their raw data's)."""
     if not proto.graph.node and not proto.graph.output:
         raise NormfoldError(f"{path}: not an ONNX model (no graph)")
+    for tensor in mapped:
+        _check_inline_length(tensor, external_data_entries(tensor, path)[2] or 0, path)
     _check_tensors(proto, path)
     return proto
 
@@ -204,9 +238,25 @@ def require_regular_file(path: Path) -> None:
         raise NormfoldError(f"{path}: not a regular file")
 
 
-def _run_checker(path: Path) -> None:
+def _without_mapped_data(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a model read by `inline_mapping` for onnx's checker: each tensor whose data was left in the file
+    is made an empty tensor of its type (given its data, the checker would look for the file from the working
+    folder, or read it whole); normfold has checked that data's length and place against the real shape."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for tensor in copy.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.ClearField("dims")
+            tensor.dims.append(0)
+    return copy
+
+
+def _run_checker(model: onnx.ModelProto | Path, path: Path) -> None:
+    """onnx's checker on the file at `path`, or on `model` parsed from it (then it does not read the file)."""
     try:
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
     except Exception as error:  # the checker also fails with UnicodeDecodeError on corrupt names
         raise NormfoldError(f"{path}: invalid ONNX model: {describe(error)}") from None
 
@@ -221,9 +271,13 @@ def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             check_external_tensor(tensor, path)
         elif tensor.HasField("raw_data"):
-            expected = stored_bytes(tensor)
-            if expected and len(tensor.raw_data) != expected:
-                raise NormfoldError(
-                    f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
-                    f"{list(tensor.dims)} needs {expected}"
-                )
+            _check_inline_length(tensor, len(tensor.raw_data), path)
+
+
+def _check_inline_length(tensor: onnx.TensorProto, length: int, path: Path) -> None:
+    """Refuse raw data of `length` bytes that is not what the tensor's shape needs."""
+    expected = stored_bytes(tensor)
+    if expected and length != expected:
+        raise NormfoldError(
+            f"{path}: tensor '{tensor.name}' holds {length} bytes but its shape {list(tensor.dims)} needs {expected}"
+        )
