@@ -121,13 +121,20 @@ def _strip_tensor(data: mmap.mmap, initializer: wire.Field, file_name: str) -> b
         len(raw) != 1
         or raw[0].wire_type != wire.LENGTH_DELIMITED
         or raw[0].end - raw[0].value_start < MAP_TENSOR_BYTES
-        or any(f.number in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION) for f in tensor_fields)
+        or any(f.number == _TENSOR_EXTERNAL_DATA or _external_location(data, f) for f in tensor_fields)
     ):
         return None
-    pieces = [data[f.start : f.end] for f in tensor_fields if f is not raw[0]]
+    pieces = [data[f.start : f.end] for f in tensor_fields if f is not raw[0] and f.number != _TENSOR_DATA_LOCATION]
     entries = {"location": file_name, "offset": str(raw[0].value_start), "length": str(raw[0].end - raw[0].value_start)}
     for name, value in entries.items():
         entry = wire.length_delimited(_ENTRY_KEY, name.encode()) + wire.length_delimited(_ENTRY_VALUE, value.encode())
         pieces.append(wire.length_delimited(_TENSOR_EXTERNAL_DATA, entry))
     pieces.append(wire.key(_TENSOR_DATA_LOCATION, wire.VARINT) + wire.encode_varint(onnx.TensorProto.EXTERNAL))
     return b"".join(pieces)
+
+
+def _external_location(data: mmap.mmap, field: wire.Field) -> bool:
+    """Whether a field is a data_location other than DEFAULT (an explicit DEFAULT is dropped and written anew)."""
+    if field.number != _TENSOR_DATA_LOCATION:
+        return False
+    return field.wire_type != wire.VARINT or wire.decode_varint(data, field.value_start, field.end)[0] != 0

@@ -54,7 +54,7 @@ def write_inline(external: Path, target: Path) -> None:
     for tensor in proto_tensors(proto):  # subgraphs' and attributes' tensors: few and small
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             external_data_helper.load_external_data_for_tensor(tensor, folder)
-            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.ClearField("data_location")
             del tensor.external_data[:]
     parts = [_initializer_part(tensor, external) for tensor in initializers]
     graph = proto.graph.SerializeToString()
@@ -87,7 +87,7 @@ def _initializer_part(tensor: onnx.TensorProto, owner: Path) -> tuple[bytes, _Da
     location, offset, length = external_data_entries(tensor, owner)
     source = owner.parent / location
     count = length if length is not None else source.stat().st_size - offset
-    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.ClearField("data_location")
     del tensor.external_data[:]
     return tensor.SerializeToString(), (source, offset, count)
 

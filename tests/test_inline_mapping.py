@@ -287,3 +287,22 @@ def test_validated_eval_fold_of_mapped_training_export(tmp_path: Path, monkeypat
     config = ValidationConfig(providers=("cpu",))
     whole, streamed = _fold_both_ways(source, monkeypatch, eval_mode=True, validation=config)
     _same_model(whole, streamed)
+
+
+def test_streamed_output_is_mapped_when_read_again(tmp_path: Path, mapping: None) -> None:
+    """The writer leaves no explicit data_location on the tensors it writes inline, so its output is read
+    mapped too (validation reads it right after the fold)."""
+    folded = tmp_path / "folded.onnx"
+    fold_file(_conv_bn(tmp_path / "m.onnx"), folded)
+    kinds = {name: type(v.const_value).__name__ for name, v in load_model_file(folded).model.graph.initializers.items()}
+    assert sorted(kinds.values()) == ["InlineMappedTensor", "TensorProtoTensor"]  # the weight, the 8 biases
+
+
+def test_explicit_default_data_location_is_mapped(tmp_path: Path, mapping: None) -> None:
+    model = onnx.load(str(_conv_bn(tmp_path / "a.onnx")))
+    model.graph.initializer[0].data_location = onnx.TensorProto.DEFAULT
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    tensor = load_model_file(path).model.graph.initializers["w"].const_value
+    assert isinstance(tensor, InlineMappedTensor)
+    np.testing.assert_array_equal(tensor.numpy(), numpy_helper.to_array(model.graph.initializer[0]))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from normfold.errors import NormfoldError, describe
+from normfold.mapped_pages import return_freed_heap
 from normfold.model_reading import LoadedModel
 from normfold.validate.providers import ProviderChoice, open_session
 
@@ -61,6 +62,8 @@ class OrtRunner:
                     f"{self.path}: ONNX Runtime failed on {self.choice.key}: {describe(error, 2000)} "
                     "(--no-validate skips validation)"
                 ) from None
+            del session
+            return_freed_heap()  # the session's weights and arena, before the next session needs as much
         return self._outputs
 
 
