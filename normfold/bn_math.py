@@ -164,17 +164,20 @@ def _scale_blocks(weight: np.ndarray, factor: Factor, dtype: np.dtype, out: np.n
     """Scale every row block (into `out` when given); the reason rounding to `dtype` fails, or ''."""
     limits = _limits(np.dtype(dtype))
     blocks = _row_blocks(weight)
-    if len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=_workers(len(blocks))) as pool:
-            counts = list(pool.map(lambda rows: _scale_block(weight, factor, out, rows, *limits), blocks))
+    if len(blocks) == 1:  # most weights, and every bias: no pool, no sums
+        overflow, biggest, pushed = _scale_block(weight, factor, out, blocks[0], *limits)
     else:
-        counts = [_scale_block(weight, factor, out, rows, *limits) for rows in blocks]
-    overflow, pushed = sum(c[0] for c in counts), sum(c[2] for c in counts)
+        if blocks:
+            with ThreadPoolExecutor(max_workers=_workers(len(blocks))) as pool:
+                counts = list(pool.map(lambda rows: _scale_block(weight, factor, out, rows, *limits), blocks))
+        else:
+            counts = []
+        overflow, pushed = sum(c[0] for c in counts), sum(c[2] for c in counts)
+        biggest = max((c[1] for c in counts), default=0.0)
     if not overflow and not pushed:
         return ""
     name = np.dtype(dtype).name
     if overflow:
-        biggest = max(c[1] for c in counts)
         return f"folded values overflow {name} ({overflow} values, largest |{biggest:.4g}| > max {limits[0]:.4g})"
     if pushed:
         return (
@@ -201,8 +204,11 @@ def _scale_block(
         bad = np.isfinite(magnitude) & (magnitude > largest_allowed)  # an Inf weight stays Inf: not an overflow
         if bad.any():
             overflow, biggest = int(bad.sum()), float(magnitude[bad].max())
-    small = (magnitude < tiny) & (magnitude > 0)
     pushed = 0
+    if float(magnitude.min()) >= tiny:  # no value in (0, tiny): nothing pushed into subnormals
+        release_pages(weight[rows])
+        return overflow, biggest, pushed
+    small = (magnitude < tiny) & (magnitude > 0)
     if small.any():
         normal_factor = np.broadcast_to(np.abs(factor(rows)) >= tiny, small.shape)
         pushed = int((small & (np.abs(_f64(weight[rows])) >= tiny) & normal_factor).sum())
@@ -215,12 +221,16 @@ def round_once(exact: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray | None, s
     return scale_and_round(np.atleast_1d(exact), lambda rows: np.ones(1), dtype)
 
 
-ROW_BLOCK_ELEMENTS = 1 << 22
+# Elements per block of rows when a weight is scaled or its rounding checked: a block's float64 working copy,
+# masks and mapped pages (about 40 MB for 1M float32 elements, per thread) are what a large weight costs.
+ROW_BLOCK_ELEMENTS = 1 << 20
 
 
 def _row_blocks(array: np.ndarray) -> list[slice]:
     """Slices of axis 0 holding about ROW_BLOCK_ELEMENTS elements each."""
     rows = array.shape[0] if array.ndim else 1
+    if array.size <= ROW_BLOCK_ELEMENTS and rows <= ROW_BLOCK_ELEMENTS:  # one block (what the loop below gives)
+        return [slice(0, rows)] if rows else []
     per_row = max(1, array.size // max(rows, 1))
     step = max(1, ROW_BLOCK_ELEMENTS // per_row)
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
