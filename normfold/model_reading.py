@@ -19,7 +19,7 @@ from onnx_ir import serde
 from normfold.errors import NormfoldError, describe
 from normfold.external_data import check_external_tensor, external_data_entries, proto_tensors, stored_bytes
 from normfold.inline_mapping import as_inline_mapped, read_mapped_proto
-from normfold.mapped_pages import return_freed_heap
+from normfold.mapped_pages import keep_large_blocks_mapped, return_freed_heap
 
 
 def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -89,6 +89,7 @@ def load_model_file(path: str | os.PathLike[str], *, keep_proto: bool = True) ->
     """
     path = Path(path)
     require_regular_file(path)  # before the checker's thread opens it: a FIFO would block that thread for ever
+    keep_large_blocks_mapped()
     alone = path.stat().st_size >= CONCURRENT_CHECK_BYTES
     with ThreadPoolExecutor(max_workers=1) as pool, _HeldLogs("onnx_ir") as held:
         mapped = read_mapped_proto(path)

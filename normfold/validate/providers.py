@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from normfold.errors import EXIT_UNUSABLE_INPUT, NormfoldError, describe
+from normfold.mapped_pages import keep_large_blocks_mapped
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -141,6 +142,7 @@ def open_session(model_path: Path, provider: str, opt_level: str = "disable", *,
     (bfloat16 Conv on CPU, say) ends with the hint to use --provider reference.
     """
     ort = _ort()
+    keep_large_blocks_mapped()  # the session's initializers mapped, and returned when it closes
     options = ort.SessionOptions()
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
