@@ -14,16 +14,19 @@ import click
 from normfold import __version__
 from normfold.errors import NormfoldError
 
+# Each command's click declaration (arguments, options, help). The declarations import click and light modules
+# only; a command's body (fold_command.run_fold, ...) imports onnx, onnx_ir and numpy when it runs, so that
+# `normfold COMMAND --help` loads none of them (seconds). check's module is light as a whole.
 COMMANDS = {
-    "fold": "normfold.cli.fold_command:fold_command",
-    "validate": "normfold.cli.validate_command:validate_command",
-    "mode": "normfold.cli.mode_command:mode_command",
-    "calibrate": "normfold.cli.calibrate_command:calibrate_command",
-    "mc": "normfold.cli.mc_command:mc_command",
+    "fold": "normfold.cli.fold_declaration:fold_command",
+    "validate": "normfold.cli.validate_declaration:validate_command",
+    "mode": "normfold.cli.mode_declaration:mode_command",
+    "calibrate": "normfold.cli.calibrate_declaration:calibrate_command",
+    "mc": "normfold.cli.mc_declaration:mc_command",
     "check": "normfold.cli.check_command:check_command",
 }
 # Each command's line in `normfold --help` (and its short help): kept here so that listing the commands
-# imports none of them (their modules load onnx, onnx_ir and numpy: seconds).
+# imports none of them.
 SUMMARIES = {
     "fold": "Fold BatchNormalization and per-channel Mul/Add, strip Dropout.",
     "validate": "Check that two models compute the same outputs.",
@@ -38,8 +41,9 @@ class _Group(click.Group):
     """Turns NormfoldError into one line on stderr and its exit code; bugs keep their traceback.
 
     SIGTERM becomes an exit that unwinds like Ctrl-C, so temporary files are removed on the way out.
-    Each command's module is imported only when that command runs, so `fold` does not pay for the
-    imports of `validate`, `calibrate` or `mc`, and the group's help (from SUMMARIES) imports none of them.
+    Each command's declaration is imported only when that command runs (or shows its help), and its body's
+    modules only when it runs, so `fold` does not pay for the imports of `validate`, `calibrate` or `mc`, the
+    group's help (from SUMMARIES) imports no command, and a command's help none of its body's imports.
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:

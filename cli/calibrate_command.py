@@ -1,4 +1,7 @@
-"""`normfold calibrate`: re-estimate BN running statistics from data, write the inference model."""
+"""`normfold calibrate`: re-estimate BN running statistics from data, write the inference model.
+
+Its options are declared in calibrate_declaration.
+"""
 
 from __future__ import annotations
 
@@ -11,61 +14,19 @@ import click
 import numpy as np
 
 from normfold.atomic_write import save_model
-from normfold.calibrate import METHODS, calibrate
+from normfold.calibrate import calibrate
 from normfold.errors import EXIT_USAGE, NormfoldError
 from normfold.external_data import has_external_data
 from normfold.memory import available_memory
 from normfold.model_reading import load_model, read_model_proto
 from normfold.output_paths import check_output_path, is_folder
-from normfold.passes.set_training_mode import RUNNING_VARIANCES
 from normfold.validate.inputs import input_specs, load_npz_inputs, load_test_data_sets, parse_dims
 from normfold.validate.providers import require_one_onnxruntime, resolve_providers
 
-from .deprecated_options import deprecated_option, momentum_advice, replace_deprecated
-from .finite_float import FiniteFloat
-from .runtime_options import dims_option, provider_option
+from .deprecated_options import momentum_advice, replace_deprecated
 
 
-@click.command("calibrate")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Calibration batches: .npz (one array per graph input, leading axis = batches) or a test_data_set folder.",
-)
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default="cumulative",
-    show_default=True,
-    help="cumulative: statistics of all the data (see --running-var); running: the running-average update per batch.",
-)
-@click.option(
-    "--momentum",
-    type=FiniteFloat(0, 1),
-    help="With --method running: BN momentum as ONNX defines it, the weight of the OLD running statistic "
-    "(PyTorch's momentum=0.1 is 0.9 here) [default: 0.9].",
-)
-@deprecated_option("--alpha", "--momentum", type=FiniteFloat(0, 1))
-@click.option(
-    "--running-var",
-    type=click.Choice(RUNNING_VARIANCES),
-    default="biased",
-    show_default=True,
-    help="Batch variance that the statistics are built from: biased (ONNX's convention) or unbiased "
-    "(PyTorch's: times n/(n-1), n = values per channel in the batch; cumulative then averages batches "
-    "as PyTorch's momentum=None).",
-)
-@provider_option
-@dims_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write (default: MODEL.calibrated.onnx beside MODEL).",
-)
-def calibrate_command(
+def run_calibrate(
     model: Path,
     data: Path,
     method: str,
@@ -76,11 +37,7 @@ def calibrate_command(
     dims: tuple[str, ...],
     output: Path | None,
 ) -> None:
-    """Re-estimate every BN's running mean and variance from data (AdaBN).
-
-    Runs the training-side graph on ONNX Runtime (BN on batch statistics, Dropout off) over the
-    batches, combines them in float64, and writes the inference model with the new statistics.
-    """
+    """`normfold calibrate`, with the options that calibrate_declaration declares (and documents)."""
     if alpha is not None:
         replace_deprecated("--alpha", "--momentum", "calibrate", momentum_advice(alpha))
         momentum = 1.0 - alpha

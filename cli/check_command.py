@@ -56,8 +56,6 @@ def check_command(
     fix printed once per model; -v prints every finding with its fix in full, -q only the count.
     """
     style = output_style(as_json or form != "text", verbose, quiet)
-    from normfold.html_report import check_page, check_page_path, file_op_counts, write_page
-
     disabled = [*disable, *disabled_in_pyproject(Path.cwd())]
     unknown = sorted(set(disabled) - set(RULES))
     if unknown:
@@ -66,6 +64,8 @@ def check_command(
     if not files:
         raise NormfoldError("no .onnx files in the given paths", exit_code=EXIT_USAGE)
     if page_path is not None:
+        from normfold.html_report import check_page_path
+
         check_page_path(page_path, files)
     checks = [check_model(path, disabled) for path in files]
     if style in ("json", "verbose"):
@@ -73,6 +73,8 @@ def check_command(
     else:
         click.echo("\n".join(short_text(checks)[-1 if style == "quiet" else 0 :]))
     if page_path is not None:
+        from normfold.html_report import check_page, file_op_counts, write_page
+
         ops = {c.path: file_op_counts(c.path) for c in checks if not c.error}
         write_page(page_path, check_page(checks, ops))
         if style in ("default", "verbose"):

@@ -1,4 +1,7 @@
-"""`normfold fold`: parse options, fold (and validate) one model or many, print the reports."""
+"""`normfold fold`: fold (and validate) one model or many, print the reports.
+
+Its options are declared in fold_declaration.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from .batch import (
     worst_comparison,
 )
 from .batch_table import shorten
-from .validation_options import validation_config, validation_options
-from .verbosity import PhaseProgress, Style, output_style, verbosity_options
+from .validation_options import validation_config
+from .verbosity import PhaseProgress, Style, output_style
 
 if TYPE_CHECKING:
     from normfold.validate import OutputComparison
@@ -37,62 +40,7 @@ def default_output(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}.folded{model_path.suffix or '.onnx'}")
 
 
-@click.command("fold")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write (default: MODEL.folded.onnx beside MODEL).",
-)
-@click.option("--in-place", is_flag=True, help="Replace MODEL itself (the only way to overwrite the input).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON document instead of text.")
-@click.option(
-    "--simplify", is_flag=True, help="Also fold constants and remove dead code (onnxscript), around the fold."
-)
-@click.option(
-    "--fold-norm-affine",
-    is_flag=True,
-    help="Also fold LayerNorm/RMSNorm scale and shift into the MatMul/Gemm layers reading them.",
-)
-@click.option(
-    "--eval",
-    "eval_mode",
-    is_flag=True,
-    help="First switch training-mode BN and Dropout to inference mode (as `normfold mode --eval`).",
-)
-@click.option(
-    "--batch-stats",
-    is_flag=True,
-    help="With --eval: where running statistics are unusable, compute batch statistics instead.",
-)
-@click.option(
-    "--validate/--no-validate",
-    "check",
-    default=True,
-    show_default=True,
-    help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With several models: fold this many in parallel processes.",
-)
-@click.option(
-    "--report",
-    "page_path",
-    type=click.Path(path_type=Path),
-    metavar="FILE.html",
-    help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
-    "also when nothing is written; one model only.",
-)
-@verbosity_options
-@validation_options
-@click.pass_context
-def fold_command(
+def run_fold(
     ctx: click.Context,
     models: tuple[Path, ...],
     output: Path | None,
@@ -107,14 +55,7 @@ def fold_command(
     page_path: Path | None,
     **options: Any,
 ) -> None:
-    """Fold every BatchNormalization and strip every inference Dropout in MODELS.
-
-    Each BN is folded into the weights of the adjacent Conv, ConvTranspose, Gemm or MatMul, computed
-    in float64 and rounded once. What cannot be folded is left unchanged, with the reason printed.
-    The result is validated on ONNX Runtime before it is written. Several models (files, or every
-    *.onnx in a folder except *.folded.onnx) give one line each and a summary; one failure never
-    stops the others. Lines fit 100 columns; -v prints every figure, -q only the last line.
-    """
+    """`normfold fold`, with the options that fold_declaration declares (and documents)."""
     style = output_style(as_json, options.pop("verbose"), options.pop("quiet"))
     if in_place and output is not None:
         raise NormfoldError("--in-place and --output exclude each other", exit_code=EXIT_USAGE)

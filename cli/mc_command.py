@@ -1,4 +1,7 @@
-"""`normfold mc`: Monte Carlo Dropout, mean and standard deviation per output."""
+"""`normfold mc`: Monte Carlo Dropout, mean and standard deviation per output.
+
+Its options are declared in mc_declaration.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ from normfold.monte_carlo import monte_carlo
 from normfold.output_paths import is_folder, require_name_fits
 from normfold.validate.config import parse_size
 from normfold.validate.inputs import (
-    DEFAULT_MEMORY_BUDGET,
     InputSpec,
     input_specs,
     load_npz_inputs,
@@ -27,48 +29,10 @@ from normfold.validate.inputs import (
 )
 from normfold.validate.providers import require_one_onnxruntime, resolve_providers
 
-from .deprecated_options import deprecated_option, replace_deprecated
-from .runtime_options import dims_option, provider_option
+from .deprecated_options import replace_deprecated
 
 
-@click.command("mc")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--inputs",
-    type=click.Path(path_type=Path),
-    help="Inputs: .npz with one array per graph input (default: seeded random).",
-)
-@click.option(
-    "--passes",
-    type=click.IntRange(min=2),
-    default=50,
-    show_default=True,
-    help="Stochastic forward passes, each with new Dropout masks.",
-)
-@deprecated_option("--samples", "--passes", type=click.IntRange(min=2))
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the Dropout masks (and random inputs).",
-)
-@provider_option
-@dims_option
-@click.option(
-    "--max-input-bytes",
-    default=f"{DEFAULT_MEMORY_BUDGET // 2**30}GiB",
-    show_default=True,
-    metavar="SIZE",
-    help="Refuse inputs (from --inputs or random) larger than this in total.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write NAME_mean and NAME_std arrays for every output to this .npz.",
-)
-def mc_command(
+def run_mc(
     model: Path,
     inputs: Path | None,
     passes: int,
@@ -79,10 +43,7 @@ def mc_command(
     max_input_bytes: str,
     output: Path | None,
 ) -> None:
-    """Monte Carlo Dropout: N seeded passes, mean and std per output.
-
-    BN runs in inference mode and every Dropout samples inverted-Dropout masks (keep probability 1 - ratio).
-    """
+    """`normfold mc`, with the options that mc_declaration declares (and documents)."""
     if samples is not None:
         replace_deprecated("--samples", "--passes", "mc", f"--passes {samples}")
         passes = samples

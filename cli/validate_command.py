@@ -1,4 +1,7 @@
-"""`normfold validate`: parse options, call normfold.validate, print the verdict, exit with its code."""
+"""`normfold validate`: call normfold.validate, print the verdict, exit with its code.
+
+Its options are declared in validate_declaration.
+"""
 
 from __future__ import annotations
 
@@ -25,39 +28,11 @@ from .batch import (
     worst_comparison,
 )
 from .batch_table import shorten
-from .validation_options import validation_config, validation_options
-from .verbosity import PhaseProgress, Style, output_style, verbosity_options
+from .validation_options import validation_config
+from .verbosity import PhaseProgress, Style, output_style
 
 
-@click.command("validate")
-@click.argument("reference", type=click.Path(path_type=Path))
-@click.argument("candidate", type=click.Path(path_type=Path), required=False)
-@click.option(
-    "--expected",
-    type=click.Path(path_type=Path),
-    help="A test_data_set folder whose output_*.pb REFERENCE must reproduce (instead of a CANDIDATE).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as a versioned JSON document.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With two folders: validate this many pairs in parallel processes.",
-)
-@click.option(
-    "--report",
-    "page_path",
-    type=click.Path(path_type=Path),
-    metavar="FILE.html",
-    help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
-    "also when validation fails; one pair only.",
-)
-@verbosity_options
-@validation_options
-@click.pass_context
-def validate_command(
+def run_validate(
     ctx: click.Context,
     reference: Path,
     candidate: Path | None,
@@ -67,12 +42,7 @@ def validate_command(
     page_path: Path | None,
     **options: Any,
 ) -> None:
-    """Check that CANDIDATE computes what REFERENCE computes, output by output.
-
-    Two folders compare every *.onnx under REFERENCE with the file at the same relative path under
-    CANDIDATE, one line per pair. Exit codes: 0 equivalent, 1 not equivalent, 2 usage error,
-    3 unusable input or provider. Lines fit 100 columns; -v prints every figure, -q only the verdict.
-    """
+    """`normfold validate`, with the options that validate_declaration declares (and documents)."""
     style = output_style(as_json, options.pop("verbose"), options.pop("quiet"))
     config = validation_config(options)
     if is_folder(reference):

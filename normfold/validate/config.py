@@ -4,6 +4,9 @@ Each field carries its command-line form in its metadata (`option`); `normfold.c
 builds the click options from these fields, `validate(**keywords)` replaces fields by name, and
 `to_dict()` is what the report records. Values are checked here, so a NaN tolerance or a zero budget is
 a usage error whichever way it arrives.
+
+Every command's `--help` reads this module (its options), so numpy and the comparison module are imported
+only where they are used.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from normfold.errors import EXIT_USAGE, NormfoldError
-from normfold.validate.compare import Tolerance
 from normfold.validate.inputs import DEFAULT_MEMORY_BUDGET, parse_dims
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from normfold.validate.compare import Tolerance
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "reference")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -32,7 +37,8 @@ DEFAULT_FLOAT64_BYTES = 2 << 30
 # alone unless the budget is raised.
 DEFAULT_FLOAT64_FLOPS = 2e10
 
-Feeds = list[dict[str, np.ndarray]]
+if TYPE_CHECKING:
+    Feeds = list[dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +253,8 @@ def _check_choices(flag: str, values: Sequence[str], choices: Sequence[str]) -> 
 
 def parse_tolerance_override(text: str) -> tuple[str, Tolerance]:
     """'NAME=ATOL,RTOL' -> (NAME, Tolerance); anything else, NaN and infinity included, is a usage error."""
+    from normfold.validate.compare import Tolerance
+
     name, sep, values = text.rpartition("=")
     parts = values.split(",")
     try:

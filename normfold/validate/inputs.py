@@ -13,6 +13,10 @@ Random values, chosen so that any model accepting its declared types runs on the
 
 Each (sample, input) pair has its own random stream derived from (seed, sample, input position), so sample k
 is the same whatever the number of samples and whatever the shapes of the other inputs.
+
+numpy, ml_dtypes, onnx and the model readers are imported in the functions that use them: every command's
+options read DEFAULT_MEMORY_BUDGET and parse_dims (through normfold.validate.config), and `--help` imports none
+of those (seconds of start-up).
 """
 
 from __future__ import annotations
@@ -24,16 +28,13 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import ml_dtypes
-import numpy as np
-import onnx
-from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper
+from typing import TYPE_CHECKING
 
 from normfold.errors import EXIT_USAGE, NormfoldError, describe
-from normfold.external_data import check_external_tensor
-from normfold.model_reading import require_regular_file
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
 
 DEFAULT_DIM: int = 1
 DEFAULT_MEMORY_BUDGET: int = 1 << 30
@@ -42,7 +43,8 @@ INT_RANGE = (0, 10)
 UINT8_RANGE = (0, 256)
 
 Dim = int | str | None
-Feeds = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    Feeds = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def _spec(info: onnx.ValueInfoProto) -> InputSpec:
+    import numpy as np
+    import onnx
+    from onnx import helper
+
     kind = info.type.WhichOneof("value")
     if kind != "tensor_type":
         what = f"has {kind.removesuffix('_type').replace('_', ' ')} type" if kind else "has no type"
@@ -150,6 +156,8 @@ def random_inputs(
 
 
 def _stream(seed: int, sample: int, position: int) -> np.random.Generator:
+    import numpy as np
+
     return np.random.default_rng(np.random.SeedSequence([seed, sample, position]))
 
 
@@ -183,6 +191,8 @@ def _size(count: int) -> str:
 
 def _value_kind(dtype: np.dtype) -> str:
     """'bool', 'complex', 'string', 'float' or 'int' (ml_dtypes' types are numpy kind 'V')."""
+    import ml_dtypes
+
     if dtype.kind in "bcOUS":
         return {"b": "bool", "c": "complex"}.get(dtype.kind, "string")
     if dtype.kind == "f" or (dtype.kind == "V" and _has_info(ml_dtypes.finfo, dtype)):
@@ -201,6 +211,9 @@ def _has_info(info: type, dtype: np.dtype) -> bool:
 
 
 def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    import ml_dtypes
+    import numpy as np
+
     kind = _value_kind(dtype)
     if kind == "bool":
         return rng.integers(0, 2, size=shape, dtype=np.bool_)
@@ -241,6 +254,8 @@ def load_npz_inputs(
 
 def _read_npz(path: Path, budget: int) -> dict[str, np.ndarray]:
     """Every array of the archive, without unpickling anything, once their headers fit the budget."""
+    import numpy as np
+
     magic = _read_start(path, 6)
     if magic.startswith(b"\x93NUMPY"):
         raise NormfoldError(f"{path}: a single .npy array, not an .npz archive of arrays named after the inputs")
@@ -265,6 +280,8 @@ def _read_npz(path: Path, budget: int) -> dict[str, np.ndarray]:
 
 def _member_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
     """The bytes an archive member's array takes, from its .npy header alone; an error for anything else."""
+    import numpy as np
+
     key = info.filename.removesuffix(".npy")
     if not info.filename.endswith(".npy"):
         raise NormfoldError(f"{path}: member '{info.filename}' is not an .npy array")
@@ -285,6 +302,8 @@ def _member_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
 
 
 def _read_start(path: Path, count: int) -> bytes:
+    from normfold.model_reading import require_regular_file
+
     require_regular_file(path)
     try:
         with path.open("rb") as stream:
@@ -463,6 +482,9 @@ def _spec_for_tensor(file: Path, name: str, index: int, specs: Sequence[InputSpe
 
 
 def _read_tensor(file: Path) -> onnx.TensorProto:
+    import onnx
+    from google.protobuf.message import DecodeError
+
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(file.read_bytes())
@@ -476,6 +498,11 @@ def _read_tensor(file: Path) -> onnx.TensorProto:
 
 
 def _tensor_array(file: Path, tensor: onnx.TensorProto) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    from normfold.external_data import check_external_tensor
+
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         check_external_tensor(tensor, file)
     try:
