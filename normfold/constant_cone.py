@@ -9,6 +9,10 @@ Constant nodes, at most MAX_NODES nodes and MAX_BYTES of output, so reading a pa
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -93,10 +97,89 @@ def _stand_in(value: ir.Value, shaped: bool) -> np.ndarray | None:
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
+class _RuntimeValues:
+    """Values known to depend on a graph input through inputs read for their contents (not through
+    _TYPE_ONLY ones): `_cone` of such a value is always empty, wherever its walk would stop.
+
+    Filled by one sweep per graph, in node order, when first asked about one of its values, and by walks
+    from values added since. A fact stays true under the passes' rewrites: each replaces a value or input
+    by one computed from the same activation, or a constant by a constant, so it is kept for a whole pass.
+    Without it each parameter read walks up to MAX_NODES producers through the activations above it.
+    """
+
+    def __init__(self) -> None:
+        self._values: set[ir.Value] = set()
+        self._swept: set[ir.Graph] = set()
+
+    def known(self, value: ir.Value) -> bool:
+        """Whether `value` is shown to depend on a graph input (a False is no proof of the contrary)."""
+        if value in self._values:
+            return True
+        graph = value.graph
+        if isinstance(graph, ir.Graph) and graph not in self._swept:
+            self._swept.add(graph)
+            self._sweep(graph)
+            if value in self._values:
+                return True
+        if self._reaches_input(value):
+            self._values.add(value)
+            return True
+        return False
+
+    def _sweep(self, graph: ir.Graph) -> None:
+        values = self._values
+        for node in graph:
+            op_type = node.op_type
+            for index, input_value in enumerate(node.inputs):
+                if input_value is None or (op_type, index) in _TYPE_ONLY:
+                    continue
+                if input_value.is_graph_input() or input_value in values:
+                    values.update(node.outputs)
+                    break
+
+    def _reaches_input(self, value: ir.Value) -> bool:
+        """A walk up at most MAX_NODES producers (past that, `_cone` is empty anyway) to a graph input or a
+        known value."""
+        seen: set[ir.Node] = set()
+        pending = [value.producer()]
+        while pending:
+            node = pending.pop()
+            if node is None or node in seen:
+                continue
+            if len(seen) >= MAX_NODES:
+                return False
+            seen.add(node)
+            for index, input_value in enumerate(node.inputs):
+                if input_value is None or (node.op_type, index) in _TYPE_ONLY:
+                    continue
+                if input_value.is_graph_input() or input_value in self._values:
+                    return True
+                pending.append(input_value.producer())
+        return False
+
+
+_RUNTIME: contextvars.ContextVar[_RuntimeValues | None] = contextvars.ContextVar("normfold_runtime", default=None)
+
+
+@contextlib.contextmanager
+def runtime_values() -> Iterator[None]:
+    """Within this context, remember which values depend on graph inputs (see `_RuntimeValues`): for one pass
+    whose rewrites are `layer_fold.apply_edit`'s, so that reading a layer's parameters does not walk the
+    activations above it."""
+    token = _RUNTIME.set(_RuntimeValues())
+    try:
+        yield
+    finally:
+        _RUNTIME.reset(token)
+
+
 def _cone(value: ir.Value) -> list[ir.Node]:
     """The producers `value` depends on, back to its constant leaves (and to values read only for their type or
     shape); empty when it is not such a value."""
     if value.is_graph_input() or value.producer() is None or not value.name:
+        return []
+    runtime = _RUNTIME.get()
+    if runtime is not None and runtime.known(value):
         return []
     graph = value.graph
     found: dict[int, ir.Node] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import onnx
@@ -13,12 +14,9 @@ from normfold.graph_walk import count_nodes
 from normfold.model_reading import load_model
 from normfold.passes.fold_affine import AFFINE_OPS, FoldAffinePass
 from normfold.passes.fold_batchnorm import FoldBatchNormPass
-from normfold.passes.fold_norm_affine import NORM_OPS, FoldNormAffinePass
-from normfold.passes.set_inference_mode import SetInferenceModePass
-from normfold.passes.simplify import SimplifyPass
 from normfold.passes.strip_dropout import StripDropoutPass
 from normfold.reason_codes import TRAINING_MODE
-from normfold.records import NodeRecord
+from normfold.records import NodeRecord, RewriteResult
 from normfold.report_version import REPORT_VERSION
 
 
@@ -53,6 +51,8 @@ class FoldResult:
     def summary(self) -> str:
         """One line: BN folded n/m, Dropout stripped k/l, nodes before -> after, and nodes left in training
         mode (the common reason a fold changes nothing) with what to do about them."""
+        from normfold.passes.fold_norm_affine import NORM_OPS
+
         converted = sum(r.action in ("converted", "rewritten") for r in self.records)
         mode = f"{converted} node(s) switched to inference mode, " if converted else ""
         training = sum(r.action == "skipped" and r.reason == TRAINING_MODE for r in self.records)
@@ -88,23 +88,37 @@ class FoldResult:
         }
 
 
-def fold_layers(model: ir.Model, max_rounds: int = 8) -> list[NodeRecord]:
+def fold_layers(model: ir.Model, max_rounds: int = 8, timings: dict[str, float] | None = None) -> list[NodeRecord]:
     """Fold BatchNormalization and elementwise affine nodes in place until neither finds more to do.
 
     Each fold can make another possible (Conv -> BN -> Mul: once BN is in the Conv, the Mul is next to
-    it). A node keeps its last record, in the order nodes were first seen.
+    it). A node keeps its last record, in the order nodes were first seen. `timings`, when given, gains each
+    pass's seconds under its class name (see `run_pass`).
     """
     records: dict[tuple[str, str, str], NodeRecord] = {}
     for _ in range(max_rounds):
         modified = False
         for rewrite in (FoldAffinePass(in_place=True), FoldBatchNormPass(in_place=True)):
-            result = rewrite(model)
+            result = run_pass(rewrite, model, timings)
             modified = modified or result.modified
             for record in result.records:
                 records[(record.graph, record.node, record.op_type)] = record
         if not modified:
             break
     return list(records.values())
+
+
+def run_pass(rewrite: ir.passes.PassBase, model: ir.Model, timings: dict[str, float] | None) -> RewriteResult:
+    """`rewrite(model)`, its seconds added to `timings[<its class name>]` when `timings` is given."""
+    if timings is None:
+        result = rewrite(model)
+    else:
+        start = time.perf_counter()
+        result = rewrite(model)
+        name = type(rewrite).__name__
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    assert isinstance(result, RewriteResult)
+    return result
 
 
 def as_ir_model(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> ir.Model:
@@ -124,6 +138,7 @@ def fold(
     batch_stats: bool = False,
     in_place: bool = False,
     fold_norm_affine: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> FoldResult:
     """Strip every inference Dropout and fold every foldable BatchNormalization.
 
@@ -133,18 +148,26 @@ def fold(
     onnx_ir.Model argument itself. With `eval_mode`, training-mode BN and Dropout are first switched to inference
     mode (see SetInferenceModePass, and `batch_stats` there). With `fold_norm_affine`, LayerNormalization and
     RMSNormalization scale and shift go into the linear layers reading them (see FoldNormAffinePass).
+    `timings`, when given, gains the seconds of each pass (by class name, summed over its runs).
     """
+    # The optional passes are imported when asked for: `normfold check` and a plain fold load none of them.
+    if eval_mode:
+        from normfold.passes.set_inference_mode import SetInferenceModePass
+    if simplify:
+        from normfold.passes.simplify import SimplifyPass
+    if fold_norm_affine:
+        from normfold.passes.fold_norm_affine import FoldNormAffinePass
     original = as_ir_model(model)
     nodes_before = count_nodes(original)
     private = original if in_place or not isinstance(model, ir.Model) else original.clone()
-    converted = SetInferenceModePass(batch_stats, in_place=True)(private) if eval_mode else None
+    converted = run_pass(SetInferenceModePass(batch_stats, in_place=True), private, timings) if eval_mode else None
     working = converted.model.clone() if converted else private
-    stripped = StripDropoutPass(in_place=True)(working)
-    current = SimplifyPass()(stripped.model).model if simplify else stripped.model
-    fold_records = fold_layers(current)
+    stripped = run_pass(StripDropoutPass(in_place=True), working, timings)
+    current = run_pass(SimplifyPass(), stripped.model, timings).model if simplify else stripped.model
+    fold_records = fold_layers(current, timings=timings)
     if fold_norm_affine:
-        fold_records += FoldNormAffinePass(in_place=True)(current).records
-    result_model = SimplifyPass()(current).model if simplify else current
+        fold_records += run_pass(FoldNormAffinePass(in_place=True), current, timings).records
+    result_model = run_pass(SimplifyPass(), current, timings).model if simplify else current
     mode_records = list(converted.records) if converted else []
     left_in_training = {(r.graph, r.node) for r in mode_records if r.action == "skipped"}
     later = [

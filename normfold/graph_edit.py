@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -29,10 +30,16 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         return _constant_node_array(producer)
     tensor = value.const_value
     if tensor is None:
-        from normfold.constant_cone import evaluate_cone
-
-        return evaluate_cone(value)
+        return _evaluate_cone()(value)
     return tensor.numpy()
+
+
+@functools.cache
+def _evaluate_cone() -> Callable[[ir.Value], np.ndarray | None]:
+    """constant_cone.evaluate_cone, imported on first use (once: an import statement per call costs a lookup)."""
+    from normfold.constant_cone import evaluate_cone
+
+    return evaluate_cone
 
 
 def _constant_node_array(node: ir.Node) -> np.ndarray | None:
@@ -63,21 +70,40 @@ def why_not_constant(value: ir.Value | None, role: str) -> Refusal:
 
 
 class NameSource:
-    """Hands out names that no value or node of any graph or function of the model uses yet."""
+    """Hands out names that no value or node of any graph or function of the model used when it was made.
 
-    def __init__(self, model: ir.Model) -> None:
-        self._taken: set[str] = set()
-        for scope in iter_scopes(model):
-            self._taken.update(v.name for v in _scope_values(scope) if v.name)
-            self._taken.update(node.name for node in scope.body if node.name)
+    A `deferred` source reads the model's names only when `reserve` (or `fresh`) is first called, so a pass
+    that rewrites nothing never scans the model; its caller must reserve before the model first changes
+    (`layer_fold.apply_edit` does), so that the names are those the model had before any rewrite.
+    """
+
+    def __init__(self, model: ir.Model, *, deferred: bool = False) -> None:
+        self._model = model
+        self._taken: set[str] | None = None
+        if not deferred:
+            self.reserve()
+
+    def reserve(self) -> None:
+        """Read the names the model uses, once: before any rewrite that a deferred source names for."""
+        if self._taken is not None:
+            return
+        taken: set[str] = set()
+        for scope in iter_scopes(self._model):
+            taken.update(v.name for v in _scope_values(scope) if v.name)
+            taken.update(node.name for node in scope.body if node.name)
+        self._taken = taken
 
     def fresh(self, base: str) -> str:
         """`base` itself if unused, else `base_1`, `base_2`, ..."""
+        if self._taken is None:
+            self.reserve()
+        taken = self._taken
+        assert taken is not None
         name, counter = base, 0
-        while name in self._taken:
+        while name in taken:
             counter += 1
             name = f"{base}_{counter}"
-        self._taken.add(name)
+        taken.add(name)
         return name
 
 
@@ -157,3 +183,37 @@ def _removable(node: ir.Node) -> bool:
     if node.domain not in STANDARD_DOMAINS or node.op_type in NOT_CONSTANT:
         return False
     return not any(out.uses() or out.is_graph_output() for out in node.outputs)
+
+
+def sort_scopes(model: ir.Model) -> None:
+    """Sort every graph and function of the model topologically (onnx_ir's stable sort), skipping each graph
+    whose nodes are already in order and hold no subgraphs: on those the sort changes nothing and costs
+    O(n log n) with a heap entry per node."""
+    for scope in iter_scopes(model):
+        body = scope.body
+        if isinstance(body, ir.Graph) and _in_order(body):
+            continue
+        body.sort()
+
+
+_GRAPH_ATTRIBUTES = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
+def _in_order(graph: ir.Graph) -> bool:
+    """Every node comes after the producers of its inputs in this graph, and none holds a subgraph.
+
+    onnx_ir's sort pops, among the nodes whose consumers are all placed, the one latest in the current order,
+    and places it before them: on such a graph that is the last unplaced node every time, so it keeps the order.
+    """
+    placed: set[ir.Node] = set()
+    for node in graph:
+        if node.attributes and any(attr.type in _GRAPH_ATTRIBUTES for attr in node.attributes.values()):
+            return False
+        for value in node.inputs:
+            if value is None:
+                continue
+            producer = value.producer()
+            if producer is not None and producer not in placed and producer.graph is graph:
+                return False
+        placed.add(node)
+    return True

@@ -69,8 +69,8 @@ def _with_subgraphs(scope: Scope) -> Iterator[Scope]:
 def _subgraph_scopes(scope: Scope) -> Iterator[Scope]:
     """The scopes of the graphs held by the nodes of `scope` itself (one level down)."""
     for node in list(scope.body):
-        if not node.attributes or (node.domain in STANDARD_DOMAINS and node.op_type not in _CONTROL_FLOW):
-            continue
+        if (node.op_type not in _CONTROL_FLOW and node.domain in STANDARD_DOMAINS) or not node.attributes:
+            continue  # the operator first: cheaper than the attributes, and it skips almost every node
         for attr in node.attributes.values():
             if attr.is_ref():
                 continue

@@ -110,10 +110,10 @@ def feature_axis(layer: LinearLayer, rank: int) -> int:
 
 def sole_consumer(value: ir.Value) -> ir.Node | None:
     """The one node reading `value`, None if several do or it is a graph output."""
-    uses = list(value.uses())
+    uses = value.uses()  # a tuple already
     if len(uses) != 1 or value.is_graph_output():
         return None
-    return uses[0].node
+    return next(iter(uses)).node
 
 
 def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
@@ -188,11 +188,11 @@ def plan_backward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         own = np.zeros(channels) if layer.bias is None else layer.bias.astype(np.float64).reshape(-1)
         bias = s * (own + add_vector) + t
     keep_add = layer.op == "MatMul" and add_node is not None
-    to_gemm = layer.op == "MatMul" and not keep_add and bool(np.any(bias != 0))
-    if not keep_add and not to_gemm and layer.bias is None and not np.any(bias != 0):
+    to_gemm = layer.op == "MatMul" and not keep_add and bool((bias != 0).any())
+    if not keep_add and not to_gemm and layer.bias is None and not (bias != 0).any():
         bias = None  # nothing to add: a layer without a bias keeps none
     insert_add = to_gemm and layer.out_rank != 2
-    factor = None if np.all(s == 1) else output_factor(layer.weight.shape, s, layer.layout, layer.group)
+    factor = None if (s == 1).all() else output_factor(layer.weight.shape, s, layer.layout, layer.group)
     edit = _rounded(layer, factor, bias, "backward", add_node, to_gemm and not insert_add, keep_add)
     if isinstance(edit, Edit):
         edit.layout, edit.insert_add = layout, insert_add
@@ -308,7 +308,7 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
     if isinstance(affine, str):
         return affine
     s, t = affine.scale, affine.shift
-    shifts = bool(np.any(t != 0))
+    shifts = bool((t != 0).any())
     if layer.op == "Conv" and shifts and pads_input(consumer):
         return Refusal(f"{layer.label} pads its input, and padding zeros are not shifted by {site.kind}", PADDED_CONV)
     if layer.op == "MatMul" and shifts and rank != 2:
@@ -326,7 +326,7 @@ def plan_forward(site: AffineSite, ranks: RankOracle) -> Edit | Refusal:
         bias = response + own
     else:
         bias = np.asarray(response) if shifts else None
-    factor = None if np.all(s == 1) else input_factor(layer.weight.shape, s, layer.layout, layer.group)
+    factor = None if (s == 1).all() else input_factor(layer.weight.shape, s, layer.layout, layer.group)
     edit = _rounded(layer, factor, bias, "forward", None, layer.op == "MatMul" and shifts, False)
     if isinstance(edit, Edit):
         edit.through = through
@@ -470,6 +470,7 @@ def apply_edit(scope: Scope, site: AffineSite, edit: Edit, names: NameSource) ->
 
     Returns the provenance: each new tensor's name and the names of the tensors it was computed from.
     """
+    names.reserve()  # a deferred source reads the names before this first change
     node, carrier = edit.layer.node, site.node
     old_inputs = list(node.inputs) + [v for v in carrier.inputs if v is not site.activation]
     label = node_label(node)

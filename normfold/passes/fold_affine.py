@@ -14,7 +14,8 @@ import numpy as np
 import onnx_ir as ir
 
 from normfold.bn_math import Affine
-from normfold.graph_edit import NameSource, constant_array
+from normfold.constant_cone import runtime_values
+from normfold.graph_edit import NameSource, constant_array, sort_scopes
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.layer_fold import (
     AffineFor,
@@ -40,16 +41,19 @@ class FoldAffinePass(CopyOrInPlacePass):
     """Returns the model with every foldable per-channel Mul/Div/Add/Sub folded, plus one record per candidate."""
 
     def call(self, model: ir.Model) -> RewriteResult:
-        model = self.target(model)
-        ranks, names = RankOracle(model), NameSource(model)
+        with runtime_values():  # its rewrites are apply_edit's
+            return self._fold_all(self.target(model))
+
+    def _fold_all(self, model: ir.Model) -> RewriteResult:
+        ranks, names = RankOracle(model), NameSource(model, deferred=True)  # apply_edit reserves
         records: dict[ir.Node, NodeRecord] = {}
         changed = True
         while changed:  # a fold can make the next node a candidate (Conv -> Mul -> Add)
             changed = False
             for scope in iter_scopes(model):
                 for node in list(scope.body):
-                    if node.graph is None:
-                        continue
+                    if node.op_type not in AFFINE_OPS or node.graph is None:
+                        continue  # most nodes: no call into _candidate
                     site = _candidate(node, ranks)
                     if site is None:
                         continue
@@ -57,8 +61,7 @@ class FoldAffinePass(CopyOrInPlacePass):
                     changed = changed or records[node].action == "folded"
         folded = any(r.action == "folded" for r in records.values())
         if folded:
-            for scope in iter_scopes(model):
-                scope.body.sort()
+            sort_scopes(model)
         return RewriteResult(model, folded, list(records.values()))
 
 

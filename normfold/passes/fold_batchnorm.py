@@ -12,8 +12,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from normfold.bn_math import Affine, bn_affine
+from normfold.constant_cone import runtime_values
 from normfold.errors import NormfoldError
-from normfold.graph_edit import NameSource, constant_array, why_not_constant
+from normfold.graph_edit import NameSource, constant_array, sort_scopes, why_not_constant
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.layer_fold import (
     AffineSite,
@@ -36,8 +37,11 @@ class FoldBatchNormPass(CopyOrInPlacePass):
     """Returns a copy of the model with every foldable BatchNormalization folded, plus one record per BN."""
 
     def call(self, model: ir.Model) -> RewriteResult:
-        model = self.target(model)
-        ranks, names = RankOracle(model), NameSource(model)
+        with runtime_values():  # its rewrites are apply_edit's
+            return self._fold_all(self.target(model))
+
+    def _fold_all(self, model: ir.Model) -> RewriteResult:
+        ranks, names = RankOracle(model), NameSource(model, deferred=True)  # apply_edit reserves
         records: dict[ir.Node, NodeRecord] = {}
         pending = [(scope, node) for scope in iter_scopes(model) for node in list(scope.body) if _is_batchnorm(node)]
         while pending:
@@ -53,8 +57,7 @@ class FoldBatchNormPass(CopyOrInPlacePass):
             pending = retry
         folded = any(r.action == "folded" for r in records.values())
         if folded:
-            for scope in iter_scopes(model):
-                scope.body.sort()
+            sort_scopes(model)
         return RewriteResult(model, folded, list(records.values()))
 
 

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from normfold.bn_math import input_factor, input_shift_response, round_once
 from normfold.folded_tensor import FoldedTensor
-from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, take_over
+from normfold.graph_edit import NameSource, add_constant, constant_array, drop_if_unused, sort_scopes, take_over
 from normfold.graph_walk import Scope, is_op, iter_scopes, node_label
 from normfold.layer_fold import insert_bias_add, per_axis, scaled_weight, sole_consumer
 from normfold.linear_layers import LinearLayer, read_linear_layer
@@ -82,8 +82,7 @@ class FoldNormAffinePass(CopyOrInPlacePass):
                     records.append(_fold(scope, site, ranks, names))
         folded = any(r.action == "folded" for r in records)
         if folded:
-            for scope in iter_scopes(model):
-                scope.body.sort()
+            sort_scopes(model)
         return RewriteResult(model, folded, records)
 
 

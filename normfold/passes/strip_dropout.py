@@ -27,7 +27,7 @@ class StripDropoutPass(CopyOrInPlacePass):
 
     def call(self, model: ir.Model) -> RewriteResult:
         model = self.target(model)
-        names = NameSource(model)
+        names = NameSource(model, deferred=True)  # read at the first strip, before it changes anything
         records = []
         for scope in iter_scopes(model):
             for node in list(scope.body):
@@ -56,6 +56,7 @@ def _strip_one(scope: Scope, node: ir.Node, names: NameSource) -> NodeRecord:
         )
     if data is None:
         return NodeRecord(scope.name, label, "Dropout", "skipped", "it has no data input", MISSING_INPUT)
+    names.reserve()  # before the model's first change
     detail = "removed"
     replacement = data
     producer = data.producer()
