@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scale import ONE_PROCESS, TWO_JOBS
 from startup import BASELINE, START_UP_LIMIT
 
 MiB = 2**20
@@ -228,8 +229,11 @@ def layer_rows(results: list[dict]) -> list[str]:
     return _table(["layers", "normfold s", "I/O limit s", "ms per layer", "ms per layer beyond I/O"], rows)
 
 
-def targets(results: list[dict]) -> list[tuple[str, str, str]]:
-    """(target, PASS/MISS/n/a, measured) for targets 1-5 (time, speed, memory, error, what is left) and 6-7."""
+def targets(
+    results: list[dict], scale: dict | None = None, startup: dict | None = None, phases: dict | None = None
+) -> list[tuple[str, str, str]]:
+    """(target, PASS/MISS/n/a, measured) for targets 1-5 (time, speed, memory, error, what is left), 6-7 (the
+    default fold) and 8-11 (scale, deep stacks, start-up, folder of small models; n/a where not measured)."""
     out = []
     ratios = {r["name"]: ratio(r) for r in results if ratio(r) is not None}
     over = {k: v for k, v in ratios.items() if v > 1.3}
@@ -313,6 +317,7 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
         )
     )
     out += default_fold_targets(results)
+    out += scale_targets(results, scale, startup, phases)
     return out
 
 
@@ -417,14 +422,17 @@ def render(
     startup: dict | None,
     command: str,
     rerendered_by: str | None = None,
+    scale: dict | None = None,
+    phases: dict | None = None,
 ) -> str:
-    """The whole report; `command` is the command line that measured, `rerendered_by` a --report-only run's."""
+    """The whole report; `command` is the command line that measured, `rerendered_by` a --report-only run's;
+    `scale` (benchmarks/scale.py) and `phases` (benchmarks/phases.py) None when not measured."""
     failed = [f"evaluation of {r['name']} failed: {r['checks']['error']}" for r in results if "error" in r["checks"]]
     again = f" (re-rendered by `{rerendered_by}`)" if rerendered_by else ""
     lines = ["# normfold benchmark", "", f"Command: `{command}`{again}", ""]
     lines += [f"- {line}" for line in header + notes + failed] + [f"- benchmark wall time: {elapsed:.0f} s", ""]
     lines += ["## Targets", ""]
-    lines += _table(["target", "result", "measured"], [list(t) for t in targets(results)])
+    lines += _table(["target", "result", "measured"], [list(t) for t in targets(results, scale, startup, phases)])
     lines += ["## Models", ""] + model_rows(results)
     lines += [
         "## Every tool on every model",
@@ -450,19 +458,69 @@ def render(
     lines += startup_lines(startup)
     if profiles:
         lines += ["## Where normfold's time goes", ""] + profile_lines(profiles)
+    lines += phases_lines(phases)
+    lines += (
+        scale_lines(scale) if scale is not None else ["## Memory however the weights are split", "", SCALE_ABSENT, ""]
+    )
     return "\n".join(lines) + "\n"
 
 
 SCALE_RSS_LIMIT = 0.5
+FOLD_TIME_LIMIT = 1.3
+# The scale tools measured against the model's size (scale.SCALE_TOOLS less the I/O limit), as the report names them.
+SCALE_TOOL_NAMES = {"normfold": "fold --no-validate", "check": "check", "validate": "validate"}
+TIME_TARGET_STACKS = ("stack1000", "stack5000")
+SCALE_ABSENT = "not measured in this run (--no-scale; --quick and --models leave it out unless --scale)"
+PHASES_ABSENT = "not measured in this run (--no-phases; --quick and --models leave it out unless --phases)"
+STARTUP_ABSENT = "not measured in this run (--no-startup, or results saved before it was measured)"
+PHASE_NAMES = ("load", "fold", "save")
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _scale_rss(entry: dict, tool: str) -> tuple[float | None, str | None]:
+    """A scale tool's peak RSS over the model's size, or why there is none ("not run", "FAILED: ...")."""
+    timing = entry["tools"].get(tool)
+    if timing is None:
+        return None, "not run"
+    if "error" in timing:
+        return None, f"FAILED: {timing['error']}".replace("|", "/")
+    return timing["rss"] / entry["bytes"], None
+
+
+def _scale_time_ratio(entry: dict) -> tuple[float | None, str | None]:
+    """Median fold --no-validate time over the median I/O limit time on a scale model, or why there is none."""
+    medians = []
+    for tool, name in (("normfold", "fold"), ("io", "I/O limit")):
+        timing = entry["tools"].get(tool)
+        median = None if timing is None or "error" in timing else _median(timing["seconds"])
+        if not median:
+            return None, f"{name} {'not run' if timing is None else 'FAILED'}"
+        medians.append(median)
+    return medians[0] / medians[1], None
+
+
+def _scale_cells(entry: dict, tool: str) -> list[str]:
+    """Peak RSS MiB, / size, PASS/MISS against SCALE_RSS_LIMIT and median seconds of one scale tool."""
+    value, why = _scale_rss(entry, tool)
+    if value is None:
+        return [str(why), "-", "-", "-"]
+    timing = entry["tools"][tool]
+    verdict = "PASS" if value <= SCALE_RSS_LIMIT else "MISS"
+    return [_mib(timing["rss"]), f"{value:.2f}x", verdict, _s(_median(timing["seconds"]))]
+
+
+def _scale_model_cells(entry: dict) -> list[object]:
+    return [entry["name"], entry["weights"], _mib(entry["bytes"]), "yes" if entry["external"] else "no"]
+
+
 def scale_lines(scale: dict) -> list[str]:
-    """The scale section: peak RSS / model size and time against the I/O limit per model, then the folder's
-    models per second per way of folding it."""
+    """The scale sections: peak RSS / model size of fold --no-validate and its time against the I/O limit per
+    model, the same for check and validate, then the folder's models per second per way of folding it."""
+    if "error" in scale:
+        return ["## Memory however the weights are split", "", f"FAILED: {scale['error']}".replace("|", "/"), ""]
     runs = scale["runs"]
     lines = [
         "## Memory however the weights are split",
@@ -470,49 +528,22 @@ def scale_lines(scale: dict) -> list[str]:
         f"`normfold fold MODEL -o OUT --no-validate` beside the I/O limit (onnx_ir.load + onnx_ir.save of the "
         f"same model, external data memory-mapped), run one after the other in each of {runs} round(s). "
         "Models: about 450 MB of Conv 3x3 + BN layers as one weight, forty of 11 MB or four thousand of "
-        f"0.11 MB. Peak RSS: the largest of the runs; time: whole process, median. Target: peak RSS <= "
-        f"{SCALE_RSS_LIMIT:g}x the model's size.",
+        f"0.11 MB. Peak RSS: the largest of the runs; time: whole process, median. Targets: peak RSS <= "
+        f"{SCALE_RSS_LIMIT:g}x the model's size, time <= {FOLD_TIME_LIMIT:g}x the I/O limit's.",
         "",
     ]
     rows = []
     for entry in scale["models"]:
-        nf, io = entry["tools"]["normfold"], entry["tools"]["io"]
-        size = entry["bytes"]
-        if "error" in nf:
-            rows.append(
-                [
-                    entry["name"],
-                    entry["weights"],
-                    _mib(size),
-                    "yes" if entry["external"] else "no",
-                    f"FAILED: {nf['error']}".replace("|", "/"),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                ]
-            )
-            continue
-        nf_s, io_s = _median(nf["seconds"]), _median(io["seconds"])
-        verdict = "PASS" if nf["rss"] <= SCALE_RSS_LIMIT * size else "MISS"
-        io_cells = ["-", "-", "-"] if "error" in io else [_mib(io["rss"]), f"{io['rss'] / size:.2f}x", _s(io_s)]
-        rows.append(
-            [
-                entry["name"],
-                entry["weights"],
-                _mib(size),
-                "yes" if entry["external"] else "no",
-                _mib(nf["rss"]),
-                f"{nf['rss'] / size:.2f}x",
-                verdict,
-                _s(nf_s),
-                *io_cells,
-                "-" if not io_s or nf_s is None else f"{nf_s / io_s:.2f}x",
-            ]
+        io = entry["tools"]["io"]
+        io_s = _median(io["seconds"])
+        io_cells = (
+            ["-", "-", "-"] if "error" in io else [_mib(io["rss"]), f"{io['rss'] / entry['bytes']:.2f}x", _s(io_s)]
         )
+        time_ratio, why = _scale_time_ratio(entry)
+        time_cells = (
+            [why or "-", "-"] if time_ratio is None else [f"{time_ratio:.2f}x", _verdict(time_ratio, FOLD_TIME_LIMIT)]
+        )
+        rows.append([*_scale_model_cells(entry), *_scale_cells(entry, "normfold"), *io_cells, *time_cells])
     lines += _table(
         [
             "model",
@@ -527,9 +558,43 @@ def scale_lines(scale: dict) -> list[str]:
             "I/O / size",
             "I/O s",
             "time / I/O",
+            f"<= {FOLD_TIME_LIMIT:g}x",
         ],
         rows,
     )
+    lines += ["## check and validate however the weights are split", ""]
+    if not any(tool in entry["tools"] for entry in scale["models"] for tool in ("check", "validate")):
+        lines += ["not measured (results saved before check and validate were measured)", ""]
+    else:
+        lines += [
+            "In the same rounds, right after the fold: `normfold check MODEL` (exit 1, not deployment-ready, is "
+            "a finished run) and `normfold validate MODEL OUT --provider cpu` on that round's fold output (float64 "
+            "reference as by default; exit 1 means not equivalent and is a failure). Peak RSS: the largest of "
+            f"the runs; time: whole process, median. Target: peak RSS <= {SCALE_RSS_LIMIT:g}x the model's size.",
+            "",
+        ]
+        rows = [
+            [*_scale_model_cells(entry), *_scale_cells(entry, "check"), *_scale_cells(entry, "validate")]
+            for entry in scale["models"]
+        ]
+        limit = f"<= {SCALE_RSS_LIMIT:g}x"
+        lines += _table(
+            [
+                "model",
+                "weights",
+                "MiB",
+                "external data",
+                "check peak RSS MiB",
+                "/ size",
+                limit,
+                "check s",
+                "validate peak RSS MiB",
+                "/ size",
+                limit,
+                "validate s",
+            ],
+            rows,
+        )
     folder = scale["folder"]
     lines += [
         f"## A folder of {folder['count']} small models",
@@ -557,3 +622,199 @@ def scale_lines(scale: dict) -> list[str]:
             )
     rows += [[f"`{way}`", f"skipped: {why}", "-", "-"] for way, why in folder["errors"].items() if way not in medians]
     return lines + _table(["way", "wall s", "models/s", "time / one normfold process"], rows)
+
+
+def _verdict(value: float, limit: float) -> str:
+    return "PASS" if value <= limit else "MISS"
+
+
+def phases_lines(phases: dict | None) -> list[str]:
+    """The per-BN overhead section: seconds and microseconds per BatchNormalization of each library phase of
+    `normfold fold --no-validate`, per model, and per BN more between the smallest and the largest model."""
+    lines = ["## Per-BN overhead by phase", ""]
+    if phases is None:
+        return lines + [PHASES_ABSENT, ""]
+    if "error" in phases:
+        return lines + [f"FAILED: {phases['error']}".replace("|", "/"), ""]
+    lines += [
+        "The library calls of `normfold fold --no-validate`, timed with time.perf_counter in one process "
+        "(benchmarks/phases.py; imports paid before, not counted): load = "
+        "`normfold.model_reading.load_model_file(path, keep_proto=False)`, fold = "
+        "`normfold.folding.fold(model, in_place=True)` and `normfold.mapped_pages.return_freed_heap()`, save = "
+        "`normfold.atomic_write.save_model(model, out)` (onnx's full check included). Median of "
+        f"{phases['runs']} run(s) per phase; per BN: the phase's seconds over the model's BatchNormalization "
+        "nodes. The last row divides the difference between the largest and the smallest model by the BNs "
+        "between them, so costs paid once per model cancel out.",
+        "",
+    ]
+    measured = sorted(phases["models"], key=lambda m: m["bn"])
+    rows, medians = [], {}
+    for entry in measured:
+        median = {phase: statistics.median(entry["seconds"][phase]) for phase in PHASE_NAMES}
+        medians[entry["name"]] = median
+        rows.append(_phase_row(entry["name"], entry["bn"], median))
+    if len(measured) >= 2 and measured[-1]["bn"] > measured[0]["bn"]:
+        small, large = measured[0], measured[-1]
+        difference = {p: medians[large["name"]][p] - medians[small["name"]][p] for p in PHASE_NAMES}
+        rows.append(_phase_row(f"{large['name']} - {small['name']}", large["bn"] - small["bn"], difference))
+    head = ["model", "BN", *(f"{p} s" for p in PHASE_NAMES), "sum s", *(f"{p} us/BN" for p in PHASE_NAMES), "sum us/BN"]
+    return lines + _table(head, rows)
+
+
+def _phase_row(name: str, bn: int, seconds: dict[str, float]) -> list[object]:
+    total = sum(seconds.values())
+    per_bn = [f"{seconds[p] / bn * 1e6:.0f}" if bn else "-" for p in PHASE_NAMES]
+    return [
+        name,
+        bn,
+        *(f"{seconds[p]:.3f}" for p in PHASE_NAMES),
+        f"{total:.3f}",
+        *per_bn,
+        f"{total / bn * 1e6:.0f}" if bn else "-",
+    ]
+
+
+def scale_targets(
+    results: list[dict], scale: dict | None, startup: dict | None, phases: dict | None
+) -> list[tuple[str, str, str]]:
+    """Targets 8-11: memory of fold, check and validate at scale, fold time against the I/O limit on the deep
+    stacks and the scale models, start-up, and the folder of small models; n/a, with why, where not measured."""
+    return [
+        _scale_rss_target(scale),
+        _fold_time_target(results, scale, phases),
+        _startup_target(startup),
+        _folder_target(scale),
+    ]
+
+
+def _scale_rss_target(scale: dict | None) -> tuple[str, str, str]:
+    label = f"8. peak RSS <= {SCALE_RSS_LIMIT:g}x model size for fold, check and validate on every scale model"
+    if scale is None:
+        return label, "n/a", f"scale tables {SCALE_ABSENT}"
+    if "error" in scale:
+        return label, "n/a", f"scale measurement FAILED: {scale['error']}".replace("|", "/")
+    parts, over_any, unmeasured = [], False, False
+    for tool, name in SCALE_TOOL_NAMES.items():
+        measured = {e["name"]: (e, *_scale_rss(e, tool)) for e in scale["models"] if tool in e["tools"]}
+        if not measured:
+            unmeasured = True
+            parts.append(f"{name}: not measured")
+            continue
+        values = {n: v for n, (_, v, _) in measured.items() if v is not None}
+        failed = [f"{n} {why}" for n, (_, v, why) in measured.items() if v is None]
+        over = [n for n, v in values.items() if v > SCALE_RSS_LIMIT]
+        over_any |= bool(over or failed)
+        text = f"{name}: "
+        if values:
+            worst = max(values, key=values.__getitem__)
+            entry = measured[worst][0]
+            text += (
+                f"worst {worst} {values[worst]:.2f}x ({entry['tools'][tool]['rss'] / MiB:.0f} MiB of "
+                f"{entry['bytes'] / MiB:.0f} MiB), over {SCALE_RSS_LIMIT:g}x on {len(over)} of {len(measured)}"
+            )
+        text += ("; " if values and failed else "") + "; ".join(failed)
+        parts.append(text)
+    result = "MISS" if over_any else ("n/a" if unmeasured else "PASS")
+    return label, result, "; ".join(parts).replace("|", "/")
+
+
+def _fold_time_target(results: list[dict], scale: dict | None, phases: dict | None) -> tuple[str, str, str]:
+    label = (
+        f"9. fold --no-validate <= {FOLD_TIME_LIMIT:g}x I/O limit on {', '.join(TIME_TARGET_STACKS)} and the "
+        "scale models"
+    )
+    values: dict[str, float] = {}
+    problems, failed = [], False
+    by_name = {r["name"]: r for r in results}
+    for name in TIME_TARGET_STACKS:
+        value = ratio(by_name[name]) if name in by_name else None
+        if name not in by_name:
+            problems.append(f"{name} not in this run")
+        elif value is None:
+            failed = True
+            problems.append(f"{name}: fold or I/O limit failed")
+        else:
+            values[name] = value
+    if scale is None or "error" in scale:
+        problems.append("scale models " + ("not measured (--no-scale)" if scale is None else "FAILED"))
+    else:
+        for entry in scale["models"]:
+            value, why = _scale_time_ratio(entry)
+            if value is None:
+                failed = True
+                problems.append(f"{entry['name']}: {why}")
+            else:
+                values[entry["name"]] = value
+    over = {n: v for n, v in values.items() if v > FOLD_TIME_LIMIT}
+    parts = []
+    if values:
+        worst = max(values, key=values.__getitem__)
+        parts.append(
+            f"worst {worst} {values[worst]:.2f}x; over {FOLD_TIME_LIMIT:g}x: "
+            + (", ".join(f"{n} {v:.2f}x" for n, v in over.items()) or "none")
+        )
+    parts += problems
+    if phases and "models" in phases:
+        per_bn = [
+            f"{m['name']} " + "/".join(f"{statistics.median(m['seconds'][p]) / m['bn'] * 1e6:.0f}" for p in PHASE_NAMES)
+            for m in phases["models"]
+            if m["bn"]
+        ]
+        parts.append(f"per-BN us load/fold/save: {', '.join(per_bn)} (see Per-BN overhead by phase)")
+    else:
+        parts.append("per-BN overhead by phase " + ("FAILED" if phases else "not measured"))
+    if over or failed:
+        result = "MISS"
+    elif not values:
+        result = "n/a"
+    else:
+        result = "PASS" if not problems else "n/a"
+    return label, result, "; ".join(parts).replace("|", "/")
+
+
+def _startup_target(startup: dict | None) -> tuple[str, str, str]:
+    label = f"10. start-up <= {START_UP_LIMIT:g}x `{BASELINE}`"
+    if startup is None:
+        return label, "n/a", STARTUP_ABSENT
+    if "error" in startup:
+        return label, "MISS", f"FAILED: {startup['error']}".replace("|", "/")
+    medians = {name: statistics.median(times) for name, times in startup["times"].items()}
+    base = medians[BASELINE]
+    ratios = {name: median / base for name, median in medians.items() if name != BASELINE}
+    over = {name: value for name, value in ratios.items() if value > START_UP_LIMIT}
+    text = ", ".join(f"`{name}` {medians[name]:.2f} s ({value:.2f}x)" for name, value in ratios.items())
+    return label, "MISS" if over else "PASS", f"`{BASELINE}` {base:.2f} s; {text}"
+
+
+def _folder_target(scale: dict | None) -> tuple[str, str, str]:
+    label = "11. folder of small models in one invocation: models/s against each peer per model and -j 2"
+    if scale is None:
+        return label, "n/a", f"folder of small models {SCALE_ABSENT}"
+    if "error" in scale:
+        return label, "n/a", f"scale measurement FAILED: {scale['error']}".replace("|", "/")
+    folder = scale["folder"]
+    count, errors = folder["count"], folder["errors"]
+    medians = {way: _median(times) for way, times in folder["times"].items()}
+    one = medians.get(ONE_PROCESS)
+    if one is None or ONE_PROCESS in errors:
+        return label, "MISS", f"`{ONE_PROCESS}` FAILED: {errors.get(ONE_PROCESS, 'not measured')}".replace("|", "/")
+    parts = [f"{count} models, one process {count / one:.1f} models/s ({one:.2f} s)"]
+    two = medians.get(TWO_JOBS)
+    if two and TWO_JOBS not in errors:
+        parts.append(f"-j 2 {count / two:.1f} models/s ({two / one:.2f}x the time)")
+    elif TWO_JOBS in errors:
+        parts.append(f"-j 2 FAILED: {errors[TWO_JOBS]}")
+    beaten: list[str] = []
+    slower: list[str] = []
+    for way in dict.fromkeys([*medians, *errors]):
+        if way in (ONE_PROCESS, TWO_JOBS):
+            continue
+        peer = way.split(" ", 1)[0]
+        median = medians.get(way)
+        if way in errors:
+            parts.append(f"{peer} {'FAILED' if way in medians else 'skipped'}: {errors[way]}")
+        elif median:
+            parts.append(f"{peer} per model {count / median:.1f} models/s ({median / one:.1f}x normfold's time)")
+            (beaten if median > one else slower).append(way)
+    result = "MISS" if slower else ("PASS" if beaten else "n/a")
+    return label, result, "; ".join(parts).replace("|", "/")

@@ -1,14 +1,16 @@
 """normfold's benchmark: normfold against the I/O limit and the peer tools, one table per question.
 
     python benchmarks/run.py [--big] [--runs N] [--markdown benchmarks/RESULTS.md]   (the full run)
-    python benchmarks/run.py --quick|--models NAME,... [--markdown OTHER.md]          (a partial run)
+    python benchmarks/run.py --quick|--models NAME,... [--scale] [--phases] [--markdown OTHER.md]  (partial)
+    python benchmarks/run.py --no-scale|--no-phases [--markdown OTHER.md]               (partial)
     python benchmarks/run.py --startup-only [--startup-runs N]
     python benchmarks/run.py --scale-only [--runs N] [--small-models N] [--markdown benchmarks/SCALE.md]
+    python benchmarks/run.py --report-only --workdir DIR [--markdown FILE]             (render DIR/results.json)
 
 Models, outputs and logs go to a temporary folder that is removed at the end (its size printed), unless
 --keep-temp; --workdir DIR writes them to DIR instead and keeps it (--resume and --report-only read it).
-A partial run (--quick, --models, --startup-only) never writes benchmarks/RESULTS.md, the committed full
-results. The report records the command line exactly as it ran.
+A partial run (--quick, --models, --startup-only, --scale-only, --no-scale, --no-phases) never writes
+benchmarks/RESULTS.md, the committed full results. The report records the command line exactly as it ran.
 
 Every transform runs in a fresh process: whole-process wall time (median of --runs), peak RSS of
 that process (os.wait4's rusage). normfold runs twice: `--no-validate`, and as users run it by
@@ -18,10 +20,18 @@ CPU session (ORT_DISABLE_ALL, as normfold validates) and runs it once, as the me
 validation. Then one evaluation process per model checks every output (benchmarks/evaluate.py); when
 its float64 reference runs past those limits, it runs again without it. Peers that are not importable
 are skipped with the reason; AIMET runs in the interpreter given by --aimet-python (or
-$NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch. Last, the start-up table (benchmarks/startup.py):
-`normfold --help`, `normfold check --help` and `normfold check` on a small model against `import onnx`.
---scale-only measures only the scale tables (benchmarks/scale.py): peak RSS of `--no-validate` on ~450 MB
-models split into one, forty or four thousand weights beside the I/O limit, and a folder of small models.
+$NORMFOLD_BENCH_AIMET_PYTHON) since it needs torch.
+
+After the models, in the same run: the per-BN overhead by phase (benchmarks/phases.py, in a process of its
+own: load, fold and save of stack1000 and stack5000, median of --runs, about a minute), then the scale
+tables (benchmarks/scale.py, 20-45 minutes and ~4 GiB of disk: peak RSS and time of `fold --no-validate`,
+`check` and `validate` on ~450 MB models split into one, forty or four thousand weights, external data and
+inline, beside the I/O limit, median of --runs; then a folder of --small-models small models against
+onnxslim and onnxsim per model), last the start-up table (benchmarks/startup.py): `normfold --help`,
+`normfold check --help` and `normfold check` on a small model against `import onnx`. --no-phases,
+--no-scale and --no-startup leave a part out; --quick and --models leave out the phases and the scale
+tables unless given --phases or --scale (they take longer than the models such a run measures). --resume
+also reuses WORKDIR/phases.json and WORKDIR/scale.json. --scale-only measures only the scale tables.
 """
 
 from __future__ import annotations
@@ -443,7 +453,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="leave out a peer (repeatable), e.g. --skip aimet",
     )
     parser.add_argument("--no-profile", action="store_true", help="skip profiling normfold on its worst model")
-    parser.add_argument("--resume", action="store_true", help="reuse per-model results already in --workdir")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse per-model results (and phases.json, scale.json) already in --workdir",
+    )
     parser.add_argument("--report-only", action="store_true", help="re-render WORKDIR/results.json, measure nothing")
     parser.add_argument(
         "--startup-runs",
@@ -460,15 +474,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-only",
         action="store_true",
-        help="measure only the scale tables: peak RSS and time of --no-validate on ~450 MB models "
-        "split three ways (external data and inline) beside the I/O limit, and a folder of small "
-        "models against onnxslim and onnxsim per model (needs ~4 GiB of disk)",
+        help="measure only the scale tables: peak RSS and time of fold --no-validate, check and validate "
+        "on ~450 MB models split three ways (external data and inline) beside the I/O limit, and a folder of "
+        "small models against onnxslim and onnxsim per model (needs ~4 GiB of disk)",
     )
     parser.add_argument(
         "--small-models",
         type=int,
         default=models.SMALL_MODELS,
-        help="models in the folder of small models (--scale-only)",
+        help="models in the folder of small models (the scale tables)",
+    )
+    parser.add_argument(
+        "--scale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the scale tables in this run, after the models (default: yes, but not with --quick or "
+        "--models; 20-45 minutes, ~4 GiB of disk)",
+    )
+    parser.add_argument(
+        "--phases",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the per-BN overhead by phase on stack1000 and stack5000 (default: yes, but not with "
+        "--quick or --models; about a minute)",
     )
     args = parser.parse_args(argv)
     unknown = [n for n in args.models or [] if n not in models.model_names(False, False)]
@@ -478,6 +506,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--startup-runs must be at least 1")
     if args.small_models < 1:
         parser.error("--small-models must be at least 1")
+    if args.scale_only and args.scale is False:
+        parser.error("--scale-only measures only the scale tables: --no-scale leaves nothing to measure")
+    subset = bool(args.quick or args.models)
+    args.no_scale, args.no_phases = args.scale is False, args.phases is False  # partial_run: left out on request
+    args.scale = not subset if args.scale is None else args.scale
+    args.phases = not subset if args.phases is None else args.phases
     if args.workdir is None and (args.resume or args.report_only):
         parser.error(
             f"--{'resume' if args.resume else 'report-only'} reads an earlier run's folder: give it with "
@@ -506,6 +540,10 @@ def partial_run(args: argparse.Namespace) -> str | None:
         return "--startup-only measures only the start-up table"
     if args.scale_only:
         return "--scale-only measures only the scale tables"
+    if getattr(args, "no_scale", False):
+        return "--no-scale leaves out the scale tables"
+    if getattr(args, "no_phases", False):
+        return "--no-phases leaves out the per-BN overhead by phase"
     return None
 
 
@@ -568,6 +606,8 @@ def benchmark(args: argparse.Namespace) -> None:
             saved.get("startup"),
             saved.get("command", "not recorded"),
             rerendered_by=args.command,
+            scale=saved.get("scale"),
+            phases=saved.get("phases"),
         )
         return
     if args.startup_only:
@@ -635,6 +675,8 @@ def benchmark(args: argparse.Namespace) -> None:
         print(line, flush=True)
     started = time.perf_counter()
     results = [saved_or_bench(name, args, commands) for name in names]
+    phases = saved_or_measure("phases", args, measure_phases) if args.phases else None
+    measured_scale = saved_or_measure("scale", args, measure_full_scale) if args.scale else None
     start_up = None if args.no_startup else measure_startup(args)
     elapsed = time.perf_counter() - started
     (args.workdir / "results.json").write_text(
@@ -646,17 +688,71 @@ def benchmark(args: argparse.Namespace) -> None:
                 "tools": list(commands),
                 "elapsed": elapsed,
                 "startup": start_up,
+                "scale": measured_scale,
+                "phases": phases,
                 "command": args.command,
                 "partial": partial_run(args),
             }
         )
     )
-    render(args, results, header, notes, list(commands), elapsed, start_up, args.command)
+    render(
+        args,
+        results,
+        header,
+        notes,
+        list(commands),
+        elapsed,
+        start_up,
+        args.command,
+        scale=measured_scale,
+        phases=phases,
+    )
 
 
 def measure_startup(args: argparse.Namespace) -> dict:
     """The start-up table's measurements (benchmarks/startup.py), in WORKDIR/startup."""
     return startup.measure_startup(run_once, args.workdir / "startup", args.startup_runs)
+
+
+PHASE_MODELS = ("stack1000", "stack5000")
+
+
+def saved_or_measure(part: str, args: argparse.Namespace, measure_part: Callable[[argparse.Namespace], dict]) -> dict:
+    """A part of the full run (phases, scale): with --resume, WORKDIR/<part>.json from an earlier run, else
+    measured now and saved there (also when it failed: {"error": why}, which --resume measures again)."""
+    saved = args.workdir / f"{part}.json"
+    if args.resume and saved.exists():
+        earlier = json.loads(saved.read_text())
+        if "error" not in earlier:
+            print(f"  {part:28} (from {saved})", flush=True)
+            return earlier
+    measured = measure_part(args)
+    saved.write_text(json.dumps(measured))
+    return measured
+
+
+def measure_phases(args: argparse.Namespace) -> dict:
+    """Per-BN overhead by phase on PHASE_MODELS (benchmarks/phases.py, a process of its own), or {"error": why}."""
+    paths = [models.write_model(name, args.workdir / "models") for name in PHASE_MODELS]
+    print(f"  per-BN overhead by phase on {', '.join(PHASE_MODELS)}, {args.runs} run(s) each", flush=True)
+    command = [sys.executable, str(HERE / "phases.py"), "--runs", str(args.runs), str(args.workdir / "phases")]
+    try:
+        done = subprocess.run(
+            [*command, *map(str, paths)], capture_output=True, text=True, timeout=args.timeout * 10 * len(paths)
+        )
+    except subprocess.TimeoutExpired as expired:
+        return {"error": f"timeout after {expired.timeout:.0f} s"}
+    if done.returncode != 0:
+        return {"error": ((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])[:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_full_scale(args: argparse.Namespace) -> dict:
+    """The scale tables as part of the full run (benchmarks/scale.py), or {"error": why} if they fail."""
+    try:
+        return scale.measure_scale(run_once, args.workdir, args.runs, args.timeout * 10, args.small_models)
+    except (Exception, SystemExit) as error:  # the rest of the run still renders; the report shows why
+        return {"error": f"{type(error).__name__}: {error}"[:200]}
 
 
 def render(
@@ -669,13 +765,17 @@ def render(
     start_up: dict | None,
     command: str,
     rerendered_by: str | None = None,
+    scale: dict | None = None,
+    phases: dict | None = None,
 ) -> None:
     """Print the report and write it to --markdown; it records `command`, the run that measured, and
-    `rerendered_by`, the --report-only run that rendered it again."""
+    `rerendered_by`, the --report-only run that rendered it again; `scale` and `phases` None when not measured."""
     profile = None
     if not args.no_profile:
         profile = report.profile_worst(results, args.workdir, HERE)
-    text = report.render(results, header, notes, profile, tools, elapsed, start_up, command, rerendered_by)
+    text = report.render(
+        results, header, notes, profile, tools, elapsed, start_up, command, rerendered_by, scale, phases
+    )
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -28,7 +28,9 @@ def bench() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("partial", [["--quick"], ["--models", "mlp"], ["--startup-only"]])
+@pytest.mark.parametrize(
+    "partial", [["--quick"], ["--models", "mlp"], ["--startup-only"], ["--no-scale"], ["--no-phases"]]
+)
 def test_a_partial_run_may_not_write_the_committed_results(
     bench: ModuleType, partial: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -48,8 +50,33 @@ def test_full_and_partial_runs_choose_their_files(bench: ModuleType, tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("argv", "scale", "phases"),
+    [
+        ([], True, True),
+        (["--quick"], False, False),
+        (["--models", "mlp,stack100"], False, False),
+        (["--quick", "--scale"], True, False),
+        (["--models", "mlp", "--phases"], False, True),
+        (["--no-scale"], False, True),
+        (["--no-phases", "--scale"], True, False),
+    ],
+)
+def test_a_full_run_measures_scale_and_phases_and_a_subset_only_when_asked(
+    bench: ModuleType, argv: list[str], scale: bool, phases: bool
+) -> None:
+    args = bench.parse_args(argv)
+    assert (args.scale, args.phases) == (scale, phases)
+
+
+def test_leaving_out_the_scale_tables_is_a_partial_run(bench: ModuleType) -> None:
+    assert bench.partial_run(bench.parse_args(["--no-scale"])) == "--no-scale leaves out the scale tables"
+    assert bench.partial_run(bench.parse_args(["--scale"])) is None
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--scale-only", "--no-scale"], "--no-scale leaves nothing to measure"),
         (["--resume"], "--resume reads an earlier run's folder: give it with --workdir"),
         (["--report-only"], "--report-only reads an earlier run's folder: give it with --workdir"),
         (["--workdir", "x", "--keep-temp"], "--keep-temp keeps the temporary folder of a run without --workdir"),
@@ -83,8 +110,8 @@ def test_the_temporary_folder_is_removed_and_its_size_reported(bench: ModuleType
     assert not folder.exists()
 
 
-def _saved_run(folder: Path, command: str, partial: str | None) -> None:
-    """A results.json as a run with no models and no start-up table leaves it."""
+def _saved_run(folder: Path, command: str, partial: str | None, **parts: object) -> None:
+    """A results.json as a run with no models and no start-up table leaves it (plus `parts`, e.g. phases)."""
     folder.mkdir()
     (folder / "results.json").write_text(
         json.dumps(
@@ -97,6 +124,7 @@ def _saved_run(folder: Path, command: str, partial: str | None) -> None:
                 "startup": None,
                 "command": command,
                 "partial": partial,
+                **parts,
             }
         )
     )
@@ -133,3 +161,23 @@ def test_report_only_of_a_partial_run_may_not_write_the_committed_results(bench:
     with pytest.raises(SystemExit, match="is from a partial run"):
         bench.main(["--report-only", "--no-profile", "--workdir", str(work), "--markdown", str(RESULTS)])
     assert RESULTS.read_bytes() == before
+
+
+def test_report_only_renders_the_saved_phases_and_scale_tables(bench: ModuleType, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    phases = {
+        "runs": 1,
+        "models": [
+            {"name": "stack1000", "bn": 1000, "folded": 1000, "seconds": {"load": [0.5], "fold": [1.0], "save": [0.25]}}
+        ],
+    }
+    scale = {"error": "SystemExit: scale benchmark: no `normfold` script beside this interpreter or on PATH"}
+    _saved_run(work, "python benchmarks/run.py --workdir work", None, phases=phases, scale=scale)
+    bench.main(["--report-only", "--no-profile", "--workdir", str(work), "--markdown", str(tmp_path / "again.md")])
+    text = (tmp_path / "again.md").read_text()
+    assert "| stack1000 | 1000 | 0.500 | 1.000 | 0.250 | 1.750 | 500 | 1000 | 250 | 1750 |" in text
+    assert "## Memory however the weights are split\n\nFAILED: SystemExit: scale benchmark: no `normfold`" in text
+    assert (
+        "| 8. peak RSS <= 0.5x model size for fold, check and validate on every scale model | n/a | scale measurement FAILED"
+        in text
+    )
