@@ -22,6 +22,7 @@ from onnx import helper
 
 import normfold.folded_tensor as folded_tensor
 import normfold.layer_fold as layer_fold
+import normfold.model_reading as model_reading
 from normfold.atomic_write import save_model
 from normfold.bn_math import Factor, input_factor, output_factor, scale_and_round
 from normfold.fold_file import fold_file
@@ -182,7 +183,11 @@ def _attribute_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["inline", "external"])
-def test_a_model_read_without_its_proto_writes_the_same_bytes(tmp_path: Path, external: bool) -> None:
+@pytest.mark.parametrize("detach_bytes", [0, model_reading.DETACH_BYTES], ids=["detached", "small"])
+def test_a_model_read_without_its_proto_writes_the_same_bytes(
+    tmp_path: Path, external: bool, detach_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_reading, "DETACH_BYTES", detach_bytes)
     source = _save_input(tmp_path / "in", external)
     kept, detached = load_model_file(source), load_model_file(source, keep_proto=False)
     assert kept.proto is not None and detached.proto is None
@@ -192,3 +197,21 @@ def test_a_model_read_without_its_proto_writes_the_same_bytes(tmp_path: Path, ex
     assert _written(tmp_path / "detached") == _written(tmp_path / "kept")
     written = onnx.load(str(tmp_path / "detached" / "out.onnx"), load_external_data=False)
     assert [t.name for t in _attribute_tensors(written)] == [t.name for t in _attribute_tensors(_layers())]
+
+
+@pytest.mark.parametrize("large", [True, False], ids=["large-parse", "small-parse"])
+def test_tensors_get_their_own_proto_only_from_a_large_parse(
+    tmp_path: Path, large: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copying each tensor frees the parsed file's memory tensor by tensor: worth it only for a large parse."""
+    source = _save_input(tmp_path / "in", external=False)
+    assert source.stat().st_size < model_reading.DETACH_BYTES
+    if large:
+        monkeypatch.setattr(model_reading, "DETACH_BYTES", source.stat().st_size)
+    copied: list[str] = []
+    own_copy = model_reading._own_copy
+    monkeypatch.setattr(model_reading, "_own_copy", lambda tensor: copied.append(tensor.name) or own_copy(tensor))
+    load_model_file(source, keep_proto=False)
+    layers = _layers()
+    every_tensor = [t.name for t in layers.graph.initializer] + [t.name for t in _attribute_tensors(layers)]
+    assert sorted(copied) == (sorted(every_tensor) if large else [])
