@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick|--models NAME,... [--scale] [--phases] [--markdown OTHER.md]  (partial)
     python benchmarks/run.py --no-scale|--no-phases [--markdown OTHER.md]               (partial)
     python benchmarks/run.py --startup-only [--startup-runs N]
-    python benchmarks/run.py --scale-only [--runs N] [--small-models N] [--markdown benchmarks/SCALE.md]
+    python benchmarks/run.py --scale-only [--runs N] [--small-models N] [--markdown scale.md]
     python benchmarks/run.py --report-only --workdir DIR [--markdown FILE]             (render DIR/results.json)
 
 Models, outputs and logs go to a temporary folder that is removed at the end (its size printed), unless

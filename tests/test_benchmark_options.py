@@ -3,7 +3,6 @@ benchmarks/RESULTS.md, and the temporary work folder is removed (or kept with --
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from benchmark_module import load_benchmark_run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -20,12 +20,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """benchmarks/run.py as a module (it puts benchmarks/ on sys.path for its own helpers)."""
-    spec = importlib.util.spec_from_file_location("normfold_benchmark_run", ROOT / "benchmarks" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_run()
 
 
 @pytest.mark.parametrize(

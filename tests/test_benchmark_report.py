@@ -4,26 +4,20 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from benchmark_module import load_benchmark_run
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 10**6
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
     """benchmarks/report.py, imported as benchmarks/run.py imports it (run.py puts benchmarks/ on sys.path)."""
-    spec = importlib.util.spec_from_file_location("normfold_benchmark_run", ROOT / "benchmarks" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.report
+    return load_benchmark_run().report
 
 
 def _timing(seconds: float, rss: int, error: str | None = None) -> dict:
