@@ -17,11 +17,15 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from normfold import protobuf_wire as wire
+from normfold.mapped_pages import release_range
 
 # Files from this size are read this way; smaller ones are parsed whole (faster, and small).
 MAP_FILE_BYTES = 64 << 20
 # Raw data from this size is mapped; smaller tensors are parsed with the model.
 MAP_TENSOR_BYTES = 4 << 10
+# The walk unmaps the pages it has passed each time it has gone this far: reading the few header bytes of
+# each of four thousand 0.1 MB tensors would otherwise map the whole file (read-ahead, fault-around).
+RELEASE_EVERY_BYTES = 16 << 20
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
@@ -95,8 +99,11 @@ def _strip_raw_data(data: mmap.mmap, file_name: str) -> bytes | None:
         return None
     graph = graphs[0]
     graph_pieces: list[bytes] = []
-    mapped = 0
+    mapped, released = 0, 0
     for field in wire.fields(data, graph.value_start, graph.end):
+        if field.start - released >= RELEASE_EVERY_BYTES:
+            release_range(data, field.start)
+            released = field.start
         tensor = None
         if field.number == _GRAPH_INITIALIZER and field.wire_type == wire.LENGTH_DELIMITED:
             tensor = _strip_tensor(data, field, file_name)

@@ -37,6 +37,18 @@ def release_pages(view: np.ndarray) -> None:
     mapping.madvise(mmap.MADV_DONTNEED, begin - base, end - begin)
 
 
+def release_range(mapping: mmap.mmap, end: int) -> None:
+    """Unmap the pages of a read-only `mapping` before byte `end` (whole pages only), kept in the page cache.
+
+    For a walk through a mapped file (`inline_mapping`): what it has read stays resident otherwise, and
+    read-ahead and fault-around bring in far more than the few bytes read from each message."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    end = min(end, len(mapping)) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > 0:
+        mapping.madvise(mmap.MADV_DONTNEED, 0, end)
+
+
 def _mapping_of(array: np.ndarray) -> mmap.mmap | None:
     """The read-only mmap an array's memory belongs to, following views and memoryviews."""
     base: object = array

@@ -7,6 +7,7 @@ model read or written whole by protobuf.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from normfold.errors import NormfoldError
 from normfold.external_data import has_external_data
 from normfold.fold_file import fold_file
 from normfold.inline_mapping import InlineMappedTensor
+from normfold.mapped_pages import release_range
 from normfold.model_reading import load_model_file, read_model_proto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,3 +308,69 @@ def test_explicit_default_data_location_is_mapped(tmp_path: Path, mapping: None)
     tensor = load_model_file(path).model.graph.initializers["w"].const_value
     assert isinstance(tensor, InlineMappedTensor)
     np.testing.assert_array_equal(tensor.numpy(), numpy_helper.to_array(model.graph.initializer[0]))
+
+
+def _layers_inline(path: Path, count: int) -> Path:
+    """`count` Conv -> BN layers (weights 8x8x3x3: 2304 bytes each), saved inline."""
+    g = rng(5)
+    inits: dict[str, np.ndarray] = {}
+    nodes, x = [], "x"
+    for i in range(count):
+        inits[f"w{i}"] = g.standard_normal((8, 8, 3, 3)).astype(np.float32)
+        inits.update(bn_params(f"bn{i}", 8, g))
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            bn_node(f"c{i}", f"y{i}", f"bn{i}"),
+        ]
+        x = f"y{i}"
+    onnx.save(make_model(nodes, {"x": [1, 8, 6, 6]}, [x], inits), str(path))
+    return path
+
+
+def test_the_walk_unmaps_what_it_has_passed(tmp_path: Path, mapping: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The few header bytes read from each tensor would otherwise keep the whole file mapped (read-ahead)."""
+    path = _layers_inline(tmp_path / "m.onnx", 6)
+    whole = inline_mapping.read_mapped_proto(path)
+    assert whole is not None
+    monkeypatch.setattr(inline_mapping, "RELEASE_EVERY_BYTES", 1)
+    ends: list[int] = []
+    monkeypatch.setattr(inline_mapping, "release_range", lambda data, end: ends.append(end))
+    walked = inline_mapping.read_mapped_proto(path)
+    assert walked is not None
+    assert walked[0] == whole[0] and [t.name for t in walked[1]] == [f"w{i}" for i in range(6)]
+    assert len(ends) > 6 * 5 and ends == sorted(set(ends)) and ends[-1] < path.stat().st_size
+
+
+def test_the_walk_unmaps_nothing_before_its_step(
+    tmp_path: Path, mapping: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _layers_inline(tmp_path / "m.onnx", 6)
+    ends: list[int] = []
+    monkeypatch.setattr(inline_mapping, "release_range", lambda data, end: ends.append(end))
+    assert inline_mapping.read_mapped_proto(path) is not None
+    assert ends == []  # the file is far smaller than RELEASE_EVERY_BYTES
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or not hasattr(os, "posix_fadvise"),
+    reason="reads RssFile from /proc/self/status (Linux)",
+)
+def test_released_range_leaves_the_resident_set(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(8 << 20))
+
+    def resident_file_kib() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
+        return int(line.split()[1])
+
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        before = resident_file_kib()
+        assert sum(data[i] for i in range(0, len(data), mmap.PAGESIZE)) >= 0  # touch every page
+        touched = resident_file_kib()
+        release_range(data, len(data) // 2 + 100)  # whole pages before the end only
+        half = resident_file_kib()
+        release_range(data, len(data))
+        after = resident_file_kib()
+    assert touched - before >= 7 << 10
+    assert abs((touched - half) - (4 << 10)) <= 64  # 4 MiB unmapped, within a few pages
+    assert after - before <= 256
