@@ -11,6 +11,7 @@ from normfold.check_formats import FORMATS, disabled_in_pyproject, render
 from normfold.columns import Cuttable, Squeezable, fit
 from normfold.errors import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE_INPUT, EXIT_USAGE, NormfoldError
 
+from .batch_options import report_option
 from .verbosity import output_style, verbosity_options
 
 
@@ -31,12 +32,8 @@ from .verbosity import output_style, verbosity_options
     metavar="RULE",
     help="Skip a rule, repeatable (also `[tool.normfold] disable = [...]` in pyproject.toml).",
 )
-@click.option(
-    "--report",
-    "page_path",
-    type=click.Path(path_type=Path),
-    metavar="FILE.html",
-    help="Also write a self-contained HTML page: a section per model with its findings and operator counts.",
+@report_option(
+    "Also write a self-contained HTML page: a section per model with its findings and operator counts.",
 )
 @verbosity_options
 @click.pass_context

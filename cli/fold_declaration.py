@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .batch_options import jobs_option, report_option
 from .validation_options import validation_options
 from .verbosity import verbosity_options
 
@@ -51,20 +52,9 @@ from .verbosity import verbosity_options
     show_default=True,
     help="Validate the folded model against MODEL before writing it; a mismatch writes nothing (exit 1).",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With several models: fold this many in parallel processes.",
-)
-@click.option(
-    "--report",
-    "page_path",
-    type=click.Path(path_type=Path),
-    metavar="FILE.html",
-    help="Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
+@jobs_option("With several models: fold this many in parallel processes.")
+@report_option(
+    "Also write a self-contained HTML page (summary, every node, operator counts, error histograms), "
     "also when nothing is written; one model only.",
 )
 @verbosity_options

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .batch_options import jobs_option, report_option
 from .validation_options import validation_options
 from .verbosity import verbosity_options
 
@@ -24,20 +25,9 @@ from .verbosity import verbosity_options
     help="A test_data_set folder whose output_*.pb REFERENCE must reproduce (instead of a CANDIDATE).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a versioned JSON document.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With two folders: validate this many pairs in parallel processes.",
-)
-@click.option(
-    "--report",
-    "page_path",
-    type=click.Path(path_type=Path),
-    metavar="FILE.html",
-    help="Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
+@jobs_option("With two folders: validate this many pairs in parallel processes.")
+@report_option(
+    "Also write a self-contained HTML page (verdict, operator counts, error histograms per output), "
     "also when validation fails; one pair only.",
 )
 @verbosity_options
