@@ -4,10 +4,13 @@ onnx_ir maps external data files; every page a fold reads would otherwise stay i
 resident set until exit, so reading a 2 GB weight once costs 2 GB of RSS. The page cache keeps the
 data, so a later read only faults it back in.
 
-A read fault also maps the cached pages around it (Linux's fault-around, 64 KiB by default), beyond the
-array read: onnx_ir maps the whole data file once per tensor, so a model of four thousand 0.1 MB weights
-would keep up to 64 KiB of neighbours resident per weight (250 MiB). The range dropped is therefore
-widened to whole FAULT_AROUND_BYTES windows; dropping a neighbour's pages only costs it a fault.
+A read fault also maps cached pages beyond the array read: those around it (Linux's fault-around, 64 KiB
+windows by default) and, since Linux 6.18, the whole large folio the page cache holds them in (up to the PMD
+size, 2 MiB on x86-64; a file read through read() with read-ahead is cached in such folios). onnx_ir maps the
+whole data file once per tensor, so a model of four thousand 0.1 MB weights would keep that much of its
+neighbours resident per weight (150 MiB for a 436 MiB model read by `cat` first). The range dropped is
+therefore widened to whole fault-around windows and whole folios; dropping a neighbour's pages only costs it
+a fault.
 """
 
 from __future__ import annotations
@@ -16,25 +19,51 @@ import functools
 import gc
 import mmap
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 # The window a read fault maps around the faulting page (Linux's default fault_around_bytes); a multiple
 # of the page size.
 FAULT_AROUND_BYTES = 64 << 10
+# Where Linux says how large a PMD-mapped huge page is: the largest folio its page cache holds.
+PMD_SIZE_FILE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+_DEFAULT_FOLIO_BYTES = 2 << 20
 
 
 def release_pages(view: np.ndarray) -> None:
-    """Unmap the pages under `view` if it is a contiguous view of a read-only mmap; otherwise do nothing."""
+    """Unmap the pages under `view` if it is a contiguous view of a read-only mmap; otherwise do nothing.
+
+    The mapping is taken to start at file offset 0 (onnx_ir's and normfold's maps of a whole file): folios are
+    aligned in the file, fault-around windows in the address space."""
     mapping = _mapping_of(view)
     if mapping is None or not view.flags.c_contiguous or not view.nbytes or not hasattr(mmap, "MADV_DONTNEED"):
         return
     base = np.frombuffer(mapping, np.uint8).__array_interface__["data"][0]
     start = view.__array_interface__["data"][0]
-    window = max(FAULT_AROUND_BYTES, mmap.PAGESIZE)  # fault-around windows are aligned in the address space
-    begin = max(start - start % window, base)
-    end = min(-(-(start + view.nbytes) // window) * window, base + len(mapping))
+    stop = start + view.nbytes
+    around, folio = max(FAULT_AROUND_BYTES, mmap.PAGESIZE), largest_folio_bytes()
+    begin = max(min(_down(start, around), base + _down(start - base, folio)), base)
+    end = min(max(_up(stop, around), base + _up(stop - base, folio)), base + len(mapping))
     mapping.madvise(mmap.MADV_DONTNEED, begin - base, end - begin)
+
+
+@functools.cache
+def largest_folio_bytes() -> int:
+    """The largest folio a read fault may map whole: the PMD size Linux reports (2 MiB when it reports none)."""
+    try:
+        size = int(PMD_SIZE_FILE.read_text())
+    except (OSError, ValueError):
+        return _DEFAULT_FOLIO_BYTES
+    return size if size >= mmap.PAGESIZE and size % mmap.PAGESIZE == 0 else _DEFAULT_FOLIO_BYTES
+
+
+def _down(value: int, step: int) -> int:
+    return value - value % step
+
+
+def _up(value: int, step: int) -> int:
+    return -(-value // step) * step
 
 
 def release_range(mapping: mmap.mmap, end: int) -> None:

@@ -374,3 +374,54 @@ def test_released_range_leaves_the_resident_set(tmp_path: Path) -> None:
     assert touched - before >= 7 << 10
     assert abs((touched - half) - (4 << 10)) <= 64  # 4 MiB unmapped, within a few pages
     assert after - before <= 256
+
+
+def _session_outputs(session: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(None, feeds)  # type: ignore[attr-defined]
+
+
+def test_onnx_runtime_reads_a_large_inline_model_from_its_file_without_parsing_the_weights(
+    tmp_path: Path, mapping: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session is given the model without its weights (bytes), each weight read from the .onnx file itself;
+    from another working directory, as the folder comes from the model's path; outputs those of the whole file."""
+    import onnxruntime as ort
+
+    from normfold.validate.providers import EXTERNAL_DATA_FOLDER_KEY, open_session, session_source
+
+    path = _conv_bn(tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    source = session_source(path, options)
+    assert isinstance(source, bytes)
+    stripped = onnx.ModelProto.FromString(source)
+    assert {t.name for t in stripped.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == {"w"}
+    assert options.get_session_config_entry(EXTERNAL_DATA_FOLDER_KEY) == str(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    feeds = {"x": rng(9).standard_normal((1, 4, 6, 6)).astype(np.float32)}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as open_session
+    whole = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(_session_outputs(open_session(path, "cpu"), feeds)[0], whole.run(None, feeds)[0])
+
+
+def test_onnx_runtime_opens_a_small_model_from_its_path(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from normfold.validate.providers import EXTERNAL_DATA_FOLDER_KEY, session_source
+
+    path = _conv_bn(tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    assert session_source(path, options) == str(path)
+    with pytest.raises(RuntimeError, match="does not have configuration with key"):
+        options.get_session_config_entry(EXTERNAL_DATA_FOLDER_KEY)
+
+
+def test_a_model_that_cannot_be_read_is_left_to_onnx_runtime(tmp_path: Path, mapping: None) -> None:
+    """ONNX Runtime's own reading of the path says what is wrong with it."""
+    import onnxruntime as ort
+
+    from normfold.validate.providers import session_source
+
+    missing = tmp_path / "missing.onnx"
+    assert session_source(missing, ort.SessionOptions()) == str(missing)

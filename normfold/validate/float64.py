@@ -177,7 +177,8 @@ def _run_samples(
     external data not loaded into `model` lives."""
     whole = _needs_whole_model(model)
     executor = None if whole else _Executor(model, budget, base_dir)
-    plan = schedule(model.graph) if executor is None else executor.plan
+    # onnx's whole-model evaluator runs the float64 copy: every weight widened
+    plan = dataclasses.replace(schedule(model.graph), narrow=frozenset()) if executor is None else executor.plan
     checked = set()
     results = []
     with np.errstate(all="ignore"):  # IEEE results (an exp overflowing in a saturated sigmoid) are the truth
@@ -272,7 +273,7 @@ class _Executor:
             if step.kernel is not None and _all_float64(inputs):
                 outputs = self._run_kernel(step, step.kernel, inputs)
             else:
-                outputs = self.evaluators.run(step, inputs)
+                outputs = self.evaluators.run(step, [_widen(value) for value in inputs])
             for name, value in zip(node.output, outputs):
                 if name:
                     self._keep(name, value)
@@ -289,12 +290,15 @@ class _Executor:
         self.values[name] = value
 
     def _read(self, name: str, node: onnx.NodeProto | None) -> Any:
-        """A tensor's value; an initializer is widened on its first read and held until its last."""
+        """A tensor's value; an initializer is read (and widened, unless a kernel widens it block by block:
+        plan.narrow) on its first read and held until its last."""
         value = self.values.get(name)
         if value is not None or name in self.values:
             return value
         if name in self.plan.initializers:
-            value = _widen(numpy_helper.to_array(self.plan.initializers[name], base_dir=self.base_dir))
+            value = numpy_helper.to_array(self.plan.initializers[name], base_dir=self.base_dir)
+            if name not in self.plan.narrow:
+                value = _widen(value)
             if node is not None:
                 self._keep(name, value)
             return value

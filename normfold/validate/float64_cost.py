@@ -3,7 +3,7 @@ when each tensor is dropped), the float64 bytes alive at its peak, and the arith
 
 Sizes come from static shapes: onnx's shape inference on a light copy of the model (large initializers
 replaced by typed inputs, graph inputs given the feeds' concrete shapes). Every float tensor counts 8 bytes
-an element, as the run widens it; a tensor whose shape inference leaves open is listed in `unknown` and
+an element, as the run widens it, except the weights the kernels widen block by block (their own size); a tensor whose shape inference leaves open is listed in `unknown` and
 counted as 0 (the executor's runtime guard still sees it).
 """
 
@@ -20,8 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from normfold.external_data import stored_bytes
-from normfold.graph_walk import is_op
-from normfold.validate.float64_kernels import ITEM
+from normfold.graph_walk import STANDARD_DOMAINS, is_op
+from normfold.validate.float64_kernels import ITEM, KERNELS
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 CONTRACTIONS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -37,8 +37,9 @@ class Float64Cost:
     flops: 2 per multiply-add of Conv, ConvTranspose, Gemm and MatMul (the ops that dominate; others are
     not counted). peak_bytes: the most bytes alive at once under the executor's schedule (inputs, widened
     weights from first to last use, intermediates until their last use, outputs to the end). total_bytes:
-    every tensor kept to the end, as the whole-model evaluator holds them. weight_bytes: the widened
-    initializers. unknown: tensors without a static size, counted as 0.
+    every tensor kept to the end, as the whole-model evaluator holds them. weight_bytes: the initializers as
+    the run holds them (widened, or in their own dtype where a kernel widens them block by block). unknown:
+    tensors without a static size, counted as 0.
     """
 
     flops: float
@@ -57,6 +58,7 @@ class Schedule:
     initializers: dict[str, onnx.TensorProto]
     used: frozenset[str]
     outputs: list[str]
+    narrow: frozenset[str] = frozenset()  # initializers held in their own dtype (blockwise_weights)
 
 
 def schedule(graph: onnx.GraphProto) -> Schedule:
@@ -77,7 +79,31 @@ def schedule(graph: onnx.GraphProto) -> Schedule:
             drops[step].append(name)
     for step, node in enumerate(order):
         drops[step] += [name for name in node.output if name and name not in last and name not in keep]
-    return Schedule(order, drops, initializers, frozenset(last) | keep, outputs)
+    narrow = blockwise_weights(order, initializers, keep)
+    return Schedule(order, drops, initializers, frozenset(last) | keep, outputs, narrow)
+
+
+# Weights the kernels widen block by block: float32 and float16 (numpy promotes them to float64 exactly).
+BLOCKWISE_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16})
+
+
+def blockwise_weights(
+    order: list[onnx.NodeProto], initializers: Mapping[str, onnx.TensorProto], outputs: set[str]
+) -> frozenset[str]:
+    """The float32 and float16 initializers that only kernels' blockwise inputs read (a Conv's weight): held in
+    their own dtype, never widened whole (a 429 MB weight would be 858 MB of float64 beside it)."""
+    only_blockwise: dict[str, bool] = {}
+    for node in order:
+        kernel = KERNELS.get(node.op_type) if node.domain in STANDARD_DOMAINS else None
+        for slot, name in enumerate(node.input):
+            if name in initializers:
+                blockwise = kernel is not None and slot in kernel.blockwise_inputs
+                only_blockwise[name] = only_blockwise.get(name, True) and blockwise
+    return frozenset(
+        name
+        for name, blockwise in only_blockwise.items()
+        if blockwise and name not in outputs and initializers[name].data_type in BLOCKWISE_TYPES
+    )
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
@@ -125,7 +151,7 @@ def estimate_cost(
     sizes: dict[str, int | None] = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
     # A string initializer has no float64 size: it counts 0, as a tensor of unknown size does.
     weights = {
-        name: _float64_bytes(t.data_type, tuple(t.dims)) or 0
+        name: (stored_size(t) if name in plan.narrow else _float64_bytes(t.data_type, tuple(t.dims))) or 0
         for name, t in plan.initializers.items()
         if name not in feeds
     }
@@ -247,6 +273,11 @@ def _type_of(proto: onnx.TypeProto) -> tuple[int, Shape | None]:
     if 0 in shape and not all(d.HasField("dim_value") for d in tensor.shape.dim):  # 0: a size or an unset dim
         return tensor.elem_type, None
     return tensor.elem_type, shape
+
+
+def stored_size(tensor: onnx.TensorProto) -> int:
+    """Bytes of a float32 or float16 tensor's elements in its own dtype."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize * math.prod(tensor.dims)
 
 
 def _float64_bytes(dtype: np.dtype | int, shape: Shape | None) -> int | None:

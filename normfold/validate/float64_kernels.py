@@ -412,6 +412,9 @@ class Kernel:
     run: Callable[[list[Any], dict[str, Any], int, int], tuple[np.ndarray, ...]]
     output_shapes: Callable[[list[Shape | None], dict[str, Any], int], list[Shape]]
     handles: Callable[[dict[str, Any], int], bool] = lambda attributes, outputs: True  # else onnx's evaluator
+    # Inputs the kernel reads a block at a time and widens there (exactly: numpy promotes float32 and float16 to
+    # float64 in the product): a weight given in its own dtype is never widened whole.
+    blockwise_inputs: frozenset[int] = frozenset()
 
 
 def matmul_shape(a: Shape, b: Shape) -> Shape:
@@ -445,9 +448,13 @@ def _batch_normalization_shapes(shapes: list[Shape | None], attributes: dict[str
 
 
 KERNELS: dict[str, Kernel] = {
-    "Conv": Kernel(lambda i, a, o, chunk: (conv(*i, **a, chunk_bytes=chunk),), _conv_shapes),
+    "Conv": Kernel(
+        lambda i, a, o, chunk: (conv(*i, **a, chunk_bytes=chunk),), _conv_shapes, blockwise_inputs=frozenset({1})
+    ),
     "ConvTranspose": Kernel(
-        lambda i, a, o, chunk: (conv_transpose(*i, **a, chunk_bytes=chunk),), _conv_transpose_shapes
+        lambda i, a, o, chunk: (conv_transpose(*i, **a, chunk_bytes=chunk),),
+        _conv_transpose_shapes,
+        blockwise_inputs=frozenset({1}),
     ),
     "Gemm": Kernel(lambda i, a, o, chunk: (gemm(*i, **a, chunk_bytes=chunk),), _gemm_shapes),
     "MatMul": Kernel(

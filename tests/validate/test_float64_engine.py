@@ -23,7 +23,7 @@ from normfold.validate.float64 import (
     run_float64_samples,
     to_float64,
 )
-from normfold.validate.float64_cost import estimate_cost
+from normfold.validate.float64_cost import estimate_cost, schedule
 from normfold.validate.float64_kernels import Kernel
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -109,7 +109,81 @@ def test_estimate_over_the_memory_budget_is_refused_with_its_reason() -> None:
         run_float64(model, feeds, budget=Float64Budget(max_bytes=4 << 10))
     assert caught.value.code == "over-memory"
     assert str(caught.value) == (
-        "needs 5.12 KiB of float64 tensors alive at once, over the 4 KiB budget (--float64-budget)"
+        "needs 4.56 KiB of float64 tensors alive at once, over the 4 KiB budget (--float64-budget)"
+    )
+
+
+def test_a_conv_weight_is_held_in_float32_and_widened_block_by_block() -> None:
+    """4.56 KiB alive at the first Conv with its float32 weight (5.12 KiB widened whole): a 4.6 KiB budget is
+    enough, estimate and runtime guard alike, and the outputs are those of the weights widened whole."""
+    model, feeds = chain(2)
+    assert_close(run_float64(model, feeds, budget=Float64Budget(max_bytes=4710)), whole_model(model, feeds))
+
+
+@pytest.mark.parametrize(
+    ("reader", "held_narrow"),
+    [("Conv", True), ("ConvTranspose", True), ("Add", False), ("Conv in a custom domain", False)],
+)
+def test_only_weights_that_kernels_alone_read_stay_narrow(reader: str, held_narrow: bool) -> None:
+    w = rng(1).standard_normal((3, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    if reader == "Add":
+        nodes.append(helper.make_node("Add", ["w", "w"], ["z"]))
+    elif reader == "ConvTranspose":
+        nodes.append(helper.make_node("ConvTranspose", ["y", "w"], ["z"], pads=[1, 1, 1, 1]))
+    else:
+        nodes.append(helper.make_node("Conv", ["y", "w"], ["z"], pads=[1, 1, 1, 1]))
+        if reader != "Conv":
+            nodes[-1].domain = "custom"
+    x, z = (helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("x", "z"))
+    graph = helper.make_graph(nodes, "g", [x], [z], [numpy_helper.from_array(w, "w")])
+    assert schedule(graph).narrow == ({"w"} if held_narrow else set())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "held_narrow"), [(TensorProto.FLOAT, True), (TensorProto.FLOAT16, True), (TensorProto.DOUBLE, False)]
+)
+def test_only_float32_and_float16_weights_stay_narrow(dtype: int, held_narrow: bool) -> None:
+    w = helper.make_tensor("w", dtype, [3, 3, 1, 1], [0.5] * 9)
+    node = helper.make_node("Conv", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", dtype, [1, 3, 2, 2])], [], [w])
+    graph.output.append(helper.make_tensor_value_info("y", dtype, None))
+    assert schedule(graph).narrow == ({"w"} if held_narrow else set())
+
+
+def test_a_weight_that_is_a_graph_output_is_widened() -> None:
+    w = rng(1).standard_normal((3, 3, 1, 1)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"])], {"x": [1, 3, 2, 2]}, ["y"], {"w": w})
+    model.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 3, 1, 1]))
+    assert schedule(model.graph).narrow == set()
+    (y, out_w) = run_float64(model, {"x": np.ones((1, 3, 2, 2), np.float32)})
+    assert out_w.dtype == np.float64 and y.dtype == np.float64
+
+
+def test_the_whole_model_evaluator_counts_every_weight_widened() -> None:
+    """Conv(x, w) then If(cond) on its output: onnx's evaluator runs the float64 copy, w widened whole. Kept to the
+    end: cond 1 B, x, w, the Conv's output and y (32 float64 elements each): 1057 B (913 B with w in float32)."""
+    out = [helper.make_tensor_value_info("branch", TensorProto.FLOAT, None)]
+    then = helper.make_graph([helper.make_node("Identity", ["c"], ["branch"])], "then", [], out)
+    other = helper.make_graph([helper.make_node("Relu", ["c"], ["branch"])], "else", [], out)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+    w = rng(2).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    inputs = [
+        helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "if", inputs, [y], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert schedule(model.graph).narrow == {"w"}
+    with pytest.raises(Float64Unavailable) as caught:
+        run_float64(model, _if_feeds(), budget=Float64Budget(max_bytes=1000))
+    assert str(caught.value) == (
+        "needs 1.03 KiB of float64 tensors kept to the end (subgraphs or functions: onnx's evaluator runs it "
+        "whole), over the 1000 B budget (--float64-budget)"
     )
 
 
@@ -128,11 +202,12 @@ def test_estimate_cost_of_a_small_conv_model() -> None:
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["z"])]
     model = make_model(nodes, {"x": ["N", 3, 8, 8]}, ["z"], {"w": w})
     cost = estimate_cost(model, {"x": np.zeros((1, 3, 8, 8), np.float32)})
-    # x 192, w 108, y 256, z 256 elements, 8 bytes each; the peak is at the Conv (x, w and y alive)
+    # x 192, y 256, z 256 elements, 8 bytes each; w 108 in float32 (the Conv kernel widens it block by block);
+    # the peak is at the Relu (y and z alive; x and w, 1968 B, were dropped after the Conv)
     assert cost.flops == 2 * (4 * 8 * 8) * (3 * 3 * 3)
-    assert cost.weight_bytes == 108 * 8
-    assert cost.peak_bytes == (192 + 108 + 256) * 8
-    assert cost.total_bytes == (192 + 108 + 256 + 256) * 8
+    assert cost.weight_bytes == 108 * 4
+    assert cost.peak_bytes == (256 + 256) * 8
+    assert cost.total_bytes == (192 + 256 + 256) * 8 + 108 * 4
     assert cost.unknown == ()
 
 

@@ -279,7 +279,7 @@ def test_float64_reference_runs_within_its_budget(resnet: tuple[Path, Path]) -> 
     report = validate(*resnet, providers=["cpu"], float64_budget=1000)
     assert report.comparisons[0].candidate_vs_float64 is None and report.comparisons[0].basis == "output scale"
     assert report.notes[-1] == (
-        "float64 reference not run: needs 402 KiB of float64 tensors alive at once, over "
+        "float64 reference not run: needs 393 KiB of float64 tensors alive at once, over "
         "the 1000 B budget (--float64-budget); outputs are judged against rtol x max|ref| "
         "instead"
     )
