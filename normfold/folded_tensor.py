@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 import onnx_ir as ir
 
-from normfold.bn_math import Factor, scale_and_round
+from normfold.bn_math import Factor, rounded_parts, scale_and_round
 
 # Folded weights at least this large are streamed: below it, the FoldedTensor and the factor it keeps
 # cost about as much memory as the folded copy itself.
@@ -43,14 +43,12 @@ class FoldedTensor(ir.LazyTensor):
     def tofile(self, file: IO[bytes]) -> None:
         """Write the folded bytes chunk by chunk of rows (what onnx_ir's external-data writer calls).
 
-        Each chunk is computed by `scale_and_round`, the eager fold's own arithmetic (elementwise, so
-        the bytes are those of the whole tensor), in this thread: a weight of one chunk, the common
-        case in a model of many small weights, costs one call and no thread pool.
+        Each chunk is computed by `rounded_parts`, the eager fold's arithmetic (elementwise, so the bytes are
+        those of the whole tensor) without the range checks `check_scale` has already passed, a thread per core
+        for a weight of several chunks; a weight of one chunk, the common case in a model of many small weights,
+        costs one call and no thread pool.
         """
-        for chunk, factor in self._chunks():
-            array, reason = scale_and_round(chunk, factor, self._numpy_dtype)
-            if array is None:
-                raise ValueError(f"folded tensor '{self.name}' cannot be rounded: {reason}")
+        for array in rounded_parts(list(self._chunks()), self._numpy_dtype):
             file.write(array.reshape(-1).view(np.uint8).data)
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, Factor]]:

@@ -16,7 +16,7 @@ from onnx import helper
 
 import normfold.layer_fold as layer_fold
 from normfold import fold, load_model, save_model
-from normfold.bn_math import ROW_BLOCK_ELEMENTS, check_scale, output_factor, scale_and_round, scaled_blocks
+from normfold.bn_math import ROW_BLOCK_ELEMENTS, check_scale, output_factor, rounded_parts, scale_and_round
 from normfold.folded_tensor import FoldedTensor
 from normfold.mapped_pages import release_pages
 
@@ -73,14 +73,20 @@ def test_streamed_fold_refuses_float16_overflow_with_the_eager_reason(stream_eve
     assert "folded values overflow float16 (216 values" in record.detail, record.detail
 
 
-def test_check_scale_and_scaled_blocks_agree_with_scale_and_round() -> None:
+def test_check_scale_and_rounded_parts_agree_with_scale_and_round() -> None:
     g = rng(5)
     weight = g.normal(0, 1, (64, 3, 5, 5)).astype(np.float32)
     factor = output_factor(weight.shape, g.uniform(0.5, 2, 64), "conv")
     eager, reason = scale_and_round(weight, factor, np.float32)
     assert reason == "" and check_scale(weight, factor, np.float32) == ""
     assert ROW_BLOCK_ELEMENTS > weight[0].size
-    np.testing.assert_array_equal(np.concatenate(list(scaled_blocks(weight, factor, np.float32))), eager)
+    np.testing.assert_array_equal(np.concatenate(list(rounded_parts([(weight, factor)], np.float32))), eager)
+    # seven parts of rows, each with its rows' factor, computed by a pool of threads and given back in order
+    starts = range(0, 64, 10)
+    parts = [
+        (weight[i : i + 10], (lambda i: lambda rows: factor(slice(rows.start + i, rows.stop + i)))(i)) for i in starts
+    ]
+    np.testing.assert_array_equal(np.concatenate(list(rounded_parts(parts, np.float32))), eager)
     tiny = output_factor(weight.shape, np.full(64, 1e-37), "conv")
     pushed = int((np.abs(weight.astype(np.float64) * 1e-37) < np.finfo(np.float32).smallest_normal).sum())
     assert pushed > 100
