@@ -5,12 +5,12 @@ resident set until exit, so reading a 2 GB weight once costs 2 GB of RSS. The pa
 data, so a later read only faults it back in.
 
 A read fault also maps cached pages beyond the array read: those around it (Linux's fault-around, 64 KiB
-windows by default) and, since Linux 6.18, the whole large folio the page cache holds them in (up to the PMD
-size, 2 MiB on x86-64; a file read through read() with read-ahead is cached in such folios). onnx_ir maps the
-whole data file once per tensor, so a model of four thousand 0.1 MB weights would keep that much of its
-neighbours resident per weight (150 MiB for a 436 MiB model read by `cat` first). The range dropped is
-therefore widened to whole fault-around windows and whole folios; dropping a neighbour's pages only costs it
-a fault.
+windows by default) and, on recent kernels (6.18 here), the whole large folio the page cache holds them in
+(up to the PMD size, 2 MiB on x86-64; a file read through read() with read-ahead is cached in such folios).
+onnx_ir maps the whole data file once per tensor, so a model of four thousand 0.1 MB weights would keep that
+much of its neighbours resident per weight (150 MiB for a 436 MiB model read by `cat` first). The range
+dropped is therefore widened to whole fault-around windows and whole folios; dropping a neighbour's pages
+only costs it a fault.
 """
 
 from __future__ import annotations

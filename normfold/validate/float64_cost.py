@@ -3,8 +3,9 @@ when each tensor is dropped), the float64 bytes alive at its peak, and the arith
 
 Sizes come from static shapes: onnx's shape inference on a light copy of the model (large initializers
 replaced by typed inputs, graph inputs given the feeds' concrete shapes). Every float tensor counts 8 bytes
-an element, as the run widens it, except the weights the kernels widen block by block (their own size); a tensor whose shape inference leaves open is listed in `unknown` and
-counted as 0 (the executor's runtime guard still sees it).
+an element, as the run widens it, except the weights the kernels widen block by block (their own size); a
+tensor whose shape inference leaves open is listed in `unknown` and counted as 0 (the executor's runtime
+guard still sees it).
 """
 
 from __future__ import annotations
