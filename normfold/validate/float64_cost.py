@@ -152,7 +152,7 @@ def estimate_cost(
     sizes: dict[str, int | None] = {name: _float64_bytes(value.dtype, value.shape) for name, value in feeds.items()}
     # A string initializer has no float64 size: it counts 0, as a tensor of unknown size does.
     weights = {
-        name: (stored_size(t) if name in plan.narrow else _float64_bytes(t.data_type, tuple(t.dims))) or 0
+        name: (stored_bytes(t) if name in plan.narrow else _float64_bytes(t.data_type, tuple(t.dims))) or 0
         for name, t in plan.initializers.items()
         if name not in feeds
     }
@@ -274,11 +274,6 @@ def _type_of(proto: onnx.TypeProto) -> tuple[int, Shape | None]:
     if 0 in shape and not all(d.HasField("dim_value") for d in tensor.shape.dim):  # 0: a size or an unset dim
         return tensor.elem_type, None
     return tensor.elem_type, shape
-
-
-def stored_size(tensor: onnx.TensorProto) -> int:
-    """Bytes of a float32 or float16 tensor's elements in its own dtype."""
-    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize * math.prod(tensor.dims)
 
 
 def _float64_bytes(dtype: np.dtype | int, shape: Shape | None) -> int | None:
